@@ -1,0 +1,16 @@
+//! epochwal: a trainer daemon whose training state survives crashes.
+//!
+//! The pieces, following the data (see ARCHITECTURE.md):
+//! - [`state`]: the rkyv schema of one checkpoint record;
+//! - [`wal`]: the memory-mapped, segment-rotating, crash-safe log of records;
+//! - [`train`]: the model, Adam and the datasets;
+//! - [`daemon`]: the long-running `epochwal run` (signals, triggers, systemd);
+//! - [`tools`]: the operator commands `tail`, `inspect`, `verify`, `export`;
+//! - [`config`]: the TOML configuration.
+
+pub mod config;
+pub mod daemon;
+pub mod state;
+pub mod tools;
+pub mod train;
+pub mod wal;

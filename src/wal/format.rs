@@ -1,0 +1,343 @@
+//! The bytes on disk: segment header, record header, checksums, names.
+//!
+//! This module is the only place that knows the byte layout; FORMAT.md
+//! describes the same layout for people. Decoding never trusts a field before
+//! the header checksum has been verified, and every length it returns has been
+//! bounded by the caller against the real file size.
+
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Every record header and every payload starts on a multiple of this.
+/// It is a format constant (not the machine's page size) so that a log is
+/// portable between machines.
+pub const PAGE: u64 = 4096;
+
+/// Version of the segment and record framing described in FORMAT.md.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Magic at offset 0 of every segment.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"EPWALSEG";
+/// Magic at offset 0 of every record header.
+pub const RECORD_MAGIC: [u8; 8] = *b"EPWALREC";
+
+/// Bytes of the segment header that carry data (the rest of its page is zero).
+pub const SEGMENT_HEADER_LEN: usize = 64;
+/// Bytes of a record header that carry data (the rest of its page is zero).
+pub const RECORD_HEADER_LEN: usize = 128;
+
+/// The largest payload the format accepts: 1 TiB. rkyv is built with 64-bit
+/// relative pointers, so the archive itself has no smaller limit; this bound
+/// keeps a damaged length field from ever asking for an absurd mapping.
+pub const MAX_PAYLOAD_BYTES: u64 = 1 << 40;
+
+/// Suffix of segment files: `00000000000000000007.wal`.
+pub const SEGMENT_SUFFIX: &str = ".wal";
+/// Name of the commit file the writer replaces after every durable append.
+pub const COMMIT_FILE: &str = "COMMIT";
+/// Name of the writer's lock file.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// The checksum used everywhere: XXH3-64 with seed 0.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    xxh3_64(bytes)
+}
+
+/// Rounds `n` up to the next multiple of [`PAGE`].
+pub fn page_align(n: u64) -> u64 {
+    n.div_ceil(PAGE) * PAGE
+}
+
+/// File name of segment number `n`.
+pub fn segment_file_name(n: u64) -> String {
+    format!("{n:020}{SEGMENT_SUFFIX}")
+}
+
+/// Parses a segment file name; `None` for anything else.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Space a record with `payload_len` bytes takes in a segment: one header
+/// page plus the payload rounded up to whole pages.
+pub fn record_span(payload_len: u64) -> u64 {
+    PAGE + page_align(payload_len)
+}
+
+/// The first page of every segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Identity of the log this segment belongs to (random at creation).
+    pub log_id: u128,
+    /// The number in the file name.
+    pub segment_no: u64,
+    /// Size the file was preallocated to; the file must be exactly this long.
+    pub segment_bytes: u64,
+    /// Creation time, ns since the Unix epoch.
+    pub created_unix_ns: u64,
+}
+
+/// Why a header failed to decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Every byte is zero: nothing was ever written here.
+    Zeroed,
+    /// The magic is not ours.
+    BadMagic,
+    /// The header checksum does not match its bytes.
+    BadChecksum,
+    /// A format version this build does not know.
+    UnknownVersion(u32),
+    /// A field is out of range although the checksum matched.
+    Invalid(&'static str),
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::Zeroed => write!(f, "zeroed (nothing written)"),
+            HeaderError::BadMagic => write!(f, "bad magic (not an epochwal header)"),
+            HeaderError::BadChecksum => write!(f, "header checksum mismatch"),
+            HeaderError::UnknownVersion(v) => write!(
+                f,
+                "unknown format version {v} (this build reads version {FORMAT_VERSION})"
+            ),
+            HeaderError::Invalid(what) => write!(f, "invalid header field: {what}"),
+        }
+    }
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+fn u128_at(b: &[u8], off: usize) -> u128 {
+    u128::from_le_bytes(b[off..off + 16].try_into().expect("16 bytes"))
+}
+
+/// Checks magic, checksum and version of a header of `len` bytes whose
+/// checksum sits in its last 8 bytes. The order matters: the checksum is
+/// verified before any other field is believed.
+fn check_frame(b: &[u8], len: usize, magic: &[u8; 8]) -> Result<(), HeaderError> {
+    let b = &b[..len];
+    if b.iter().all(|&x| x == 0) {
+        return Err(HeaderError::Zeroed);
+    }
+    if &b[..8] != magic {
+        return Err(HeaderError::BadMagic);
+    }
+    if checksum(&b[..len - 8]) != u64_at(b, len - 8) {
+        return Err(HeaderError::BadChecksum);
+    }
+    let version = u32_at(b, 8);
+    if version != FORMAT_VERSION {
+        return Err(HeaderError::UnknownVersion(version));
+    }
+    if u32_at(b, 12) as usize != len {
+        return Err(HeaderError::Invalid("header length"));
+    }
+    Ok(())
+}
+
+impl SegmentHeader {
+    /// Encodes into the first [`SEGMENT_HEADER_LEN`] bytes of `out`.
+    pub fn encode(&self, out: &mut [u8]) {
+        let b = &mut out[..SEGMENT_HEADER_LEN];
+        b.fill(0);
+        b[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
+        b[16..32].copy_from_slice(&self.log_id.to_le_bytes());
+        b[32..40].copy_from_slice(&self.segment_no.to_le_bytes());
+        b[40..48].copy_from_slice(&self.segment_bytes.to_le_bytes());
+        b[48..56].copy_from_slice(&self.created_unix_ns.to_le_bytes());
+        let sum = checksum(&b[..56]);
+        b[56..64].copy_from_slice(&sum.to_le_bytes());
+    }
+
+    /// Decodes from at least [`SEGMENT_HEADER_LEN`] bytes.
+    pub fn decode(b: &[u8]) -> Result<SegmentHeader, HeaderError> {
+        if b.len() < SEGMENT_HEADER_LEN {
+            return Err(HeaderError::Invalid("segment header shorter than 64 bytes"));
+        }
+        check_frame(b, SEGMENT_HEADER_LEN, &SEGMENT_MAGIC)?;
+        let h = SegmentHeader {
+            log_id: u128_at(b, 16),
+            segment_no: u64_at(b, 32),
+            segment_bytes: u64_at(b, 40),
+            created_unix_ns: u64_at(b, 48),
+        };
+        if h.segment_bytes < 2 * PAGE || h.segment_bytes % PAGE != 0 {
+            return Err(HeaderError::Invalid("segment size"));
+        }
+        Ok(h)
+    }
+}
+
+/// The header page in front of every record's payload.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecordHeader {
+    /// Must equal the segment's log id.
+    pub log_id: u128,
+    /// Must equal the segment's number.
+    pub segment_no: u64,
+    /// Sequence number, strictly increasing across the whole log.
+    pub sequence: u64,
+    /// Epochs completed when the snapshot was taken.
+    pub epoch: u64,
+    /// Global optimizer step when the snapshot was taken.
+    pub step: u64,
+    /// Offset of this header in the segment (a multiple of [`PAGE`]).
+    pub offset: u64,
+    /// Length of the rkyv payload that starts at `offset + PAGE`.
+    pub payload_len: u64,
+    /// XXH3-64 of the payload bytes.
+    pub payload_checksum: u64,
+    /// Wall-clock time of the snapshot, ns since the Unix epoch.
+    pub unix_ns: u64,
+    /// Loss of the last mini-batch before the snapshot.
+    pub loss: f64,
+}
+
+impl RecordHeader {
+    /// Offset of the payload in the segment.
+    pub fn payload_offset(&self) -> u64 {
+        self.offset + PAGE
+    }
+
+    /// Offset just past this record (where the next header may start).
+    pub fn end_offset(&self) -> u64 {
+        self.offset + record_span(self.payload_len)
+    }
+
+    /// Encodes into the first [`RECORD_HEADER_LEN`] bytes of `out`.
+    pub fn encode(&self, out: &mut [u8]) {
+        let b = &mut out[..RECORD_HEADER_LEN];
+        b.fill(0);
+        b[0..8].copy_from_slice(&RECORD_MAGIC);
+        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&(RECORD_HEADER_LEN as u32).to_le_bytes());
+        b[16..32].copy_from_slice(&self.log_id.to_le_bytes());
+        b[32..40].copy_from_slice(&self.segment_no.to_le_bytes());
+        b[40..48].copy_from_slice(&self.sequence.to_le_bytes());
+        b[48..56].copy_from_slice(&self.epoch.to_le_bytes());
+        b[56..64].copy_from_slice(&self.step.to_le_bytes());
+        b[64..72].copy_from_slice(&self.offset.to_le_bytes());
+        b[72..80].copy_from_slice(&self.payload_len.to_le_bytes());
+        b[80..88].copy_from_slice(&self.payload_checksum.to_le_bytes());
+        b[88..96].copy_from_slice(&self.unix_ns.to_le_bytes());
+        b[96..104].copy_from_slice(&self.loss.to_le_bytes());
+        // 104..120 reserved, zero.
+        let sum = checksum(&b[..120]);
+        b[120..128].copy_from_slice(&sum.to_le_bytes());
+    }
+
+    /// Decodes from at least [`RECORD_HEADER_LEN`] bytes.
+    pub fn decode(b: &[u8]) -> Result<RecordHeader, HeaderError> {
+        if b.len() < RECORD_HEADER_LEN {
+            return Err(HeaderError::Invalid("record header shorter than 128 bytes"));
+        }
+        check_frame(b, RECORD_HEADER_LEN, &RECORD_MAGIC)?;
+        if b[104..120].iter().any(|&x| x != 0) {
+            return Err(HeaderError::Invalid("reserved bytes are not zero"));
+        }
+        let h = RecordHeader {
+            log_id: u128_at(b, 16),
+            segment_no: u64_at(b, 32),
+            sequence: u64_at(b, 40),
+            epoch: u64_at(b, 48),
+            step: u64_at(b, 56),
+            offset: u64_at(b, 64),
+            payload_len: u64_at(b, 72),
+            payload_checksum: u64_at(b, 80),
+            unix_ns: u64_at(b, 88),
+            loss: f64::from_le_bytes(b[96..104].try_into().expect("8 bytes")),
+        };
+        if h.offset % PAGE != 0 || h.offset < PAGE {
+            return Err(HeaderError::Invalid("record offset"));
+        }
+        if h.payload_len == 0 || h.payload_len > MAX_PAYLOAD_BYTES {
+            return Err(HeaderError::Invalid("payload length"));
+        }
+        if h.sequence == 0 {
+            return Err(HeaderError::Invalid("sequence number 0"));
+        }
+        Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RecordHeader {
+        RecordHeader {
+            log_id: 0x0123_4567_89ab_cdef_0011_2233_4455_6677,
+            segment_no: 3,
+            sequence: 42,
+            epoch: 7,
+            step: 700,
+            offset: 3 * PAGE,
+            payload_len: 12_345,
+            payload_checksum: 0xdead_beef,
+            unix_ns: 1_700_000_000_000_000_000,
+            loss: 0.125,
+        }
+    }
+
+    #[test]
+    fn record_header_round_trips() {
+        let mut page = vec![0u8; PAGE as usize];
+        sample().encode(&mut page);
+        assert_eq!(RecordHeader::decode(&page).unwrap(), sample());
+    }
+
+    #[test]
+    fn every_bit_flip_of_a_record_header_is_rejected() {
+        let mut page = vec![0u8; RECORD_HEADER_LEN];
+        sample().encode(&mut page);
+        for bit in 0..RECORD_HEADER_LEN * 8 {
+            let mut b = page.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(RecordHeader::decode(&b).is_err(), "bit {bit} accepted");
+        }
+    }
+
+    #[test]
+    fn every_bit_flip_of_a_segment_header_is_rejected() {
+        let h = SegmentHeader {
+            log_id: 9,
+            segment_no: 1,
+            segment_bytes: 1 << 20,
+            created_unix_ns: 5,
+        };
+        let mut page = vec![0u8; SEGMENT_HEADER_LEN];
+        h.encode(&mut page);
+        assert_eq!(SegmentHeader::decode(&page).unwrap(), h);
+        for bit in 0..SEGMENT_HEADER_LEN * 8 {
+            let mut b = page.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(SegmentHeader::decode(&b).is_err(), "bit {bit} accepted");
+        }
+    }
+
+    #[test]
+    fn zero_page_is_reported_as_zeroed() {
+        let page = vec![0u8; PAGE as usize];
+        assert_eq!(RecordHeader::decode(&page), Err(HeaderError::Zeroed));
+        assert_eq!(SegmentHeader::decode(&page), Err(HeaderError::Zeroed));
+    }
+
+    #[test]
+    fn segment_names_parse_only_in_canonical_form() {
+        assert_eq!(parse_segment_file_name(&segment_file_name(7)), Some(7));
+        assert_eq!(parse_segment_file_name("7.wal"), None);
+        assert_eq!(parse_segment_file_name("0000000000000000000a.wal"), None);
+        assert_eq!(parse_segment_file_name("00000000000000000007.wal.tmp"), None);
+    }
+}

@@ -1,0 +1,36 @@
+//! The checkpoint log: rkyv training-state records in memory-mapped,
+//! preallocated, rotating segment files.
+//!
+//! Why it looks the way it does (FORMAT.md has the bytes):
+//! - every record is a *full* training state, so recovery needs only the
+//!   newest record that validates and never replays anything;
+//! - a record is framed by a header page written *after* its payload is
+//!   durable (two barriers), so a crash mid-append leaves a zero header page
+//!   that reads as "end of segment", and a header on disk vouches for a payload
+//!   that already reached the disk; the payload checksum and rkyv validation
+//!   catch everything else;
+//! - segments are preallocated with fallocate before they are mapped, so a
+//!   full disk is an error at rotation, never a SIGBUS in the middle of a copy;
+//! - a writer never appends to a segment it did not create in this process,
+//!   so it never appends behind garbage left by a crash.
+//!
+//! The API a user meets: [`Log::open`] (takes the lock, recovers),
+//! [`Log::append`] (or [`Log::begin_append`] + [`PendingAppend::persist`] +
+//! [`Log::finish`] to persist on another thread), [`recover`] and
+//! [`LogReader`] for read-only access.
+
+mod error;
+pub mod format;
+mod reader;
+mod sys;
+mod writer;
+
+pub use error::WalError;
+pub use format::{RecordHeader, SegmentHeader};
+pub use reader::{
+    recover, validate_payload, LogReader, LogScan, MappedRecord, Recovery, SegmentScan, Skip,
+};
+pub use writer::{Durable, Log, LogOptions, PendingAppend, Retention, RetentionReport};
+
+/// Result type of this module.
+pub type Result<T, E = WalError> = std::result::Result<T, E>;

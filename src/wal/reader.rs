@@ -1,0 +1,528 @@
+//! Reading the log: directory listing, header scans, validated zero-copy
+//! records, and recovery.
+//!
+//! This is the one record decoder: the writer's recovery, `tail`, `inspect`,
+//! `verify` and `export` all go through [`scan_segment`] and
+//! [`LogReader::load`]. Readers never take the writer's lock and never
+//! create or modify a file, so they work on a read-only directory and next
+//! to a running writer.
+//!
+//! Headers are read with `pread`, bounded by the file's real size, so a short
+//! or truncated file gives a clean error rather than a SIGBUS; a payload is
+//! mapped only after its whole range has been checked to lie inside the file.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapOptions};
+
+use super::format::{
+    self, parse_segment_file_name, HeaderError, RecordHeader, SegmentHeader, PAGE,
+    RECORD_HEADER_LEN,
+};
+use super::sys::{read_at_most, system_page_size};
+use super::{Result, WalError};
+use crate::state::{ArchivedTrainState, TrainState, SCHEMA_VERSION};
+
+/// Something recovery or a scan passed over, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    /// The file concerned.
+    pub file: PathBuf,
+    /// Byte offset in the file (0 for whole-file problems).
+    pub offset: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at offset {}: {}",
+            self.file.display(),
+            self.offset,
+            self.reason
+        )
+    }
+}
+
+fn skip(file: &Path, offset: u64, reason: impl Into<String>) -> Skip {
+    Skip {
+        file: file.to_path_buf(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// The result of reading one segment's headers (payloads not checked).
+#[derive(Debug, Clone)]
+pub struct SegmentScan {
+    /// Path of the segment file.
+    pub path: PathBuf,
+    /// The number in the file name.
+    pub segment_no: u64,
+    /// The decoded segment header, if it is intact.
+    pub header: Option<SegmentHeader>,
+    /// The file's size when it was scanned.
+    pub file_len: u64,
+    /// Record headers that decoded, in file order.
+    pub records: Vec<RecordHeader>,
+    /// Damage found in this segment.
+    pub problems: Vec<Skip>,
+    /// Offset where the walk stopped (the first zero header page, the first
+    /// damaged header, or the end of the file).
+    pub end_offset: u64,
+}
+
+/// All segments of a directory, header-level.
+#[derive(Debug, Clone)]
+pub struct LogScan {
+    /// The log directory.
+    pub dir: PathBuf,
+    /// Segments in ascending number order.
+    pub segments: Vec<SegmentScan>,
+    /// Files in the directory that are not segments (and not the lock or
+    /// commit file), with what they look like.
+    pub others: Vec<Skip>,
+}
+
+/// A record whose checksum and rkyv validation passed, borrowed from a
+/// read-only mapping of its segment.
+pub struct MappedRecord {
+    path: PathBuf,
+    header: RecordHeader,
+    map: Mmap,
+    start: usize,
+}
+
+impl std::fmt::Debug for MappedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedRecord")
+            .field("path", &self.path)
+            .field("header", &self.header)
+            .finish()
+    }
+}
+
+impl MappedRecord {
+    /// The record's header.
+    pub fn header(&self) -> &RecordHeader {
+        &self.header
+    }
+
+    /// The segment file the record lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The raw rkyv payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.header.payload_len as usize]
+    }
+
+    /// The validated training state, zero-copy.
+    pub fn state(&self) -> &ArchivedTrainState {
+        // SAFETY: `load` ran full bytecheck validation of exactly these bytes
+        // (`validate_payload`) before constructing `self`; the mapping is
+        // read-only and the writer never rewrites the bytes of a record once
+        // its header exists (records start on fresh pages), so the bytes are
+        // still the validated ones.
+        unsafe { rkyv::access_unchecked::<ArchivedTrainState>(self.payload()) }
+    }
+
+    /// A fully owned copy of the state (allocates the whole record).
+    pub fn to_owned_state(&self) -> Result<TrainState> {
+        rkyv::deserialize::<TrainState, rkyv::rancor::Error>(self.state()).map_err(|e| {
+            WalError::Damaged {
+                path: self.path.clone(),
+                offset: self.header.offset,
+                reason: format!("deserializing the record failed: {e}"),
+            }
+        })
+    }
+}
+
+/// Checks a payload against its header: checksum first, then rkyv
+/// validation, then the schema version. Never reads a field of an
+/// unvalidated archive.
+pub fn validate_payload<'a>(
+    payload: &'a [u8],
+    header: &RecordHeader,
+) -> std::result::Result<&'a ArchivedTrainState, String> {
+    if payload.len() as u64 != header.payload_len {
+        return Err(format!(
+            "payload is {} bytes, header says {}",
+            payload.len(),
+            header.payload_len
+        ));
+    }
+    let sum = format::checksum(payload);
+    if sum != header.payload_checksum {
+        return Err(format!(
+            "payload checksum mismatch (stored {:016x}, computed {sum:016x})",
+            header.payload_checksum
+        ));
+    }
+    let state = rkyv::access::<ArchivedTrainState, rkyv::rancor::Error>(payload)
+        .map_err(|e| format!("rkyv validation failed: {e}"))?;
+    let version = state.schema_version.to_native();
+    if version != SCHEMA_VERSION {
+        return Err(format!(
+            "unknown schema version {version} (this build reads {SCHEMA_VERSION})"
+        ));
+    }
+    if state.epoch.to_native() != header.epoch || state.global_step.to_native() != header.step {
+        return Err("payload epoch/step disagree with the header".to_string());
+    }
+    Ok(state)
+}
+
+/// Segment files of `dir` in ascending order, plus notes about other files.
+pub(crate) fn list_dir(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, Vec<Skip>)> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            WalError::NotFound {
+                path: dir.to_path_buf(),
+                what: "no such log directory".into(),
+            }
+        } else {
+            WalError::io(dir, "listing the log directory", e)
+        }
+    })?;
+    let mut segments = Vec::new();
+    let mut others = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| WalError::io(dir, "listing the log directory", e))?;
+        let name = entry.file_name();
+        let path = entry.path();
+        let Some(name) = name.to_str() else {
+            others.push(skip(&path, 0, "not a segment (name is not UTF-8); ignored"));
+            continue;
+        };
+        if let Some(n) = parse_segment_file_name(name) {
+            segments.push((n, path));
+        } else if name == format::LOCK_FILE
+            || name == format::COMMIT_FILE
+            || name == format!("{}.tmp", format::COMMIT_FILE)
+        {
+            continue;
+        } else if name.ends_with(".tmp") {
+            others.push(skip(
+                &path,
+                0,
+                "leftover temporary file of an interrupted segment creation; ignored",
+            ));
+        } else {
+            others.push(skip(&path, 0, "not a segment file name; ignored"));
+        }
+    }
+    segments.sort();
+    Ok((segments, others))
+}
+
+/// Reads the headers of one segment. Problems are reported in the result,
+/// not as errors, so that one bad file never hides the others.
+pub fn scan_segment(path: &Path, segment_no: u64) -> SegmentScan {
+    let mut scan = SegmentScan {
+        path: path.to_path_buf(),
+        segment_no,
+        header: None,
+        file_len: 0,
+        records: Vec::new(),
+        problems: Vec::new(),
+        end_offset: 0,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            scan.problems
+                .push(skip(path, 0, format!("cannot open segment: {e}")));
+            return scan;
+        }
+    };
+    let len = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => {
+            scan.problems.push(skip(path, 0, format!("cannot stat: {e}")));
+            return scan;
+        }
+    };
+    scan.file_len = len;
+    let mut page = vec![0u8; RECORD_HEADER_LEN.max(format::SEGMENT_HEADER_LEN)];
+    match read_at_most(&file, &mut page[..format::SEGMENT_HEADER_LEN], 0) {
+        Ok(n) if n == format::SEGMENT_HEADER_LEN => {}
+        Ok(n) => {
+            let reason = if len == 0 {
+                "empty file (no segment header)".to_string()
+            } else {
+                format!("file is {n} bytes, shorter than a segment header")
+            };
+            scan.problems.push(skip(path, 0, reason));
+            return scan;
+        }
+        Err(e) => {
+            scan.problems.push(skip(path, 0, format!("read failed: {e}")));
+            return scan;
+        }
+    }
+    let header = match SegmentHeader::decode(&page) {
+        Ok(h) => h,
+        Err(e) => {
+            scan.problems
+                .push(skip(path, 0, format!("segment header: {e}")));
+            return scan;
+        }
+    };
+    if header.segment_no != segment_no {
+        scan.problems.push(skip(
+            path,
+            0,
+            format!(
+                "segment header says number {}, the file name says {segment_no}",
+                header.segment_no
+            ),
+        ));
+        return scan;
+    }
+    scan.header = Some(header);
+    if len != header.segment_bytes {
+        scan.problems.push(skip(
+            path,
+            0,
+            format!(
+                "segment is {len} bytes but its header says {}: truncated or extended",
+                header.segment_bytes
+            ),
+        ));
+    }
+    let limit = len.min(header.segment_bytes);
+    let mut offset = PAGE;
+    let mut last_seq = 0;
+    while offset + PAGE <= limit {
+        let buf = &mut page[..RECORD_HEADER_LEN];
+        match read_at_most(&file, buf, offset) {
+            Ok(n) if n == RECORD_HEADER_LEN => {}
+            Ok(_) => break,
+            Err(e) => {
+                scan.problems
+                    .push(skip(path, offset, format!("read failed: {e}")));
+                break;
+            }
+        }
+        let rec = match RecordHeader::decode(buf) {
+            Ok(r) => r,
+            Err(HeaderError::Zeroed) => break,
+            Err(e) => {
+                scan.problems
+                    .push(skip(path, offset, format!("record header: {e}")));
+                break;
+            }
+        };
+        let bad = if rec.log_id != header.log_id {
+            Some("record belongs to another log (log id differs from the segment's)".into())
+        } else if rec.segment_no != segment_no {
+            Some(format!(
+                "record header names segment {}, found in segment {segment_no}",
+                rec.segment_no
+            ))
+        } else if rec.offset != offset {
+            Some(format!(
+                "record header says offset {}, found at {offset}",
+                rec.offset
+            ))
+        } else if rec.end_offset() > limit {
+            Some(format!(
+                "record of {} payload bytes extends past the end of the segment ({limit} bytes)",
+                rec.payload_len
+            ))
+        } else if rec.sequence <= last_seq {
+            Some(format!(
+                "sequence {} does not follow {last_seq}",
+                rec.sequence
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = bad {
+            scan.problems.push(skip(path, offset, reason));
+            break;
+        }
+        last_seq = rec.sequence;
+        offset = rec.end_offset();
+        scan.records.push(rec);
+    }
+    scan.end_offset = offset.min(limit);
+    scan
+}
+
+/// Read-only access to a log directory.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    dir: PathBuf,
+}
+
+impl LogReader {
+    /// Opens `dir` for reading. Takes no lock and writes nothing.
+    pub fn open(dir: impl AsRef<Path>) -> Result<LogReader> {
+        let dir = dir.as_ref().to_path_buf();
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => Ok(LogReader { dir }),
+            Ok(_) => Err(WalError::NotFound {
+                path: dir,
+                what: "not a directory".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(WalError::NotFound {
+                path: dir,
+                what: "no such log directory".into(),
+            }),
+            Err(e) => Err(WalError::io(dir, "opening the log directory", e)),
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads every segment's headers (no payloads).
+    pub fn scan(&self) -> Result<LogScan> {
+        let (segments, others) = list_dir(&self.dir)?;
+        Ok(LogScan {
+            dir: self.dir.clone(),
+            segments: segments
+                .iter()
+                .map(|(n, p)| scan_segment(p, *n))
+                .collect(),
+            others,
+        })
+    }
+
+    /// Maps one record read-only and validates it (checksum, rkyv, schema).
+    pub fn load(&self, segment: &Path, header: &RecordHeader) -> Result<MappedRecord> {
+        load_record(segment, header)
+    }
+}
+
+pub(crate) fn load_record(path: &Path, header: &RecordHeader) -> Result<MappedRecord> {
+    let damaged = |reason: String| WalError::Damaged {
+        path: path.to_path_buf(),
+        offset: header.offset,
+        reason,
+    };
+    let file = File::open(path).map_err(|e| WalError::io(path, "opening segment", e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| WalError::io(path, "stat", e))?
+        .len();
+    let start = header.payload_offset();
+    let end = start
+        .checked_add(header.payload_len)
+        .ok_or_else(|| damaged("payload length overflows".into()))?;
+    if end > len {
+        return Err(damaged(format!(
+            "payload ends at byte {end} but the file has only {len} bytes (truncated)"
+        )));
+    }
+    let page = system_page_size();
+    let map_start = start / page * page;
+    let delta = (start - map_start) as usize;
+    let map_len = usize::try_from(end - map_start)
+        .map_err(|_| damaged("record does not fit in the address space".into()))?;
+    // SAFETY: the mapping is read-only and covers only bytes inside the file
+    // as it is now (checked against its size just above). The writer never
+    // truncates a segment and never rewrites the bytes of a record that has a
+    // header; a third party truncating the file while it is mapped could still
+    // raise SIGBUS, which FORMAT.md documents as outside the contract.
+    let map = unsafe {
+        MmapOptions::new()
+            .offset(map_start)
+            .len(map_len)
+            .map(&file)
+    }
+    .map_err(|e| WalError::io(path, "mapping record", e))?;
+    validate_payload(&map[delta..], header).map_err(damaged)?;
+    Ok(MappedRecord {
+        path: path.to_path_buf(),
+        header: *header,
+        map,
+        start: delta,
+    })
+}
+
+/// What recovery found.
+#[derive(Debug)]
+pub struct Recovery {
+    /// The newest record whose header, checksum and rkyv validation pass.
+    pub record: Option<MappedRecord>,
+    /// Everything passed over on the way, newest first.
+    pub skipped: Vec<Skip>,
+    /// The log id of the newest valid segment.
+    pub log_id: Option<u128>,
+    /// One past the highest sequence number seen in any record header.
+    pub next_sequence: u64,
+    /// One past the highest segment number present in the directory.
+    pub next_segment_no: u64,
+    /// Segments whose headers were read (recovery stops at the first segment
+    /// holding a good record, so this stays small for a long log).
+    pub segments_scanned: usize,
+}
+
+/// Finds the newest intact record in `dir`. Reads segments newest first and
+/// stops at the first that yields a record that validates, so its cost is
+/// about the size of that record, not the size of the log.
+pub fn recover(dir: impl AsRef<Path>) -> Result<Recovery> {
+    let dir = dir.as_ref();
+    let (segments, others) = list_dir(dir)?;
+    let mut out = Recovery {
+        record: None,
+        skipped: others,
+        log_id: None,
+        next_sequence: 1,
+        next_segment_no: segments.last().map_or(1, |(n, _)| n + 1),
+        segments_scanned: 0,
+    };
+    for (n, path) in segments.iter().rev() {
+        let scan = scan_segment(path, *n);
+        out.segments_scanned += 1;
+        out.skipped.extend(scan.problems.iter().cloned());
+        let Some(header) = scan.header else { continue };
+        match out.log_id {
+            None => out.log_id = Some(header.log_id),
+            Some(id) if id != header.log_id => {
+                out.skipped.push(skip(
+                    path,
+                    0,
+                    format!(
+                        "segment belongs to another log (id {:032x}, this log is {id:032x})",
+                        header.log_id
+                    ),
+                ));
+                continue;
+            }
+            Some(_) => {}
+        }
+        if let Some(max) = scan.records.iter().map(|r| r.sequence).max() {
+            out.next_sequence = out.next_sequence.max(max + 1);
+        }
+        for rec in scan.records.iter().rev() {
+            match load_record(path, rec) {
+                Ok(m) => {
+                    out.record = Some(m);
+                    return Ok(out);
+                }
+                Err(WalError::Damaged { reason, .. }) => out.skipped.push(skip(
+                    path,
+                    rec.offset,
+                    format!("record {}: {reason}", rec.sequence),
+                )),
+                Err(e) => out.skipped.push(skip(
+                    path,
+                    rec.offset,
+                    format!("record {}: {e}", rec.sequence),
+                )),
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,673 @@
+//! The single writer: lock, segment creation and rotation, appends straight
+//! into the mapped tail, durability, the commit file, retention.
+//!
+//! An append has two halves so that training can go on while the disk works:
+//! [`Log::begin_append`] serializes the state with rkyv directly into the
+//! mapping (the only part the training thread waits for), and
+//! [`PendingAppend::persist`] makes it durable (payload msync, then the header
+//! page, then a second msync). [`Log::finish`] records the result and applies
+//! retention. At most one append is in flight.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use memmap2::{MmapOptions, MmapRaw};
+use rkyv::rancor;
+use rkyv::ser::{Positional, Writer};
+
+use super::format::{
+    self, page_align, record_span, segment_file_name, RecordHeader, SegmentHeader,
+    MAX_PAYLOAD_BYTES, PAGE,
+};
+use super::reader::{list_dir, recover, scan_segment, Recovery};
+use super::sys;
+use super::{Result, WalError};
+use crate::state::TrainState;
+
+/// Smallest segment the writer creates: a segment header page plus one
+/// record header page and one payload page.
+pub const MIN_SEGMENT_BYTES: u64 = 3 * PAGE;
+
+/// How many records to keep. Zero means "no limit" for each field; the newest
+/// durable record is always kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Keep (at least) the newest `keep_records` records.
+    pub keep_records: u64,
+    /// Keep the newest segments whose sizes add up to at most `keep_bytes`
+    /// (the segment holding the newest record is kept even if larger).
+    pub keep_bytes: u64,
+    /// Additionally keep the newest record of every epoch that is a multiple
+    /// of this.
+    pub keep_every_epochs: u64,
+}
+
+/// Settings of a writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Size new segments are preallocated to. A record larger than this gets a
+    /// segment of its own, sized to fit.
+    pub segment_bytes: u64,
+    /// What to delete after each durable append.
+    pub retention: Retention,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_bytes: 64 << 20,
+            retention: Retention::default(),
+        }
+    }
+}
+
+/// A mapped segment shared between the training thread (which writes a new
+/// payload into its tail) and the persisting thread (which syncs it).
+struct SegmentMap {
+    path: PathBuf,
+    file: File,
+    map: MmapRaw,
+    len: u64,
+    segment_no: u64,
+}
+
+impl SegmentMap {
+    /// Errors if someone truncated the file under the mapping: touching
+    /// pages past the end of the file would raise SIGBUS.
+    fn check_size(&self) -> Result<()> {
+        let actual = self
+            .file
+            .metadata()
+            .map_err(|e| WalError::io(&self.path, "stat", e))?
+            .len();
+        if actual != self.len {
+            return Err(WalError::SizeMismatch {
+                path: self.path.clone(),
+                expected: self.len,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writable view of `[offset, offset + len)`.
+    ///
+    /// # Safety
+    /// The caller must be the only one touching this range for the lifetime
+    /// of the slice; the writer guarantees it by having at most one append in
+    /// flight and by never revisiting the range of a finished record.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn range_mut(&self, offset: u64, len: u64) -> &mut [u8] {
+        assert!(offset + len <= self.len, "range outside the segment");
+        std::slice::from_raw_parts_mut(
+            self.map.as_mut_ptr().add(offset as usize),
+            len as usize,
+        )
+    }
+
+    fn sync(&self, offset: u64, len: u64) -> Result<()> {
+        self.map
+            .flush_range(offset as usize, len as usize)
+            .map_err(|source| WalError::SyncFailed {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+/// Counts the bytes rkyv would write, so that space can be reserved in the
+/// segment before serializing into it.
+#[derive(Default)]
+struct CountingWriter {
+    pos: usize,
+}
+
+impl Positional for CountingWriter {
+    fn pos(&self) -> usize {
+        self.pos
+    }
+}
+
+impl<E> Writer<E> for CountingWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), E> {
+        self.pos += bytes.len();
+        Ok(())
+    }
+}
+
+/// Exact size of the rkyv archive of `state`.
+pub fn archived_len(state: &TrainState) -> Result<u64> {
+    let w = rkyv::api::high::to_bytes_in::<_, rancor::Error>(state, CountingWriter::default())
+        .map_err(|e| WalError::Serialize {
+            path: PathBuf::new(),
+            reason: e.to_string(),
+        })?;
+    Ok(w.pos as u64)
+}
+
+/// What the writer knows about the records of one segment (for retention).
+#[derive(Debug, Clone)]
+struct SegmentInventory {
+    segment_no: u64,
+    path: PathBuf,
+    bytes: u64,
+    /// (sequence, epoch) of each record, in order.
+    records: Vec<(u64, u64)>,
+}
+
+/// Shared "this log is closed" flag: set by a failed sync on any thread.
+type Poison = Arc<Mutex<Option<String>>>;
+
+/// The writer of one log directory.
+pub struct Log {
+    dir: PathBuf,
+    _lock: File,
+    options: LogOptions,
+    log_id: u128,
+    next_sequence: u64,
+    next_segment_no: u64,
+    active: Option<Arc<SegmentMap>>,
+    /// Where the next record header goes in the active segment.
+    write_offset: u64,
+    inventory: Vec<SegmentInventory>,
+    poison: Poison,
+    in_flight: bool,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("next_sequence", &self.next_sequence)
+            .field("next_segment_no", &self.next_segment_no)
+            .finish()
+    }
+}
+
+/// A record serialized into the mapping but not yet durable.
+pub struct PendingAppend {
+    segment: Arc<SegmentMap>,
+    header: RecordHeader,
+    new_segment: bool,
+    dir: PathBuf,
+    poison: Poison,
+    /// How long serialization into the mapping took.
+    pub serialize_time: Duration,
+}
+
+/// A record that is durable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Durable {
+    /// Its header as written.
+    pub header: RecordHeader,
+    /// The segment file.
+    pub path: PathBuf,
+    /// Bytes the record occupies in the segment (header page + payload pages).
+    pub bytes: u64,
+    /// Whether the record opened a new segment.
+    pub new_segment: bool,
+    /// Time spent in msync (both barriers).
+    pub sync_time: Duration,
+}
+
+/// Segments deleted by retention after an append.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Paths removed.
+    pub deleted: Vec<PathBuf>,
+    /// Bytes freed.
+    pub freed_bytes: u64,
+}
+
+fn now_unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn random_log_id() -> u128 {
+    let mut buf = [0u8; 16];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        if f.read_exact(&mut buf).is_ok() {
+            return u128::from_le_bytes(buf);
+        }
+    }
+    // No /dev/urandom (a very bare sandbox): time and pid still make two
+    // logs' ids differ, which is all the id is for.
+    (now_unix_ns() as u128) << 64 | std::process::id() as u128
+}
+
+fn read_lock_holder(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir` for writing: takes the
+    /// writer lock, recovers the newest intact record and prepares to append
+    /// after it. Appends always go to a new segment, so nothing is ever
+    /// written behind bytes a crash may have left.
+    pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<(Log, Recovery)> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| WalError::io(&dir, "creating the log directory", e))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sys::sync_dir(parent).map_err(|e| WalError::io(parent, "fsync", e))?;
+            }
+        }
+        let lock_path = dir.join(format::LOCK_FILE);
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|source| match source.raw_os_error() {
+                Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM) => WalError::ReadOnly {
+                    path: dir.clone(),
+                    source,
+                },
+                _ => WalError::io(&lock_path, "opening the lock file", source),
+            })?;
+        if !sys::try_lock_exclusive(&lock).map_err(|e| WalError::io(&lock_path, "flock", e))? {
+            return Err(WalError::Locked {
+                path: dir.clone(),
+                holder: read_lock_holder(&lock_path),
+            });
+        }
+        lock.set_len(0)
+            .and_then(|_| lock.write_all(format!("{}\n", std::process::id()).as_bytes()))
+            .map_err(|e| WalError::io(&lock_path, "writing the lock file", e))?;
+
+        let recovery = recover(&dir)?;
+        let mut log = Log {
+            log_id: recovery.log_id.unwrap_or_else(random_log_id),
+            next_sequence: recovery.next_sequence,
+            next_segment_no: recovery.next_segment_no,
+            dir,
+            _lock: lock,
+            options,
+            active: None,
+            write_offset: 0,
+            inventory: Vec::new(),
+            poison: Arc::new(Mutex::new(None)),
+            in_flight: false,
+        };
+        log.take_inventory()?;
+        Ok((log, recovery))
+    }
+
+    /// Header-only scan of all our segments, for retention.
+    fn take_inventory(&mut self) -> Result<()> {
+        let (segments, _) = list_dir(&self.dir)?;
+        for (n, path) in segments {
+            let scan = scan_segment(&path, n);
+            let Some(h) = scan.header else { continue };
+            if h.log_id != self.log_id {
+                continue;
+            }
+            self.inventory.push(SegmentInventory {
+                segment_no: n,
+                path,
+                bytes: scan.file_len,
+                records: scan.records.iter().map(|r| (r.sequence, r.epoch)).collect(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The settings in force.
+    pub fn options(&self) -> LogOptions {
+        self.options
+    }
+
+    /// Changes segment size and retention for future appends (SIGHUP).
+    pub fn set_options(&mut self, options: LogOptions) {
+        self.options = options;
+    }
+
+    /// Sequence number the next record will get.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    /// The reason appends are refused, if an earlier sync failed.
+    pub fn poisoned(&self) -> Option<String> {
+        self.poison.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Appends `state` and waits until it is durable; applies retention.
+    pub fn append(&mut self, state: &TrainState) -> Result<Durable> {
+        let pending = self.begin_append(state)?;
+        let durable = pending.persist();
+        self.finish(&durable)?;
+        durable
+    }
+
+    /// Serializes `state` into the mapped tail of the log (rotating first if
+    /// it does not fit). The record is not durable until
+    /// [`PendingAppend::persist`] returns, and is not visible to readers
+    /// before that either (its header is written last).
+    pub fn begin_append(&mut self, state: &TrainState) -> Result<PendingAppend> {
+        if let Some(reason) = self.poisoned() {
+            return Err(WalError::Poisoned(reason));
+        }
+        if self.in_flight {
+            return Err(WalError::AppendInFlight);
+        }
+        let started = Instant::now();
+        let payload_len = archived_len(state)?;
+        if payload_len > MAX_PAYLOAD_BYTES {
+            return Err(WalError::TooLarge {
+                bytes: payload_len,
+                limit: MAX_PAYLOAD_BYTES,
+            });
+        }
+        let span = record_span(payload_len);
+        let fits = self
+            .active
+            .as_ref()
+            .is_some_and(|seg| self.write_offset + span <= seg.len);
+        let new_segment = !fits;
+        if new_segment {
+            self.rotate(span)?;
+        }
+        let segment = Arc::clone(self.active.as_ref().expect("rotate installs a segment"));
+        segment.check_size()?;
+        let offset = self.write_offset;
+        debug_assert_eq!(offset % PAGE, 0, "records start on a fresh page");
+        let payload_offset = offset + PAGE;
+        // SAFETY: [payload_offset, +payload_len) lies inside the mapping (fits
+        // was checked or the new segment was sized for it), no other append is
+        // in flight, and finished records lie strictly before `offset`.
+        let dest = unsafe { segment.range_mut(payload_offset, payload_len) };
+        let written = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
+            state,
+            rkyv::ser::writer::Buffer::from(&mut *dest),
+        )
+        .map_err(|e| WalError::Serialize {
+            path: segment.path.clone(),
+            reason: e.to_string(),
+        })?;
+        if written.pos() as u64 != payload_len {
+            return Err(WalError::Serialize {
+                path: segment.path.clone(),
+                reason: format!(
+                    "archive is {} bytes, {payload_len} were reserved",
+                    written.pos()
+                ),
+            });
+        }
+        let header = RecordHeader {
+            log_id: self.log_id,
+            segment_no: segment.segment_no,
+            sequence: self.next_sequence,
+            epoch: state.epoch,
+            step: state.global_step,
+            offset,
+            payload_len,
+            payload_checksum: 0,
+            unix_ns: state.wall_clock_unix_ns,
+            loss: f64::from(state.last_loss),
+        };
+        // The sequence is consumed even if persisting fails, so a number is
+        // never given to two different records.
+        self.next_sequence += 1;
+        self.write_offset = offset + span;
+        self.in_flight = true;
+        Ok(PendingAppend {
+            segment,
+            header,
+            new_segment,
+            dir: self.dir.clone(),
+            poison: Arc::clone(&self.poison),
+            serialize_time: started.elapsed(),
+        })
+    }
+
+    /// Creates, preallocates, syncs and maps a new segment able to hold a
+    /// record spanning `span` bytes.
+    fn rotate(&mut self, span: u64) -> Result<()> {
+        let bytes = page_align(self.options.segment_bytes.max(MIN_SEGMENT_BYTES)).max(PAGE + span);
+        let n = self.next_segment_no;
+        let name = segment_file_name(n);
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let created = (|| -> Result<File> {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| WalError::io(&tmp, "creating segment", e))?;
+            sys::preallocate(&file, bytes).map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EFBIG)
+                {
+                    WalError::NoSpace {
+                        path: tmp.clone(),
+                        bytes,
+                    }
+                } else {
+                    WalError::io(&tmp, "preallocating segment", e)
+                }
+            })?;
+            let mut page = vec![0u8; PAGE as usize];
+            SegmentHeader {
+                log_id: self.log_id,
+                segment_no: n,
+                segment_bytes: bytes,
+                created_unix_ns: now_unix_ns(),
+            }
+            .encode(&mut page);
+            file.write_all(&page)
+                .map_err(|e| WalError::io(&tmp, "writing segment header", e))?;
+            file.sync_all()
+                .map_err(|source| WalError::SyncFailed {
+                    path: tmp.clone(),
+                    source,
+                })?;
+            std::fs::rename(&tmp, &path).map_err(|e| WalError::io(&path, "renaming segment", e))?;
+            sys::sync_dir(&self.dir).map_err(|source| WalError::SyncFailed {
+                path: self.dir.clone(),
+                source,
+            })?;
+            Ok(file)
+        })();
+        let file = match created {
+            Ok(f) => f,
+            Err(e) => {
+                // Nothing of a half-made segment may stay behind: it would
+                // hold the space the error is about.
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        // The segment number is used up even if mapping fails below.
+        self.next_segment_no = n + 1;
+        // SAFETY: the file is ours (created above under the writer lock),
+        // fully allocated to `bytes`, and epochwal never truncates a segment;
+        // the region is only accessed through `SegmentMap`, whose users keep
+        // ranges disjoint.
+        let map = MmapOptions::new()
+            .len(bytes as usize)
+            .map_raw(&file)
+            .map_err(|e| WalError::io(&path, "mapping segment", e))?;
+        self.active = Some(Arc::new(SegmentMap {
+            path: path.clone(),
+            file,
+            map,
+            len: bytes,
+            segment_no: n,
+        }));
+        self.write_offset = PAGE;
+        self.inventory.push(SegmentInventory {
+            segment_no: n,
+            path,
+            bytes,
+            records: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Records the outcome of a persisted append and applies retention. Must
+    /// be called once for every [`Log::begin_append`], whatever the outcome.
+    pub fn finish(&mut self, outcome: &Result<Durable>) -> Result<RetentionReport> {
+        self.in_flight = false;
+        let durable = match outcome {
+            Ok(d) => d,
+            Err(_) => return Ok(RetentionReport::default()),
+        };
+        if let Some(seg) = self
+            .inventory
+            .iter_mut()
+            .find(|s| s.segment_no == durable.header.segment_no)
+        {
+            seg.records
+                .push((durable.header.sequence, durable.header.epoch));
+        }
+        self.apply_retention()
+    }
+
+    fn apply_retention(&mut self) -> Result<RetentionReport> {
+        let Retention {
+            keep_records,
+            keep_bytes,
+            keep_every_epochs,
+        } = self.options.retention;
+        let active_no = self.active.as_ref().map(|s| s.segment_no);
+        let mut keep = vec![false; self.inventory.len()];
+        // Newest first: the count and byte budgets are spent from the end.
+        let mut records_seen = 0u64;
+        let mut bytes_seen = 0u64;
+        let mut newest_found = false;
+        let mut epochs_kept = std::collections::HashSet::new();
+        for (i, seg) in self.inventory.iter().enumerate().rev() {
+            if Some(seg.segment_no) == active_no {
+                keep[i] = true;
+            }
+            bytes_seen += seg.bytes;
+            let within_bytes = keep_bytes == 0 || bytes_seen <= keep_bytes;
+            for &(_, epoch) in seg.records.iter().rev() {
+                records_seen += 1;
+                let within_count = keep_records == 0 || records_seen <= keep_records;
+                let newest = !newest_found;
+                newest_found = true;
+                let milestone = keep_every_epochs > 0
+                    && epoch % keep_every_epochs == 0
+                    && epochs_kept.insert(epoch);
+                if newest || (within_count && within_bytes) || milestone {
+                    keep[i] = true;
+                }
+            }
+        }
+        if !newest_found {
+            return Ok(RetentionReport::default());
+        }
+        // Only segments older than the newest record may go: a segment newer
+        // than it (an empty one) is where the next record will be written.
+        let newest_segment = self
+            .inventory
+            .iter()
+            .rev()
+            .find(|s| !s.records.is_empty())
+            .map(|s| s.segment_no)
+            .unwrap_or(0);
+        let mut report = RetentionReport::default();
+        let mut kept = Vec::with_capacity(self.inventory.len());
+        for (seg, keep) in std::mem::take(&mut self.inventory).into_iter().zip(keep) {
+            if keep || seg.segment_no >= newest_segment {
+                kept.push(seg);
+                continue;
+            }
+            match std::fs::remove_file(&seg.path) {
+                Ok(()) => {
+                    report.freed_bytes += seg.bytes;
+                    report.deleted.push(seg.path.clone());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    kept.push(seg);
+                    self.inventory = kept;
+                    return Err(WalError::io(&self.dir, "deleting an old segment", e));
+                }
+            }
+        }
+        self.inventory = kept;
+        if !report.deleted.is_empty() {
+            sys::sync_dir(&self.dir).map_err(|e| WalError::io(&self.dir, "fsync", e))?;
+        }
+        Ok(report)
+    }
+}
+
+impl PendingAppend {
+    /// The header the record will have (its checksum is filled in by
+    /// [`PendingAppend::persist`]).
+    pub fn header(&self) -> &RecordHeader {
+        &self.header
+    }
+
+    /// Makes the record durable: checksum the payload, msync it, write the
+    /// header page, msync that, then replace the commit file for tailers.
+    /// A sync failure closes the log for good (see [`WalError::SyncFailed`]).
+    pub fn persist(mut self) -> Result<Durable> {
+        let started = Instant::now();
+        let seg = &self.segment;
+        let h = &mut self.header;
+        let payload_offset = h.payload_offset();
+        // SAFETY: the payload range was filled by `begin_append` and nobody
+        // writes it any more; we only read it.
+        let payload = unsafe { seg.range_mut(payload_offset, h.payload_len) };
+        h.payload_checksum = format::checksum(payload);
+        let poison = |e: WalError| -> WalError {
+            if let Ok(mut p) = self.poison.lock() {
+                p.get_or_insert_with(|| e.to_string());
+            }
+            e
+        };
+        seg.check_size().map_err(poison)?;
+        seg.sync(payload_offset, h.payload_len).map_err(poison)?;
+        // SAFETY: the header page of this record belongs to this append only.
+        let header_page = unsafe { seg.range_mut(h.offset, PAGE) };
+        h.encode(header_page);
+        seg.sync(h.offset, PAGE).map_err(poison)?;
+        let sync_time = started.elapsed();
+        let header = *h;
+        write_commit_file(&self.dir, &header, &seg.path);
+        Ok(Durable {
+            header,
+            path: seg.path.clone(),
+            bytes: record_span(header.payload_len),
+            new_segment: self.new_segment,
+            sync_time,
+        })
+    }
+}
+
+/// Replaces `COMMIT` with a line naming the newest durable record. It is a
+/// notification for `tail -f` (inotify cannot see stores through a mapping),
+/// not part of recovery, so it is not fsynced and its failure is only logged.
+fn write_commit_file(dir: &Path, h: &RecordHeader, segment: &Path) {
+    let tmp = dir.join(format!("{}.tmp", format::COMMIT_FILE));
+    let line = format!(
+        "sequence={} epoch={} step={} segment={} offset={}\n",
+        h.sequence,
+        h.epoch,
+        h.step,
+        segment.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+        h.offset
+    );
+    let res = std::fs::write(&tmp, line)
+        .and_then(|_| std::fs::rename(&tmp, dir.join(format::COMMIT_FILE)));
+    if let Err(e) = res {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not update the commit file (tail -f may lag)");
+    }
+}
