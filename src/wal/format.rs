@@ -338,6 +338,9 @@ mod tests {
         assert_eq!(parse_segment_file_name(&segment_file_name(7)), Some(7));
         assert_eq!(parse_segment_file_name("7.wal"), None);
         assert_eq!(parse_segment_file_name("0000000000000000000a.wal"), None);
-        assert_eq!(parse_segment_file_name("00000000000000000007.wal.tmp"), None);
+        assert_eq!(
+            parse_segment_file_name("00000000000000000007.wal.tmp"),
+            None
+        );
     }
 }

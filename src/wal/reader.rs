@@ -244,7 +244,8 @@ pub fn scan_segment(path: &Path, segment_no: u64) -> SegmentScan {
     let len = match file.metadata() {
         Ok(m) => m.len(),
         Err(e) => {
-            scan.problems.push(skip(path, 0, format!("cannot stat: {e}")));
+            scan.problems
+                .push(skip(path, 0, format!("cannot stat: {e}")));
             return scan;
         }
     };
@@ -262,7 +263,8 @@ pub fn scan_segment(path: &Path, segment_no: u64) -> SegmentScan {
             return scan;
         }
         Err(e) => {
-            scan.problems.push(skip(path, 0, format!("read failed: {e}")));
+            scan.problems
+                .push(skip(path, 0, format!("read failed: {e}")));
             return scan;
         }
     }
@@ -390,10 +392,7 @@ impl LogReader {
         let (segments, others) = list_dir(&self.dir)?;
         Ok(LogScan {
             dir: self.dir.clone(),
-            segments: segments
-                .iter()
-                .map(|(n, p)| scan_segment(p, *n))
-                .collect(),
+            segments: segments.iter().map(|(n, p)| scan_segment(p, *n)).collect(),
             others,
         })
     }
@@ -434,13 +433,8 @@ pub(crate) fn load_record(path: &Path, header: &RecordHeader) -> Result<MappedRe
     // truncates a segment and never rewrites the bytes of a record that has a
     // header; a third party truncating the file while it is mapped could still
     // raise SIGBUS, which FORMAT.md documents as outside the contract.
-    let map = unsafe {
-        MmapOptions::new()
-            .offset(map_start)
-            .len(map_len)
-            .map(&file)
-    }
-    .map_err(|e| WalError::io(path, "mapping record", e))?;
+    let map = unsafe { MmapOptions::new().offset(map_start).len(map_len).map(&file) }
+        .map_err(|e| WalError::io(path, "mapping record", e))?;
     validate_payload(&map[delta..], header).map_err(damaged)?;
     Ok(MappedRecord {
         path: path.to_path_buf(),

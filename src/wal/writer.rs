@@ -102,10 +102,7 @@ impl SegmentMap {
     #[allow(clippy::mut_from_ref)]
     unsafe fn range_mut(&self, offset: u64, len: u64) -> &mut [u8] {
         assert!(offset + len <= self.len, "range outside the segment");
-        std::slice::from_raw_parts_mut(
-            self.map.as_mut_ptr().add(offset as usize),
-            len as usize,
-        )
+        std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(offset as usize), len as usize)
     }
 
     fn sync(&self, offset: u64, len: u64) -> Result<()> {
@@ -449,8 +446,7 @@ impl Log {
                 .open(&tmp)
                 .map_err(|e| WalError::io(&tmp, "creating segment", e))?;
             sys::preallocate(&file, bytes).map_err(|e| {
-                if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EFBIG)
-                {
+                if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EFBIG) {
                     WalError::NoSpace {
                         path: tmp.clone(),
                         bytes,
@@ -469,11 +465,10 @@ impl Log {
             .encode(&mut page);
             file.write_all(&page)
                 .map_err(|e| WalError::io(&tmp, "writing segment header", e))?;
-            file.sync_all()
-                .map_err(|source| WalError::SyncFailed {
-                    path: tmp.clone(),
-                    source,
-                })?;
+            file.sync_all().map_err(|source| WalError::SyncFailed {
+                path: tmp.clone(),
+                source,
+            })?;
             std::fs::rename(&tmp, &path).map_err(|e| WalError::io(&path, "renaming segment", e))?;
             sys::sync_dir(&self.dir).map_err(|source| WalError::SyncFailed {
                 path: self.dir.clone(),
