@@ -1,1 +1,852 @@
+//! The trainer: an MLP trained with Adam on a dataset, deterministically.
+//!
+//! The whole training state lives in one [`TrainState`] (weights, Adam
+//! moments, counters, data position, random state) that the daemon archives
+//! with rkyv straight into the log; [`Trainer::state`] lends it out between
+//! steps, so a snapshot copies nothing beforehand. [`Trainer::restore`] puts
+//! an archived state back so that continuing is bit-identical to never having
+//! stopped.
+//!
+//! Determinism rests on three rules: every sum is taken in a fixed order
+//! (single-threaded, no BLAS, see [`model`]); every random number comes from
+//! an explicit generator derived from the seed (see [`rng`]); and the data
+//! order of an epoch depends only on `(seed, epoch)`, so the position inside
+//! the epoch (`step_in_epoch`) is all that must be stored about the data.
+//!
+//! Configuration (TOML, every key optional except `dataset.kind` and the keys
+//! its kind requires):
+//!
+//! ```toml
+//! batch_size = 32          # examples per step
+//! seed = 0                 # initial weights, data order, generated data
+//!
+//! [dataset]
+//! kind = "synthetic"       # "seed" | "csv" | "synthetic" | "diabetes" | "winequality"
+//! n = 4096
+//! input_dim = 64
+//! output_dim = 8
+//!
+//! [model]
+//! hidden = [256, 256]      # widths of the hidden layers
+//! activation = "relu"      # "relu" | "tanh" | "identity" (alias "none")
+//! loss = "mse"             # "mse" | "cross_entropy"
+//! names = "layers"         # "layers" | "fc" (single Linear layer only)
+//!
+//! [optimizer]
+//! lr = 0.001
+//! betas = [0.9, 0.999]
+//! eps = 1e-8
+//! weight_decay = 0.0
+//! ```
 
+pub mod adam;
+pub mod data;
+pub mod model;
+pub mod rng;
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::state::{
+    AdamParamState, AdamState, ArchivedTrainState, DataState, ModelState, TrainState,
+    SCHEMA_VERSION,
+};
+use adam::{adam_step, AdamHyper};
+use data::{Dataset, Targets};
+pub use model::{Activation, Loss};
+use model::{BatchTargets, Mlp, MlpSpec};
+use rng::{stream, Xoshiro256};
+
+/// A training run's configuration: `[dataset]`, `[model]`, `[optimizer]`,
+/// `batch_size` and `seed`. Unknown keys are errors that name the key.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The training data (`[dataset]`, required).
+    pub dataset: DatasetConfig,
+    /// The network (`[model]`); default: a linear model with MSE.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// Adam's hyperparameters (`[optimizer]`); default: PyTorch's.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// Examples per optimizer step; the last batch of an epoch may be
+    /// smaller. Default 32.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Seed of the initial weights, the data order and generated data.
+    /// Default 0.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_batch_size() -> usize {
+    32
+}
+
+/// Which data to train on, selected by `kind`.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DatasetConfig {
+    /// The tutorial data: `y = 10 x + 1 + noise` with `x` uniform in
+    /// `[-1, 1)`, for the `fc` Linear(1, 1) model (regression, MSE).
+    Seed {
+        /// Number of examples. Default 256.
+        #[serde(default = "default_seed_n")]
+        n: usize,
+        /// Standard deviation of the (approximately Gaussian) noise added to
+        /// `y`. Default 0.01.
+        #[serde(default = "default_seed_noise")]
+        noise_std: f32,
+    },
+    /// A CSV file with a header row and numeric columns. Inputs are
+    /// standardised to zero mean and unit variance with the file's own
+    /// statistics.
+    Csv {
+        /// The file (required).
+        path: PathBuf,
+        /// Target column name(s) (required). With `loss = "cross_entropy"`
+        /// exactly one column of integer class labels `0, 1, ...`.
+        targets: Vec<String>,
+        /// Input columns. Default: every column that is not a target.
+        #[serde(default)]
+        inputs: Option<Vec<String>>,
+        /// Number of classes for cross-entropy. Default: largest label + 1.
+        #[serde(default)]
+        classes: Option<usize>,
+        /// Standardise regression targets too. Default false.
+        #[serde(default)]
+        standardize_targets: bool,
+    },
+    /// Random inputs and a fixed random linear teacher: its outputs are the
+    /// MSE targets, their argmax the cross-entropy classes. The model's size
+    /// is set by `model.hidden`; use it for benchmarks of any size.
+    Synthetic {
+        /// Number of examples. Default 4096.
+        #[serde(default = "default_synthetic_n")]
+        n: usize,
+        /// Input features. Default 64.
+        #[serde(default = "default_synthetic_input_dim")]
+        input_dim: usize,
+        /// Outputs (MSE) or classes (cross-entropy). Default 8.
+        #[serde(default = "default_synthetic_output_dim")]
+        output_dim: usize,
+        /// Standard deviation of noise added to the teacher's outputs.
+        /// Default 0.
+        #[serde(default)]
+        noise_std: f32,
+        /// Seed of the data, if it should differ from the run's `seed`.
+        /// Default: the run's seed.
+        #[serde(default)]
+        data_seed: Option<u64>,
+    },
+    /// The diabetes regression dataset shipped with `linfa-datasets` (10
+    /// standardised features, disease progression as target; MSE only).
+    Diabetes {
+        /// Standardise the target. Default false.
+        #[serde(default)]
+        standardize_targets: bool,
+    },
+    /// The red wine quality dataset shipped with `linfa-datasets` (11
+    /// features, quality 3–8 as class for cross-entropy or value for MSE).
+    Winequality {},
+}
+
+fn default_seed_n() -> usize {
+    256
+}
+fn default_seed_noise() -> f32 {
+    0.01
+}
+fn default_synthetic_n() -> usize {
+    4096
+}
+fn default_synthetic_input_dim() -> usize {
+    64
+}
+fn default_synthetic_output_dim() -> usize {
+    8
+}
+
+/// Naming scheme of the parameters.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorNames {
+    /// `layers.0.weight`, `layers.0.bias`, `layers.1.weight`, ...
+    #[default]
+    Layers,
+    /// `fc.weight`, `fc.bias`: the tutorial's single Linear layer.
+    Fc,
+}
+
+/// The network: Linear layers of widths `[input, hidden..., output]`, where
+/// input and output widths come from the dataset.
+#[derive(Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Widths of the hidden layers. Default `[]` (a single Linear layer).
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    /// Activation after each hidden layer. Default `"relu"`.
+    #[serde(default)]
+    pub activation: Activation,
+    /// Loss. Default `"mse"`.
+    #[serde(default)]
+    pub loss: Loss,
+    /// Parameter names. Default `"layers"`; `"fc"` needs `hidden = []`.
+    #[serde(default)]
+    pub names: TensorNames,
+}
+
+/// `torch.optim.Adam` hyperparameters.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Learning rate. Default 1e-3.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// `[beta1, beta2]`. Default `[0.9, 0.999]`.
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    /// Denominator term. Default 1e-8.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// L2 penalty added to the gradient. Default 0.
+    #[serde(default)]
+    pub weight_decay: f64,
+}
+
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            lr: default_lr(),
+            betas: default_betas(),
+            eps: default_eps(),
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    fn hyper(&self) -> AdamHyper {
+        AdamHyper {
+            lr: self.lr,
+            beta1: self.betas[0],
+            beta2: self.betas[1],
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The tutorial run: `fc` Linear(1, 1) starting at weight 10 and bias 1,
+    /// MSE on 256 noisy points of `y = 10 x + 1`, batches of 32, Adam with
+    /// lr 1e-3 and betas (0.5, 0.999), seed 0.
+    pub fn seed_tutorial() -> TrainConfig {
+        TrainConfig {
+            dataset: DatasetConfig::Seed {
+                n: default_seed_n(),
+                noise_std: default_seed_noise(),
+            },
+            model: ModelConfig {
+                hidden: Vec::new(),
+                activation: Activation::Identity,
+                loss: Loss::Mse,
+                names: TensorNames::Fc,
+            },
+            optimizer: OptimizerConfig {
+                betas: [0.5, 0.999],
+                ..OptimizerConfig::default()
+            },
+            batch_size: 32,
+            seed: 0,
+        }
+    }
+}
+
+/// Errors of the trainer. Each message names what is wrong and where.
+#[derive(thiserror::Error, Debug)]
+pub enum TrainError {
+    /// A configuration value is out of range or inconsistent.
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    /// A data file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A CSV file has bad content.
+    #[error("{}:{line}: column {column}: {message}", path.display())]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// Column name (`-` when the whole line is concerned).
+        column: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A dataset cannot be built as configured.
+    #[error("dataset {kind}: {message}")]
+    Dataset {
+        /// The dataset kind.
+        kind: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The record was written with a schema this build does not read.
+    #[error(
+        "checkpoint schema version {found} is not supported (this build reads version {expected})"
+    )]
+    SchemaVersion {
+        /// Version in the record.
+        found: u32,
+        /// [`SCHEMA_VERSION`].
+        expected: u32,
+    },
+    /// The record belongs to a different architecture or dataset shape.
+    #[error(
+        "checkpoint is for a different model: record fingerprint {record:016x} ({record_description}), \
+         configuration fingerprint {config:016x} ({config_description})"
+    )]
+    Fingerprint {
+        /// Fingerprint in the record.
+        record: u64,
+        /// Description in the record.
+        record_description: String,
+        /// Fingerprint of the current configuration.
+        config: u64,
+        /// Description of the current configuration.
+        config_description: String,
+    },
+    /// The record was written with another seed, so data order and generated
+    /// data would differ from the run that wrote it.
+    #[error(
+        "checkpoint was written with seed {record} but the configuration has seed {config}; \
+         set seed = {record} to resume it"
+    )]
+    Seed {
+        /// Seed in the record.
+        record: u64,
+        /// Seed in the configuration.
+        config: u64,
+    },
+    /// The record's tensors or counters do not fit the model.
+    #[error("checkpoint does not fit the model: {0}")]
+    StateMismatch(String),
+    /// Warm-start tensors do not match the model's parameters.
+    #[error("warm-start tensors do not match the model: {0}")]
+    InitFrom(String),
+    /// Bad argument to [`Trainer::predict`].
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+/// What one [`Trainer::step`] did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutcome {
+    /// Mean loss of the mini-batch (before the update).
+    pub loss: f32,
+    /// This step was the last of an epoch.
+    pub epoch_completed: bool,
+    /// Epochs completed after this step.
+    pub epoch: u64,
+    /// Optimizer steps taken since the start of the run, this one included.
+    pub global_step: u64,
+}
+
+/// A training run in memory.
+pub struct Trainer {
+    cfg: TrainConfig,
+    /// The live, checkpointable state: parameters and Adam moments live here.
+    state: TrainState,
+    mlp: Mlp,
+    data: Dataset,
+    hyper: AdamHyper,
+    /// Data order of `perm_epoch`, regenerated when the epoch changes.
+    perm: Vec<usize>,
+    perm_epoch: u64,
+    fingerprint: u64,
+    description: String,
+    // Reused batch buffers.
+    batch_x: Vec<f32>,
+    batch_y: Vec<f32>,
+    batch_c: Vec<u32>,
+}
+
+impl std::fmt::Debug for Trainer {
+    /// A summary: the derived form would print every weight and example.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("model", &self.description)
+            .field("fingerprint", &format_args!("{:016x}", self.fingerprint))
+            .field("dataset", &self.data.signature())
+            .field("epoch", &self.state.epoch)
+            .field("step_in_epoch", &self.state.step_in_epoch)
+            .field("global_step", &self.state.global_step)
+            .finish_non_exhaustive()
+    }
+}
+
+/// 64-bit FNV-1a: tiny, dependency-free and fixed forever, which is what a
+/// fingerprint stored in old records needs.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+impl Trainer {
+    /// Starts a fresh run (epoch 0, step 0): builds the dataset and the
+    /// model, initialises the weights from the seed (the `fc` tutorial model
+    /// starts at weight 10, bias 1) and the Adam moments at zero.
+    pub fn new(cfg: &TrainConfig) -> Result<Trainer, TrainError> {
+        if cfg.batch_size == 0 {
+            return Err(TrainError::Config("batch_size must be at least 1".into()));
+        }
+        let hyper = cfg.optimizer.hyper();
+        hyper.validate().map_err(TrainError::Config)?;
+        let m = &cfg.model;
+        if let Some(i) = m.hidden.iter().position(|&w| w == 0) {
+            return Err(TrainError::Config(format!(
+                "model.hidden[{i}] is 0: widths must be at least 1"
+            )));
+        }
+        if m.names == TensorNames::Fc && !m.hidden.is_empty() {
+            return Err(TrainError::Config(format!(
+                "model.names = \"fc\" names a single Linear layer, but model.hidden = {:?} has hidden layers; \
+                 use names = \"layers\"",
+                m.hidden
+            )));
+        }
+        let is_seed = matches!(cfg.dataset, DatasetConfig::Seed { .. });
+        let data = data::build(&cfg.dataset, m.loss, cfg.seed)?;
+        let mut sizes = Vec::with_capacity(m.hidden.len() + 2);
+        sizes.push(data.input_dim);
+        sizes.extend_from_slice(&m.hidden);
+        sizes.push(data.output_dim());
+        let spec = MlpSpec {
+            sizes,
+            activation: m.activation,
+            loss: m.loss,
+            fc_names: m.names == TensorNames::Fc,
+        };
+
+        let mut init_rng = Xoshiro256::derive(cfg.seed, stream::INIT, 0);
+        let mut tensors = spec.init_tensors(&mut init_rng);
+        if is_seed && spec.fc_names && spec.sizes == [1, 1] {
+            // The tutorial's recognisable start: y = 10 x + 1. Any other
+            // model on the seed data gets the ordinary random start.
+            tensors[0].data[0] = 10.0;
+            tensors[1].data[0] = 1.0;
+        }
+        let params = tensors
+            .iter()
+            .map(|t| AdamParamState {
+                name: t.name.clone(),
+                step: 0,
+                exp_avg: vec![0.0; t.data.len()],
+                exp_avg_sq: vec![0.0; t.data.len()],
+            })
+            .collect();
+
+        let (fingerprint, description) = Self::identity(&spec, &data);
+        let state = TrainState {
+            schema_version: SCHEMA_VERSION,
+            epoch: 0,
+            global_step: 0,
+            step_in_epoch: 0,
+            model: ModelState {
+                fingerprint,
+                description: description.clone(),
+                tensors,
+            },
+            optimizer: AdamState {
+                lr: hyper.lr,
+                beta1: hyper.beta1,
+                beta2: hyper.beta2,
+                eps: hyper.eps,
+                weight_decay: hyper.weight_decay,
+                params,
+            },
+            data: DataState {
+                seed: cfg.seed,
+                dataset_len: data.n as u64,
+                rng: Xoshiro256::derive(cfg.seed, stream::TRAIN, 0).state(),
+            },
+            last_loss: f32::NAN,
+            wall_clock_unix_ns: 0,
+            train_time_ms: 0,
+        };
+        let perm = rng::epoch_permutation(cfg.seed, 0, data.n);
+        Ok(Trainer {
+            cfg: cfg.clone(),
+            state,
+            mlp: Mlp::new(spec),
+            data,
+            hyper,
+            perm,
+            perm_epoch: 0,
+            fingerprint,
+            description,
+            batch_x: Vec::new(),
+            batch_y: Vec::new(),
+            batch_c: Vec::new(),
+        })
+    }
+
+    /// Fingerprint and description of an architecture on a dataset shape.
+    fn identity(spec: &MlpSpec, data: &Dataset) -> (u64, String) {
+        let mut canon = String::from("epochwal-mlp-v1\n");
+        canon.push_str(&format!(
+            "activation={}\nloss={}\n",
+            spec.activation.name(),
+            spec.loss.name()
+        ));
+        for (name, shape) in spec.tensor_specs() {
+            canon.push_str(&format!("tensor={name}:{shape:?}\n"));
+        }
+        canon.push_str(&data.signature());
+        canon.push('\n');
+        let sizes: Vec<String> = spec.sizes.iter().map(|s| s.to_string()).collect();
+        let description = format!(
+            "mlp {} {} {}, {} tensors, {} parameters",
+            sizes.join("-"),
+            spec.activation.name(),
+            spec.loss.name(),
+            2 * spec.layers(),
+            spec.parameter_count()
+        );
+        (fnv1a64(canon.as_bytes()), description)
+    }
+
+    /// Fingerprint of the architecture: parameter names and shapes,
+    /// activation, loss and the dataset's kind and dimensions — not the seed
+    /// or the optimizer settings. FNV-1a over a canonical text, so it is the
+    /// same in every build.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// Human-readable architecture, e.g.
+    /// `mlp 1-1 identity mse, 2 tensors, 2 parameters`.
+    pub fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    /// The configuration this trainer was built from.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The live training state, up to date after every step. Parameters and
+    /// Adam moments live here; serialize it directly.
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    /// Mini-batches per epoch: `ceil(n / batch_size)`.
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.data.n.div_ceil(self.cfg.batch_size) as u64
+    }
+
+    /// Records the wall-clock time of a snapshot (ns since the Unix epoch)
+    /// and the training time accumulated over all runs (ms).
+    pub fn set_wall_clock(&mut self, unix_ns: u64, train_time_ms: u64) {
+        self.state.wall_clock_unix_ns = unix_ns;
+        self.state.train_time_ms = train_time_ms;
+    }
+
+    /// Replaces the optimizer hyperparameters (for example on a reload of
+    /// the configuration); the moments and step counts are kept, as when a
+    /// PyTorch user edits `param_groups`.
+    pub fn set_optimizer(&mut self, opt: &OptimizerConfig) -> Result<(), TrainError> {
+        let hyper = opt.hyper();
+        hyper.validate().map_err(TrainError::Config)?;
+        self.hyper = hyper;
+        self.cfg.optimizer = opt.clone();
+        let o = &mut self.state.optimizer;
+        o.lr = hyper.lr;
+        o.beta1 = hyper.beta1;
+        o.beta2 = hyper.beta2;
+        o.eps = hyper.eps;
+        o.weight_decay = hyper.weight_decay;
+        Ok(())
+    }
+
+    /// One optimizer step on the next mini-batch of the current epoch:
+    /// forward, backward, Adam. After the last batch of an epoch the epoch
+    /// counter advances and the position returns to 0.
+    pub fn step(&mut self) -> StepOutcome {
+        let n = self.data.n;
+        let bs = self.cfg.batch_size;
+        if self.perm_epoch != self.state.epoch {
+            self.perm = rng::epoch_permutation(self.state.data.seed, self.state.epoch, n);
+            self.perm_epoch = self.state.epoch;
+        }
+        let start = (self.state.step_in_epoch as usize)
+            .saturating_mul(bs)
+            .min(n);
+        let end = (start + bs).min(n);
+        self.data.gather(
+            &self.perm[start..end],
+            &mut self.batch_x,
+            &mut self.batch_y,
+            &mut self.batch_c,
+        );
+        let targets = match self.data.targets {
+            Targets::Values { .. } => BatchTargets::Values(&self.batch_y),
+            Targets::Classes { .. } => BatchTargets::Classes(&self.batch_c),
+        };
+        let loss = self
+            .mlp
+            .forward_backward(&self.state.model.tensors, &self.batch_x, targets);
+        for ((t, g), st) in self
+            .state
+            .model
+            .tensors
+            .iter_mut()
+            .zip(self.mlp.grads())
+            .zip(self.state.optimizer.params.iter_mut())
+        {
+            adam_step(&self.hyper, &mut t.data, g, st);
+        }
+
+        let steps_per_epoch = self.steps_per_epoch();
+        let s = &mut self.state;
+        s.last_loss = loss;
+        s.global_step += 1;
+        s.step_in_epoch += 1;
+        let epoch_completed = s.step_in_epoch >= steps_per_epoch;
+        if epoch_completed {
+            s.epoch += 1;
+            s.step_in_epoch = 0;
+        }
+        StepOutcome {
+            loss,
+            epoch_completed,
+            epoch: s.epoch,
+            global_step: s.global_step,
+        }
+    }
+
+    /// Runs the model on `inputs` (`[batch, input_dim]`, in the model's input
+    /// space, i.e. after any standardisation) and returns its outputs
+    /// (`[batch, output_dim]`: predictions, or logits for cross-entropy).
+    pub fn predict(&mut self, inputs: &[f32]) -> Result<Vec<f32>, TrainError> {
+        let d = self.data.input_dim;
+        if inputs.is_empty() || inputs.len() % d != 0 {
+            return Err(TrainError::Input(format!(
+                "expected a multiple of {d} input values (input_dim), got {}",
+                inputs.len()
+            )));
+        }
+        Ok(self.mlp.forward(&self.state.model.tensors, inputs).to_vec())
+    }
+
+    /// Continues from an archived state (for example the newest record of
+    /// the log). Refuses a record of another schema version, fingerprint or
+    /// seed, or whose tensors do not fit; on error nothing is changed.
+    /// Otherwise the weights, moments, counters and random state are copied,
+    /// so that stepping on is bit-identical to a run that never stopped.
+    /// The optimizer hyperparameters stay those of the configuration (the
+    /// record's are informational), so a restart may change them on purpose.
+    pub fn restore(&mut self, s: &ArchivedTrainState) -> Result<(), TrainError> {
+        let version = s.schema_version.to_native();
+        if version != SCHEMA_VERSION {
+            return Err(TrainError::SchemaVersion {
+                found: version,
+                expected: SCHEMA_VERSION,
+            });
+        }
+        let record_fp = s.model.fingerprint.to_native();
+        if record_fp != self.fingerprint {
+            return Err(TrainError::Fingerprint {
+                record: record_fp,
+                record_description: s.model.description.as_str().to_string(),
+                config: self.fingerprint,
+                config_description: self.description.clone(),
+            });
+        }
+        let seed = s.data.seed.to_native();
+        if seed != self.state.data.seed {
+            return Err(TrainError::Seed {
+                record: seed,
+                config: self.state.data.seed,
+            });
+        }
+        let len = s.data.dataset_len.to_native();
+        if len != self.data.n as u64 {
+            return Err(TrainError::StateMismatch(format!(
+                "record has {len} training examples, the dataset has {}",
+                self.data.n
+            )));
+        }
+        let step_in_epoch = s.step_in_epoch.to_native();
+        if step_in_epoch >= self.steps_per_epoch() {
+            return Err(TrainError::StateMismatch(format!(
+                "record is at step {step_in_epoch} of an epoch, but an epoch has {} steps \
+                 (was batch_size changed from the run that wrote it?)",
+                self.steps_per_epoch()
+            )));
+        }
+        let ours = &self.state.model.tensors;
+        if s.model.tensors.len() != ours.len() {
+            return Err(TrainError::StateMismatch(format!(
+                "record has {} tensors, the model has {}",
+                s.model.tensors.len(),
+                ours.len()
+            )));
+        }
+        if s.optimizer.params.len() != ours.len() {
+            return Err(TrainError::StateMismatch(format!(
+                "record has optimizer state for {} tensors, the model has {}",
+                s.optimizer.params.len(),
+                ours.len()
+            )));
+        }
+        for ((rt, rp), t) in s
+            .model
+            .tensors
+            .iter()
+            .zip(s.optimizer.params.iter())
+            .zip(ours)
+        {
+            let dims = rt.dims();
+            if rt.name.as_str() != t.name || dims != t.shape {
+                return Err(TrainError::StateMismatch(format!(
+                    "record tensor {} {:?} where the model has {} {:?}",
+                    rt.name.as_str(),
+                    dims,
+                    t.name,
+                    t.shape
+                )));
+            }
+            let n = t.data.len();
+            if rt.values().len() != n {
+                return Err(TrainError::StateMismatch(format!(
+                    "record tensor {} has {} values, its shape {:?} needs {n}",
+                    t.name,
+                    rt.values().len(),
+                    dims
+                )));
+            }
+            if rp.name.as_str() != t.name || rp.exp_avg().len() != n || rp.exp_avg_sq().len() != n {
+                return Err(TrainError::StateMismatch(format!(
+                    "record optimizer state {} ({} / {} moment values) does not fit tensor {} ({n} values)",
+                    rp.name.as_str(),
+                    rp.exp_avg().len(),
+                    rp.exp_avg_sq().len(),
+                    t.name
+                )));
+            }
+        }
+
+        // Everything checked: copy.
+        let st = &mut self.state;
+        for ((rt, rp), (t, p)) in s.model.tensors.iter().zip(s.optimizer.params.iter()).zip(
+            st.model
+                .tensors
+                .iter_mut()
+                .zip(st.optimizer.params.iter_mut()),
+        ) {
+            t.data.copy_from_slice(rt.values());
+            p.step = rp.step.to_native();
+            p.exp_avg.copy_from_slice(rp.exp_avg());
+            p.exp_avg_sq.copy_from_slice(rp.exp_avg_sq());
+        }
+        st.epoch = s.epoch.to_native();
+        st.global_step = s.global_step.to_native();
+        st.step_in_epoch = step_in_epoch;
+        st.data.rng = [
+            s.data.rng[0].to_native(),
+            s.data.rng[1].to_native(),
+            s.data.rng[2].to_native(),
+            s.data.rng[3].to_native(),
+        ];
+        st.last_loss = s.last_loss.to_native();
+        st.wall_clock_unix_ns = s.wall_clock_unix_ns.to_native();
+        st.train_time_ms = s.train_time_ms.to_native();
+        if self.perm_epoch != st.epoch {
+            self.perm = rng::epoch_permutation(st.data.seed, st.epoch, self.data.n);
+            self.perm_epoch = st.epoch;
+        }
+        Ok(())
+    }
+
+    /// Warm start: replaces the weights by name with `(name, shape, values)`
+    /// triples (for example from a safetensors file). Every parameter must be
+    /// given exactly once with its shape; otherwise the error lists the
+    /// missing, unexpected and mis-shaped names and nothing is changed. The
+    /// optimizer state and counters are not touched (call this right after
+    /// [`Trainer::new`] for a fresh optimizer).
+    pub fn init_from(
+        &mut self,
+        tensors: &[(String, Vec<u64>, Vec<f32>)],
+    ) -> Result<(), TrainError> {
+        let ours = &self.state.model.tensors;
+        let mut problems = Vec::new();
+        let mut index = vec![None; ours.len()];
+        for (k, (name, shape, values)) in tensors.iter().enumerate() {
+            match ours.iter().position(|t| &t.name == name) {
+                None => problems.push(format!("unexpected tensor {name}")),
+                Some(i) => {
+                    if index[i].is_some() {
+                        problems.push(format!("tensor {name} given twice"));
+                        continue;
+                    }
+                    index[i] = Some(k);
+                    let want = &ours[i].shape;
+                    if shape != want {
+                        problems.push(format!(
+                            "{name} has shape {shape:?}, the model needs {want:?}"
+                        ));
+                    } else if values.len() != ours[i].data.len() {
+                        problems.push(format!(
+                            "{name} has {} values, its shape {shape:?} needs {}",
+                            values.len(),
+                            ours[i].data.len()
+                        ));
+                    }
+                }
+            }
+        }
+        for (t, k) in ours.iter().zip(&index) {
+            if k.is_none() {
+                problems.push(format!("missing tensor {} {:?}", t.name, t.shape));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(TrainError::InitFrom(problems.join("; ")));
+        }
+        for (t, k) in self.state.model.tensors.iter_mut().zip(index) {
+            if let Some(k) = k {
+                t.data.copy_from_slice(&tensors[k].2);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,912 @@
+//! Checkpoint benchmark: every figure is a ratio of two things measured side
+//! by side, run by run, in the same process (the machines we run on are
+//! noisy, so absolute numbers from different runs do not compare).
+//!
+//! ```text
+//! cargo bench --bench checkpoint
+//! EPOCHWAL_BENCH_SIZES=16M,256M,1G,4G EPOCHWAL_BENCH_RUNS=5 cargo bench --bench checkpoint
+//! cargo bench --bench checkpoint -- --sizes 16M,256M --runs 3 --only append,recovery
+//! ```
+//!
+//! Environment / arguments:
+//! - `EPOCHWAL_BENCH_SIZES` / `--sizes`: state sizes (K, M, G suffixes are
+//!   KiB, MiB, GiB); default `16M,256M,1G`.
+//! - `EPOCHWAL_BENCH_RUNS` / `--runs`: measured runs per figure; default 5,
+//!   3 for sizes of 1 GiB and more. One unmeasured warm-up run precedes them.
+//! - `EPOCHWAL_BENCH_DIR` / `--dir`: where files are written; default
+//!   `target/bench-tmp`. Must not be tmpfs (the point is to measure the disk).
+//!   The bench works in a `checkpoint-bench` subdirectory, which it deletes.
+//! - `EPOCHWAL_BENCH_ONLY` / `--only`: comma list of sections among
+//!   `append` (append_vs_raw_write, pause_vs_memcpy, safetensors_vs_append),
+//!   `prefault` (first-touch cost of a fresh mapping), `recovery`
+//!   (recovery_scaling, access_vs_deserialize), `train` (overhead_per_epoch).
+//!
+//! Output: one line per figure, `name size median=R min=R max=R runs=N
+//! goal=... status=...` followed by `key=value` absolute numbers, then the same
+//! lines again as a summary table at the end.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::hint::black_box;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use epochwal::state::TrainState;
+use epochwal::wal::{format, recover, Log, LogOptions, Retention};
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// Upper bound on what the recovery section keeps on disk at once.
+const RECOVERY_DISK_BUDGET: u64 = 12 * GIB;
+
+// ---------------------------------------------------------------- options
+
+struct Options {
+    sizes: Vec<u64>,
+    runs: Option<usize>,
+    root: PathBuf,
+    only: Option<Vec<String>>,
+}
+
+impl Options {
+    fn parse() -> Options {
+        let mut sizes = std::env::var("EPOCHWAL_BENCH_SIZES").ok();
+        let mut runs = std::env::var("EPOCHWAL_BENCH_RUNS").ok();
+        let mut dir = std::env::var("EPOCHWAL_BENCH_DIR").ok();
+        let mut only = std::env::var("EPOCHWAL_BENCH_ONLY").ok();
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut i = 0;
+        while i < args.len() {
+            let a = args[i].as_str();
+            let mut value = |slot: &mut Option<String>| {
+                if let Some((_, v)) = a.split_once('=') {
+                    *slot = Some(v.to_string());
+                } else {
+                    i += 1;
+                    *slot = args.get(i).cloned();
+                }
+            };
+            match a.split('=').next().unwrap() {
+                "--sizes" => value(&mut sizes),
+                "--runs" => value(&mut runs),
+                "--dir" => value(&mut dir),
+                "--only" => value(&mut only),
+                // `cargo bench` passes `--bench`; ignore it and other flags.
+                s if s.starts_with('-') => {}
+                // A bare argument is a size list.
+                _ => sizes = Some(a.to_string()),
+            }
+            i += 1;
+        }
+        let sizes = sizes
+            .as_deref()
+            .unwrap_or("16M,256M,1G")
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse_size(s.trim()).unwrap_or_else(|| die(&format!("bad size {s:?}"))))
+            .collect();
+        let runs = runs.map(|r| {
+            r.parse::<usize>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .unwrap_or_else(|| die(&format!("bad run count {r:?}")))
+        });
+        let root = dir.map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-tmp"))
+        });
+        let only = only.map(|o| o.split(',').map(|s| s.trim().to_string()).collect());
+        Options {
+            sizes,
+            runs,
+            root,
+            only,
+        }
+    }
+
+    fn runs_for(&self, size: u64) -> usize {
+        self.runs.unwrap_or(if size >= GIB { 3 } else { 5 })
+    }
+
+    fn wants(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == section))
+    }
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("checkpoint bench: {msg}");
+    std::process::exit(2)
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim_end_matches(['B', 'b']).trim_end_matches(['i']);
+    let (num, mul) = match s.chars().last()? {
+        'K' | 'k' => (&s[..s.len() - 1], KIB),
+        'M' | 'm' => (&s[..s.len() - 1], MIB),
+        'G' | 'g' => (&s[..s.len() - 1], GIB),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok().map(|n| n * mul).filter(|&n| n > 0)
+}
+
+fn size_label(n: u64) -> String {
+    if n >= GIB && n % GIB == 0 {
+        format!("{}GiB", n / GIB)
+    } else if n >= MIB && n % MIB == 0 {
+        format!("{}MiB", n / MIB)
+    } else if n >= KIB && n % KIB == 0 {
+        format!("{}KiB", n / KIB)
+    } else {
+        format!("{n}B")
+    }
+}
+
+// ---------------------------------------------------------------- machine
+
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn read_trim(path: &str) -> String {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn mem_total() -> String {
+    let info = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or("?".into(), |kb| {
+            format!("{:.1}GiB", kb as f64 / (1 << 20) as f64)
+        })
+}
+
+fn cpu_model() -> String {
+    let info = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// (device, mount point, fs type, options) of the mount holding `path`.
+fn mount_of(path: &Path) -> (String, String, String, String) {
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut best: Option<(String, String, String, String)> = None;
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 4 {
+            continue;
+        }
+        let mp = f[1].replace("\\040", " ");
+        if path.starts_with(&mp) && best.as_ref().is_none_or(|b| mp.len() >= b.1.len()) {
+            best = Some((f[0].into(), mp, f[2].into(), f[3].into()));
+        }
+    }
+    best.unwrap_or_else(|| ("?".into(), "?".into(), "?".into(), "?".into()))
+}
+
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out pointer.
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)
+        .then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+fn sync_all_fs() {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+}
+
+/// Drops the page cache (needs root). Returns whether it worked.
+fn drop_caches() -> bool {
+    sync_all_fs();
+    fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+// ---------------------------------------------------------------- stats
+
+#[derive(Clone)]
+struct Line {
+    name: &'static str,
+    size: String,
+    ratios: Vec<f64>,
+    goal: Option<(&'static str, f64)>,
+    extra: Vec<(String, String)>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn gbps(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / secs / 1e9
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+impl Line {
+    fn new(name: &'static str, size: &str, ratios: Vec<f64>) -> Line {
+        Line {
+            name,
+            size: size.to_string(),
+            ratios,
+            goal: None,
+            extra: Vec::new(),
+        }
+    }
+    fn goal(mut self, op: &'static str, v: f64) -> Line {
+        self.goal = Some((op, v));
+        self
+    }
+    fn kv(mut self, k: &str, v: impl std::fmt::Display) -> Line {
+        self.extra.push((k.to_string(), v.to_string()));
+        self
+    }
+    fn ms_of(self, k: &str, v: &[f64]) -> Line {
+        let med = median(v);
+        self.kv(k, fmt_ms(med))
+    }
+    fn render(&self) -> String {
+        let med = median(&self.ratios);
+        let mut s = format!(
+            "{} {} median={:.3} min={:.3} max={:.3} runs={}",
+            self.name,
+            self.size,
+            med,
+            min(&self.ratios),
+            max(&self.ratios),
+            self.ratios.len()
+        );
+        if let Some((op, g)) = self.goal {
+            let met = match op {
+                ">=" => med >= g,
+                _ => med <= g,
+            };
+            s += &format!(" goal{op}{g} status={}", if met { "met" } else { "MISSED" });
+        }
+        for (k, v) in &self.extra {
+            s += &format!(" {k}={v}");
+        }
+        s
+    }
+}
+
+struct Report {
+    lines: Vec<Line>,
+}
+
+impl Report {
+    fn push(&mut self, line: Line) {
+        println!("{}", line.render());
+        let _ = std::io::stdout().flush();
+        self.lines.push(line);
+    }
+}
+
+fn note(s: &str) {
+    println!("# {s}");
+    let _ = std::io::stdout().flush();
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn as_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: any f32 slice is a valid byte slice of 4x the length.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+fn set_epoch(state: &mut TrainState, epoch: u64) {
+    state.epoch = epoch;
+    state.global_step = epoch * 10;
+    state
+        .optimizer
+        .params
+        .iter_mut()
+        .for_each(|p| p.step = epoch * 10);
+}
+
+fn archive(state: &TrainState) -> rkyv::util::AlignedVec {
+    rkyv::to_bytes::<rkyv::rancor::Error>(state).expect("serialize")
+}
+
+fn fresh_dir(p: &Path) {
+    if p.exists() {
+        fs::remove_dir_all(p).expect("removing an old bench directory");
+    }
+    fs::create_dir_all(p).expect("creating a bench directory");
+}
+
+fn remove(p: &Path) {
+    if p.is_dir() {
+        let _ = fs::remove_dir_all(p);
+    } else {
+        let _ = fs::remove_file(p);
+    }
+}
+
+/// One plain `write` of `bytes` to a new file, then `fdatasync`.
+fn raw_write(path: &Path, bytes: &[u8]) -> Duration {
+    let t = Instant::now();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .expect("create raw file");
+    f.write_all(bytes).expect("write raw file");
+    f.sync_data().expect("fdatasync raw file");
+    t.elapsed()
+}
+
+/// The state's tensors through `safetensors::serialize_to_file`, then fsync.
+fn safetensors_write(path: &Path, state: &TrainState) -> Duration {
+    use safetensors::tensor::{Dtype, TensorView};
+    let t = Instant::now();
+    let mut views: Vec<(String, TensorView<'_>)> = Vec::new();
+    for tensor in &state.model.tensors {
+        let shape = tensor.shape.iter().map(|&d| d as usize).collect();
+        views.push((
+            tensor.name.clone(),
+            TensorView::new(Dtype::F32, shape, as_bytes(&tensor.data)).unwrap(),
+        ));
+    }
+    for p in &state.optimizer.params {
+        for (kind, v) in [("exp_avg", &p.exp_avg), ("exp_avg_sq", &p.exp_avg_sq)] {
+            views.push((
+                format!("optimizer.{}.{kind}", p.name),
+                TensorView::new(Dtype::F32, vec![v.len()], as_bytes(v)).unwrap(),
+            ));
+        }
+    }
+    safetensors::serialize_to_file(views, None, path).expect("safetensors write");
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .expect("fsync safetensors file");
+    t.elapsed()
+}
+
+/// Reads one f32 per 4 KiB page of every tensor of a validated record.
+fn touch_record(state: &epochwal::state::ArchivedTrainState) -> f32 {
+    let mut sum = 0.0f32;
+    let mut touch = |v: &[f32]| {
+        for x in v.iter().step_by(1024) {
+            sum += *x;
+        }
+    };
+    for t in state.model.tensors.iter() {
+        touch(t.values());
+    }
+    for p in state.optimizer.params.iter() {
+        touch(p.exp_avg());
+        touch(p.exp_avg_sq());
+    }
+    sum
+}
+
+// ---------------------------------------------------------------- sections
+
+/// append_vs_raw_write, pause_vs_memcpy, safetensors_vs_append: the four
+/// ways of writing the same bytes, interleaved run by run, in a rotating
+/// order so that no side always goes first.
+fn bench_append(opts: &Options, report: &mut Report, work: &Path, size: u64) {
+    let label = size_label(size);
+    let runs = opts.runs_for(size);
+    let dir = work.join(format!("append-{label}"));
+    fresh_dir(&dir);
+    let mut state = common::sample_state(size as usize, 1);
+    let bytes = archive(&state);
+    let payload = bytes.len() as u64;
+    let mut dest = vec![1u8; bytes.len()];
+    dest.copy_from_slice(&bytes); // pre-faulted, and warm
+    let log_dir = dir.join("log");
+    let (mut log, _) = Log::open(
+        &log_dir,
+        LogOptions {
+            retention: Retention {
+                keep_records: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .expect("open log");
+    note(&format!(
+        "{label}: payload {payload} bytes, segment_bytes {} (records larger than that get a segment of their own, so every append rotates), runs {runs} + 1 warm-up",
+        log.options().segment_bytes
+    ));
+
+    let (mut raw, mut app, mut pause, mut persist, mut mcp, mut st, mut csum) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut new_segments = 0;
+    for run in 0..=runs {
+        let measured = run > 0;
+        set_epoch(&mut state, run as u64 + 1);
+        let mut order = [0, 1, 2];
+        order.rotate_left(run % 3);
+        for side in order {
+            sync_all_fs();
+            match side {
+                0 => {
+                    let p = dir.join(format!("raw-{run}.bin"));
+                    let t = raw_write(&p, &bytes);
+                    remove(&p);
+                    if measured {
+                        raw.push(ms(t));
+                    }
+                }
+                1 => {
+                    // The memcpy reference right next to the pause it is
+                    // compared with.
+                    let t0 = Instant::now();
+                    dest.copy_from_slice(black_box(&bytes));
+                    black_box(&mut dest);
+                    let tm = t0.elapsed();
+                    let t0 = Instant::now();
+                    let pending = log.begin_append(&state).expect("begin_append");
+                    let t1 = Instant::now();
+                    let durable = pending.persist();
+                    let t2 = Instant::now();
+                    let durable_ok = durable.as_ref().expect("persist").clone();
+                    log.finish(&durable).expect("finish");
+                    assert_eq!(durable_ok.header.payload_len, payload);
+                    if measured {
+                        mcp.push(ms(tm));
+                        pause.push(ms(t1 - t0));
+                        persist.push(ms(t2 - t1));
+                        app.push(ms(t2 - t0));
+                        new_segments += usize::from(durable_ok.new_segment);
+                    }
+                }
+                _ => {
+                    let p = dir.join(format!("st-{run}.safetensors"));
+                    let t = safetensors_write(&p, &state);
+                    remove(&p);
+                    if measured {
+                        st.push(ms(t));
+                    }
+                }
+            }
+        }
+        if measured {
+            // The checksum part of persist, alone (CPU only).
+            let t0 = Instant::now();
+            black_box(format::checksum(black_box(&bytes)));
+            csum.push(ms(t0.elapsed()));
+        }
+    }
+    drop(log);
+    remove(&dir);
+
+    let r = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>();
+    let secs = |v: &[f64]| median(v) / 1e3;
+    report.push(
+        Line::new("append_vs_raw_write", &label, r(&raw, &app))
+            .goal(">=", 0.9)
+            .kv("append_GBps", format!("{:.3}", gbps(payload, secs(&app))))
+            .kv("raw_GBps", format!("{:.3}", gbps(payload, secs(&raw))))
+            .ms_of("append_ms", &app)
+            .ms_of("raw_ms", &raw)
+            .ms_of("begin_append_ms", &pause)
+            .ms_of("persist_ms", &persist)
+            .ms_of("checksum_ms", &csum)
+            .kv("new_segment_appends", format!("{new_segments}/{runs}")),
+    );
+    report.push(
+        Line::new("pause_vs_memcpy", &label, r(&pause, &mcp))
+            .goal("<=", 1.5)
+            .ms_of("begin_append_ms", &pause)
+            .ms_of("memcpy_ms", &mcp)
+            .kv("memcpy_GBps", format!("{:.2}", gbps(payload, secs(&mcp))))
+            .kv(
+                "begin_append_GBps",
+                format!("{:.2}", gbps(payload, secs(&pause))),
+            ),
+    );
+    report.push(
+        Line::new("safetensors_vs_append", &label, r(&st, &app))
+            .goal(">=", 1.0)
+            .ms_of("safetensors_ms", &st)
+            .ms_of("append_ms", &app)
+            .kv(
+                "safetensors_GBps",
+                format!("{:.3}", gbps(payload, secs(&st))),
+            ),
+    );
+}
+
+/// Evidence for the pause: copying into a freshly created, fallocated,
+/// mapped file (what begin_append does after a rotation) vs the same copy
+/// into a mapping whose pages were write-faulted beforehand with
+/// `madvise(MADV_POPULATE_WRITE)` (which the persister thread could do), vs
+/// memcpy into a pre-faulted heap buffer.
+fn bench_prefault(opts: &Options, report: &mut Report, work: &Path, size: u64) {
+    let label = size_label(size);
+    let runs = opts.runs_for(size);
+    let dir = work.join(format!("prefault-{label}"));
+    fresh_dir(&dir);
+    let src = vec![7u8; size as usize];
+    let mut dest = vec![1u8; size as usize];
+    let map_file = |name: &str| -> (File, memmap2::MmapRaw) {
+        let p = dir.join(name);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .unwrap();
+        // SAFETY: fallocate on a valid fd.
+        assert_eq!(
+            unsafe {
+                libc::fallocate(std::os::unix::io::AsRawFd::as_raw_fd(&f), 0, 0, size as i64)
+            },
+            0
+        );
+        let m = memmap2::MmapOptions::new()
+            .len(size as usize)
+            .map_raw(&f)
+            .unwrap();
+        (f, m)
+    };
+    let copy_into = |m: &memmap2::MmapRaw| -> Duration {
+        // SAFETY: the mapping is ours and `size` long.
+        let d = unsafe { std::slice::from_raw_parts_mut(m.as_mut_ptr(), size as usize) };
+        let t = Instant::now();
+        d.copy_from_slice(black_box(&src));
+        t.elapsed()
+    };
+    let (mut fresh, mut populated, mut populate, mut mcp) = (vec![], vec![], vec![], vec![]);
+    let mut populate_ok = true;
+    for run in 0..=runs {
+        sync_all_fs();
+        let t = Instant::now();
+        dest.copy_from_slice(black_box(&src));
+        let tm = t.elapsed();
+        let (_f1, m1) = map_file(&format!("fresh-{run}"));
+        let tf = copy_into(&m1);
+        let (_f2, m2) = map_file(&format!("pop-{run}"));
+        let t = Instant::now();
+        // SAFETY: advice on our own mapping.
+        let rc = unsafe {
+            libc::madvise(
+                m2.as_mut_ptr().cast(),
+                size as usize,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        let tpop = t.elapsed();
+        populate_ok &= rc == 0;
+        let tp = copy_into(&m2);
+        drop((m1, m2));
+        remove(&dir.join(format!("fresh-{run}")));
+        remove(&dir.join(format!("pop-{run}")));
+        if run > 0 {
+            fresh.push(ms(tf));
+            populated.push(ms(tp));
+            populate.push(ms(tpop));
+            mcp.push(ms(tm));
+        }
+    }
+    remove(&dir);
+    let r = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>();
+    report.push(
+        Line::new("fresh_mapping_copy_vs_memcpy", &label, r(&fresh, &mcp))
+            .ms_of("fresh_mapping_copy_ms", &fresh)
+            .ms_of("memcpy_ms", &mcp),
+    );
+    report.push(
+        Line::new(
+            "populated_mapping_copy_vs_memcpy",
+            &label,
+            r(&populated, &mcp),
+        )
+        .ms_of("populated_mapping_copy_ms", &populated)
+        .ms_of("madv_populate_write_ms", &populate)
+        .ms_of("memcpy_ms", &mcp)
+        .kv("populate_ok", populate_ok),
+    );
+}
+
+/// recovery_scaling (1 record vs many of the same size) and
+/// access_vs_deserialize.
+fn bench_recovery(opts: &Options, report: &mut Report, work: &Path, size: u64, cold_ok: bool) {
+    let label = size_label(size);
+    let runs = opts.runs_for(size);
+    let many: u64 = if size >= GIB {
+        10
+    } else {
+        (RECOVERY_DISK_BUDGET / size).clamp(2, 100)
+    };
+    let dir = work.join(format!("recovery-{label}"));
+    fresh_dir(&dir);
+    let one_dir = dir.join("one");
+    let many_dir = dir.join("many");
+    let mut state = common::sample_state(size as usize, 1);
+    let t = Instant::now();
+    {
+        let (mut log, _) = Log::open(&one_dir, LogOptions::default()).unwrap();
+        log.append(&state).unwrap();
+        let (mut log, _) = Log::open(&many_dir, LogOptions::default()).unwrap();
+        for e in 1..=many {
+            set_epoch(&mut state, e);
+            log.append(&state).unwrap();
+        }
+    }
+    let segments = fs::read_dir(&many_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+        })
+        .count();
+    note(&format!(
+        "{label}: built logs of 1 and {many} records ({segments} segments of default size {} MiB or one per record) in {:.1} s",
+        LogOptions::default().segment_bytes >> 20,
+        t.elapsed().as_secs_f64()
+    ));
+    drop(state);
+
+    let time_recover = |d: &Path, expect_seq: u64| -> f64 {
+        let t = Instant::now();
+        let r = recover(d).expect("recover");
+        let el = t.elapsed();
+        assert_eq!(r.record.as_ref().unwrap().header().sequence, expect_seq);
+        drop(r);
+        ms(el)
+    };
+    let mut lines = Vec::new();
+    for cold in [true, false] {
+        if cold && !cold_ok {
+            continue;
+        }
+        let (mut t1, mut tn) = (vec![], vec![]);
+        for run in 0..=runs {
+            let order: [bool; 2] = if run % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for long in order {
+                if cold {
+                    drop_caches();
+                }
+                let t = if long {
+                    time_recover(&many_dir, many)
+                } else {
+                    time_recover(&one_dir, 1)
+                };
+                if run > 0 || cold {
+                    if long {
+                        tn.push(t)
+                    } else {
+                        t1.push(t)
+                    }
+                }
+            }
+        }
+        if cold {
+            // Cold runs need no warm-up; keep the same count as warm ones.
+            t1.truncate(runs);
+            tn.truncate(runs);
+        }
+        let ratios = tn.iter().zip(&t1).map(|(a, b)| a / b).collect();
+        lines.push(
+            Line::new(
+                if cold {
+                    "recovery_scaling"
+                } else {
+                    "recovery_scaling_warm"
+                },
+                &label,
+                ratios,
+            )
+            .goal("<=", 1.2)
+            .kv("records", many)
+            .kv("cache", if cold { "cold(drop_caches)" } else { "warm" })
+            .ms_of("recover_1_ms", &t1)
+            .ms_of(&format!("recover_{many}_ms"), &tn)
+            .kv(
+                "recover_1_GBps",
+                format!("{:.2}", gbps(size, median(&t1) / 1e3)),
+            ),
+        );
+    }
+    for l in lines {
+        report.push(l);
+    }
+
+    // Zero-copy access vs full deserialization, warm cache (the record was
+    // just read), interleaved.
+    let (mut access, mut deser, mut touch_only, mut deser_only) = (vec![], vec![], vec![], vec![]);
+    for run in 0..=runs {
+        let order: [bool; 2] = if run % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for full in order {
+            let t = Instant::now();
+            let r = recover(&one_dir).unwrap();
+            let rec = r.record.as_ref().unwrap();
+            let t_open = Instant::now();
+            if full {
+                let owned = rec.to_owned_state().unwrap();
+                let el = t.elapsed();
+                let only = t_open.elapsed();
+                black_box(&owned);
+                drop(owned);
+                if run > 0 {
+                    deser.push(ms(el));
+                    deser_only.push(ms(only));
+                }
+            } else {
+                black_box(touch_record(rec.state()));
+                let el = t.elapsed();
+                let only = t_open.elapsed();
+                if run > 0 {
+                    access.push(ms(el));
+                    touch_only.push(ms(only));
+                }
+            }
+            drop(r);
+        }
+    }
+    report.push(
+        Line::new(
+            "access_vs_deserialize",
+            &label,
+            access.iter().zip(&deser).map(|(a, b)| a / b).collect(),
+        )
+        .kv("cache", "warm")
+        .ms_of("recover_and_touch_ms", &access)
+        .ms_of("recover_and_deserialize_ms", &deser)
+        .ms_of("touch_only_ms", &touch_only)
+        .ms_of("deserialize_only_ms", &deser_only),
+    );
+    remove(&dir);
+}
+
+// ---------------------------------------------------------------- main
+
+fn main() {
+    let opts = Options::parse();
+    fs::create_dir_all(&opts.root)
+        .unwrap_or_else(|e| die(&format!("cannot create {}: {e}", opts.root.display())));
+    let work = opts.root.join("checkpoint-bench");
+    fresh_dir(&work);
+    let (dev, mp, fstype, mopts) = mount_of(&work);
+    if fstype == "tmpfs" || fstype == "ramfs" {
+        die(&format!(
+            "{} is on {fstype}: durability costs nothing there; set EPOCHWAL_BENCH_DIR to a directory on a real disk",
+            work.display()
+        ));
+    }
+    let cold_ok = drop_caches();
+    println!("# epochwal checkpoint benchmark");
+    println!(
+        "# date={} cores={} cpu=\"{}\" mem={} kernel={}",
+        utc_now(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model(),
+        mem_total(),
+        read_trim("/proc/sys/kernel/osrelease")
+    );
+    println!(
+        "# dir={} fs={fstype} device={dev} mount={mp} options={mopts} free={:.1}GiB",
+        work.display(),
+        free_bytes(&work).unwrap_or(0) as f64 / GIB as f64
+    );
+    println!(
+        "# sizes={} runs={} (each ratio is computed per run from two sides measured back to back; median/min/max over runs; one warm-up run is discarded)",
+        opts.sizes.iter().map(|&s| size_label(s)).collect::<Vec<_>>().join(","),
+        opts.runs.map_or("5 (3 for >=1GiB)".into(), |r| r.to_string()),
+    );
+    println!(
+        "# page cache drop for cold recovery: {}",
+        if cold_ok {
+            "yes (/proc/sys/vm/drop_caches)"
+        } else {
+            "NOT possible; recovery is measured warm only"
+        }
+    );
+    let mut report = Report { lines: Vec::new() };
+    let started = Instant::now();
+
+    for &size in &opts.sizes {
+        println!("## state size {}", size_label(size));
+        if opts.wants("append") {
+            bench_append(&opts, &mut report, &work, size);
+        }
+        if opts.wants("prefault") {
+            bench_prefault(&opts, &mut report, &work, size);
+        }
+        if opts.wants("recovery") {
+            bench_recovery(&opts, &mut report, &work, size, cold_ok);
+        }
+    }
+    if opts.wants("train") {
+        println!("## training overhead");
+        bench_train(&opts, &mut report, &work);
+    }
+    remove(&work);
+
+    println!();
+    println!("## summary ({:.0} s)", started.elapsed().as_secs_f64());
+    let mut by_name: HashMap<&str, Vec<&Line>> = HashMap::new();
+    let mut names = Vec::new();
+    for l in &report.lines {
+        if !by_name.contains_key(l.name) {
+            names.push(l.name);
+        }
+        by_name.entry(l.name).or_default().push(l);
+    }
+    for n in names {
+        for l in &by_name[n] {
+            println!("{}", l.render());
+        }
+    }
+}
+
+fn bench_train(_opts: &Options, _report: &mut Report, _work: &Path) {
+    note("overhead_per_epoch: epochwal::train not available yet; skipped");
+}

@@ -1,0 +1,330 @@
+//! The training thread and the persisting thread, and what they share.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{error, info, warn};
+
+use super::Notify;
+use crate::config::CheckpointConfig;
+use crate::train::Trainer;
+use crate::wal::{Log, PendingAppend, WalError};
+
+/// `u64::MAX` stands for "none" in the atomics below.
+const NONE: u64 = u64::MAX;
+
+/// State shared by the three threads.
+pub(crate) struct Control {
+    stop: AtomicBool,
+    checkpoint_now: AtomicBool,
+    /// Grows with every training step and every durable checkpoint; the
+    /// watchdog pings systemd only while it moves.
+    pub heartbeat: AtomicU64,
+    /// Sequence of the newest durable record (0 = none yet).
+    pub last_durable_seq: AtomicU64,
+    /// Global step of the newest durable record (`NONE` = none).
+    last_durable_step: AtomicU64,
+    checkpoint: Mutex<CheckpointConfig>,
+    /// True while a checkpoint is being persisted.
+    busy: Mutex<bool>,
+    idle: Condvar,
+    /// Set when persisting failed in a way that closes the log.
+    fatal: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Control {
+    /// `durable` is the (sequence, global step) of the recovered record.
+    pub(crate) fn new(checkpoint: CheckpointConfig, durable: Option<(u64, u64)>) -> Control {
+        Control {
+            stop: AtomicBool::new(false),
+            checkpoint_now: AtomicBool::new(false),
+            heartbeat: AtomicU64::new(0),
+            last_durable_seq: AtomicU64::new(durable.map_or(0, |d| d.0)),
+            last_durable_step: AtomicU64::new(durable.map_or(NONE, |d| d.1)),
+            checkpoint: Mutex::new(checkpoint),
+            busy: Mutex::new(false),
+            idle: Condvar::new(),
+            fatal: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn request_checkpoint(&self) {
+        self.checkpoint_now.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn set_checkpoint_config(&self, c: CheckpointConfig) {
+        *lock(&self.checkpoint) = c;
+    }
+
+    /// Blocks until no checkpoint is being persisted. Errors if persisting
+    /// failed fatally.
+    fn wait_idle(&self) -> Result<(), String> {
+        let mut busy = lock(&self.busy);
+        while *busy {
+            busy = self.idle.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(busy);
+        match lock(&self.fatal).clone() {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
+
+    fn set_busy(&self, value: bool) {
+        *lock(&self.busy) = value;
+        if !value {
+            self.idle.notify_all();
+        }
+    }
+
+    fn durable_step(&self) -> Option<u64> {
+        match self.last_durable_step.load(Ordering::SeqCst) {
+            NONE => None,
+            s => Some(s),
+        }
+    }
+}
+
+/// How the training thread ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Stopped by a signal after a final durable checkpoint.
+    Stopped { seq: u64 },
+    /// Reached the configured number of epochs.
+    Completed { seq: u64 },
+    /// Could not go on.
+    Failed(String),
+}
+
+/// What the supervisor holds on to.
+pub(crate) struct Handles {
+    pub done: tokio::sync::oneshot::Receiver<Outcome>,
+}
+
+struct Job {
+    pending: PendingAppend,
+    pause: Duration,
+    reason: &'static str,
+}
+
+/// Starts the persisting and training threads.
+pub(crate) fn spawn(
+    trainer: Trainer,
+    log: Arc<Mutex<Log>>,
+    control: Arc<Control>,
+    target_epochs: u64,
+    notify: Notify,
+) -> anyhow::Result<Handles> {
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    {
+        let log = Arc::clone(&log);
+        let control = Arc::clone(&control);
+        let notify = notify.clone();
+        std::thread::Builder::new()
+            .name("persist".into())
+            .spawn(move || persist_loop(jobs_rx, &log, &control, &notify))?;
+    }
+    std::thread::Builder::new()
+        .name("train".into())
+        .spawn(move || {
+            let mut t = TrainLoop {
+                trainer,
+                log,
+                control,
+                jobs: jobs_tx,
+                notify,
+                target_epochs,
+                started: Instant::now(),
+            };
+            let outcome = t.run();
+            let _ = done_tx.send(outcome);
+        })?;
+    Ok(Handles { done: done_rx })
+}
+
+fn persist_loop(jobs: mpsc::Receiver<Job>, log: &Mutex<Log>, control: &Control, notify: &Notify) {
+    for job in jobs {
+        let header = *job.pending.header();
+        let result = job.pending.persist();
+        let retention = lock(log).finish(&result);
+        match &result {
+            Ok(d) => {
+                control
+                    .last_durable_seq
+                    .store(d.header.sequence, Ordering::SeqCst);
+                control
+                    .last_durable_step
+                    .store(d.header.step, Ordering::SeqCst);
+                control.heartbeat.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    seq = d.header.sequence,
+                    epoch = d.header.epoch,
+                    step = d.header.step,
+                    bytes = d.bytes,
+                    pause_ms = (job.pause.as_secs_f64() * 1e6).round() / 1e3,
+                    persist_ms = (d.sync_time.as_secs_f64() * 1e6).round() / 1e3,
+                    reason = job.reason,
+                    segment = %d.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+                    "checkpoint durable"
+                );
+                notify.send(&format!(
+                    "STATUS=training: epoch {}, step {}, last durable seq {}",
+                    d.header.epoch, d.header.step, d.header.sequence
+                ));
+            }
+            Err(e) => {
+                error!(seq = header.sequence, error = %e, "persisting the checkpoint failed; the log is closed for appends");
+                notify.send(&format!("STATUS=failed: {e}"));
+                *lock(&control.fatal) = Some(e.to_string());
+            }
+        }
+        match retention {
+            Ok(r) if !r.deleted.is_empty() => info!(
+                deleted = r.deleted.len(),
+                freed_bytes = r.freed_bytes,
+                "retention removed old segments"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "retention failed; old segments stay until the next checkpoint"),
+        }
+        control.set_busy(false);
+    }
+}
+
+struct TrainLoop {
+    trainer: Trainer,
+    log: Arc<Mutex<Log>>,
+    control: Arc<Control>,
+    jobs: mpsc::Sender<Job>,
+    notify: Notify,
+    target_epochs: u64,
+    started: Instant,
+}
+
+impl TrainLoop {
+    fn run(&mut self) -> Outcome {
+        let mut last_checkpoint = Instant::now();
+        loop {
+            if self.control.stop.load(Ordering::SeqCst) {
+                return self.final_checkpoint(true);
+            }
+            if self.target_epochs > 0 && self.trainer.state().epoch >= self.target_epochs {
+                return self.final_checkpoint(false);
+            }
+            let out = self.trainer.step();
+            self.control.heartbeat.fetch_add(1, Ordering::Relaxed);
+            if !out.loss.is_finite() {
+                warn!(epoch = out.epoch, step = out.global_step, loss = out.loss, "loss is not finite");
+            }
+            if out.epoch_completed {
+                info!(epoch = out.epoch, step = out.global_step, loss = out.loss, "epoch completed");
+            }
+            let cfg = *lock(&self.control.checkpoint);
+            let reason = if self.control.checkpoint_now.swap(false, Ordering::SeqCst) {
+                Some("signal")
+            } else if cfg.every_epochs > 0 && out.epoch_completed && out.epoch % cfg.every_epochs == 0
+            {
+                Some("epoch")
+            } else if cfg.every_steps > 0 && out.global_step % cfg.every_steps == 0 {
+                Some("steps")
+            } else if cfg.every_seconds > 0
+                && last_checkpoint.elapsed() >= Duration::from_secs(cfg.every_seconds)
+            {
+                Some("timer")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                match self.checkpoint(reason) {
+                    Ok(_) => last_checkpoint = Instant::now(),
+                    Err(e) => return Outcome::Failed(e),
+                }
+            }
+        }
+    }
+
+    /// Serializes the state into the log and hands it to the persisting
+    /// thread. `Ok(false)` when the log is full (the failure is reported and
+    /// training goes on; the next trigger retries).
+    fn checkpoint(&mut self, reason: &'static str) -> Result<bool, String> {
+        let t0 = Instant::now();
+        self.control.wait_idle()?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let base_ms = self.trainer.state().train_time_ms;
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        self.started = Instant::now();
+        self.trainer.set_wall_clock(now, base_ms + elapsed_ms);
+        let begun = lock(&self.log).begin_append(self.trainer.state());
+        match begun {
+            Ok(pending) => {
+                self.control.set_busy(true);
+                let job = Job {
+                    pending,
+                    pause: t0.elapsed(),
+                    reason,
+                };
+                self.jobs
+                    .send(job)
+                    .map_err(|_| "the persisting thread is gone".to_string())?;
+                Ok(true)
+            }
+            Err(e @ WalError::NoSpace { .. }) => {
+                let state = self.trainer.state();
+                error!(epoch = state.epoch, step = state.global_step, error = %e, "checkpoint failed; training goes on and the next trigger retries");
+                self.notify.send(&format!(
+                    "STATUS=training: epoch {}, step {}, last durable seq {}; checkpoint failed: no space left",
+                    state.epoch,
+                    state.global_step,
+                    self.control.last_durable_seq.load(Ordering::SeqCst)
+                ));
+                Ok(false)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Waits for the in-flight checkpoint, writes a last one unless the
+    /// current state is already durable, and waits for it too.
+    fn final_checkpoint(&mut self, stopped: bool) -> Outcome {
+        if let Err(e) = self.control.wait_idle() {
+            return Outcome::Failed(e);
+        }
+        let step = self.trainer.state().global_step;
+        if self.control.durable_step() != Some(step) {
+            match self.checkpoint("shutdown") {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Outcome::Failed(format!(
+                        "the final checkpoint could not be written; the newest durable record is sequence {}",
+                        self.control.last_durable_seq.load(Ordering::SeqCst)
+                    ))
+                }
+                Err(e) => return Outcome::Failed(e),
+            }
+            if let Err(e) = self.control.wait_idle() {
+                return Outcome::Failed(e);
+            }
+        } else {
+            info!(step, "the current state is already durable; no final checkpoint needed");
+        }
+        let seq = self.control.last_durable_seq.load(Ordering::SeqCst);
+        if stopped {
+            Outcome::Stopped { seq }
+        } else {
+            Outcome::Completed { seq }
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! `epochwal tail DIR [-n N] [-f] [--json]`: the newest records, one line
+//! each, from the record headers alone (payloads are never read).
+//!
+//! Following (`-f`) works like `tail -F`. Stores through a mapping are
+//! invisible to inotify, so the writer signals with ordinary file operations:
+//! after each durable append it replaces `COMMIT` (rename of `COMMIT.tmp`),
+//! and new segments appear by rename of `*.wal.tmp`. The follower watches the
+//! directory for those events, rescans the headers on each, and also rescans
+//! every second as a safety net (a missed or coalesced event, a directory
+//! that is deleted and recreated, a filesystem without inotify). A directory
+//! that does not exist yet is polled for. Only records with a sequence
+//! greater than the last one printed are printed, so rotation, retention
+//! deletes and writer restarts neither repeat nor lose lines.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::Context;
+use notify::{RecursiveMode, Watcher};
+
+use super::{file_name, format_unix_ns, human_bytes, open_reader};
+use crate::wal::{LogReader, LogScan};
+
+/// Arguments of `epochwal tail`.
+#[derive(clap::Args, Debug)]
+pub struct TailArgs {
+    /// The log directory.
+    pub dir: PathBuf,
+    /// How many of the newest records to print first.
+    #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 10)]
+    pub lines: usize,
+    /// Keep running and print records as they become durable (like `tail -F`:
+    /// follows rotation, retention, writer restarts, and a directory that does
+    /// not exist yet). Ends quietly on Ctrl-C or when the output pipe closes.
+    #[arg(short = 'f', long = "follow")]
+    pub follow: bool,
+    /// One JSON object per line: sequence, epoch, step, loss, payload_bytes,
+    /// unix_ns, time, segment, offset.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One record as `tail` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    sequence: u64,
+    epoch: u64,
+    step: u64,
+    loss: f64,
+    payload_bytes: u64,
+    unix_ns: u64,
+    time: String,
+    segment: String,
+    offset: u64,
+    #[serde(skip)]
+    log_id: u128,
+}
+
+impl Row {
+    fn line(&self, json: bool) -> String {
+        if json {
+            // A Row has no map with non-string keys, so this cannot fail.
+            serde_json::to_string(self).unwrap_or_default()
+        } else {
+            format!(
+                "seq={} epoch={} step={} loss={:.6} size={} time={} segment={}",
+                self.sequence,
+                self.epoch,
+                self.step,
+                self.loss,
+                human_bytes(self.payload_bytes).replace(' ', ""),
+                self.time,
+                self.segment
+            )
+        }
+    }
+}
+
+/// The records of the newest log in the directory (segments of another log
+/// id are left out), sorted by sequence, and the problems the scan met.
+fn rows(scan: &LogScan) -> (Vec<Row>, Vec<String>) {
+    let current = scan
+        .segments
+        .iter()
+        .rev()
+        .find_map(|s| s.header.map(|h| h.log_id));
+    let mut out = Vec::new();
+    let mut problems: Vec<String> = scan
+        .segments
+        .iter()
+        .flat_map(|s| s.problems.iter().map(|p| p.to_string()))
+        .collect();
+    for seg in &scan.segments {
+        let Some(h) = seg.header else { continue };
+        if Some(h.log_id) != current {
+            problems.push(format!(
+                "{}: segment of another log (id {:032x}); its records are not shown",
+                seg.path.display(),
+                h.log_id
+            ));
+            continue;
+        }
+        let name = file_name(&seg.path);
+        out.extend(seg.records.iter().map(|r| Row {
+            sequence: r.sequence,
+            epoch: r.epoch,
+            step: r.step,
+            loss: r.loss,
+            payload_bytes: r.payload_len,
+            unix_ns: r.unix_ns,
+            time: format_unix_ns(r.unix_ns),
+            segment: name.clone(),
+            offset: r.offset,
+            log_id: h.log_id,
+        }));
+    }
+    out.sort_by_key(|r| r.sequence);
+    out.dedup_by_key(|r| r.sequence);
+    (out, problems)
+}
+
+/// Runs `epochwal tail`.
+pub fn run(args: &TailArgs) -> anyhow::Result<i32> {
+    if args.follow {
+        return follow(args);
+    }
+    let reader = open_reader(&args.dir)?;
+    let scan = reader.scan()?;
+    let (rows, problems) = rows(&scan);
+    for p in problems {
+        eprintln!("epochwal: warning: {p}");
+    }
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let start = rows.len().saturating_sub(args.lines);
+    for row in &rows[start..] {
+        writeln!(out, "{}", row.line(args.json)).context("writing to stdout")?;
+    }
+    out.flush().context("writing to stdout")?;
+    Ok(0)
+}
+
+/// What wakes the follower.
+enum Wake {
+    /// Something changed in the directory.
+    Fs,
+    /// SIGINT or SIGTERM.
+    Stop,
+}
+
+/// The follower's memory between rescans.
+struct Follower {
+    dir: PathBuf,
+    json: bool,
+    lines: usize,
+    /// The first successful scan prints only the last `lines` records.
+    started: bool,
+    last_seq: u64,
+    log_id: Option<u128>,
+    /// Device and inode of the directory being watched (or polled).
+    watched: Option<(u64, u64)>,
+    watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// Device and inode of a directory, to notice it being replaced.
+fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
+}
+
+impl Follower {
+    /// (Re)creates the directory watch if the directory exists and is not
+    /// the one being watched; drops it if the directory is gone.
+    fn ensure_watch(&mut self, tx: &mpsc::Sender<Wake>) {
+        let id = dir_identity(&self.dir);
+        if id.is_some() && self.watched == id {
+            return;
+        }
+        self.watcher = None;
+        self.watched = id;
+        if id.is_none() {
+            return;
+        }
+        let tx = tx.clone();
+        let made = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+            let _ = tx.send(Wake::Fs);
+        })
+        .and_then(|mut w| w.watch(&self.dir, RecursiveMode::NonRecursive).map(|_| w));
+        match made {
+            Ok(w) => self.watcher = Some(w),
+            // The one-second rescan still follows the log, only with more lag.
+            Err(e) => eprintln!(
+                "epochwal: warning: {}: cannot watch the directory ({e}); rescanning every second",
+                self.dir.display()
+            ),
+        }
+    }
+
+    /// Rescans and prints the new records.
+    fn poll(&mut self, out: &mut impl Write) -> io::Result<()> {
+        let Ok(reader) = LogReader::open(&self.dir) else {
+            return Ok(());
+        };
+        // A listing error (the directory vanished mid-scan) is retried at the
+        // next wake-up.
+        let Ok(scan) = reader.scan() else {
+            return Ok(());
+        };
+        let (rows, _problems) = rows(&scan);
+        let newest_id = rows.last().map(|r| r.log_id);
+        if let (Some(old), Some(new)) = (self.log_id, newest_id) {
+            if old != new {
+                eprintln!(
+                    "epochwal: note: {}: a different log (id {new:032x}) replaced the one being followed; following it from its start",
+                    self.dir.display()
+                );
+                self.last_seq = 0;
+            }
+        }
+        if newest_id.is_some() {
+            self.log_id = newest_id;
+        }
+        let mut fresh: Vec<&Row> = rows.iter().filter(|r| r.sequence > self.last_seq).collect();
+        if !self.started {
+            self.started = true;
+            let start = fresh.len().saturating_sub(self.lines);
+            fresh.drain(..start);
+            if let Some(last) = rows.last() {
+                self.last_seq = last.sequence;
+            }
+        }
+        for row in fresh {
+            writeln!(out, "{}", row.line(self.json))?;
+            self.last_seq = self.last_seq.max(row.sequence);
+        }
+        out.flush()
+    }
+}
+
+/// True if stdout is a pipe whose reading end has been closed (Linux reports
+/// POLLERR on such a pipe), so that `tail -f | head -n 2` ends even when no
+/// new record would make a write fail.
+fn stdout_pipe_closed() -> bool {
+    // SAFETY: fstat and poll on file descriptor 1 with properly sized,
+    // initialized out-parameters; neither call keeps the pointers.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(1, &mut st) != 0 || st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd: 1,
+            events: 0,
+            revents: 0,
+        };
+        libc::poll(&mut pfd, 1, 0) == 1 && pfd.revents & libc::POLLERR != 0
+    }
+}
+
+fn follow(args: &TailArgs) -> anyhow::Result<i32> {
+    let (tx, rx) = mpsc::channel();
+    // Install the handlers before printing anything: once the first line is
+    // out, Ctrl-C always ends the follower with exit code 0.
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
+        .context("installing signal handlers")?;
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                let _ = tx.send(Wake::Stop);
+            }
+        });
+    }
+    let mut f = Follower {
+        dir: args.dir.clone(),
+        json: args.json,
+        lines: args.lines,
+        started: false,
+        last_seq: 0,
+        log_id: None,
+        watched: None,
+        watcher: None,
+    };
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    loop {
+        f.ensure_watch(&tx);
+        match f.poll(&mut out) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
+            Err(e) => return Err(e).context("writing to stdout"),
+        }
+        if stdout_pipe_closed() {
+            return Ok(0);
+        }
+        // Poll for a missing directory faster than the safety-net rescan, so
+        // the first records still show up well within a second.
+        let wait = if f.watched.is_some() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(250)
+        };
+        match rx.recv_timeout(wait) {
+            Ok(Wake::Stop) => return Ok(0),
+            Ok(Wake::Fs) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(0),
+        }
+        // Coalesce a burst of events (COMMIT.tmp write + rename, segment
+        // creation) into one rescan.
+        while let Ok(w) = rx.try_recv() {
+            if let Wake::Stop = w {
+                return Ok(0);
+            }
+        }
+    }
+}
