@@ -228,7 +228,7 @@ impl TrainLoop {
                 warn!(epoch = out.epoch, step = out.global_step, loss = out.loss, "loss is not finite");
             }
             if out.epoch_completed {
-                info!(epoch = out.epoch, step = out.global_step, loss = out.loss, "epoch completed");
+                tracing::debug!(epoch = out.epoch, step = out.global_step, loss = out.loss, "epoch completed");
             }
             let cfg = *lock(&self.control.checkpoint);
             let reason = if self.control.checkpoint_now.swap(false, Ordering::SeqCst) {

@@ -1,0 +1,343 @@
+//! `epochwal tail`: the real binary against real log directories.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use epochwal::wal::{Log, LogOptions, Retention};
+
+const BIN: &str = env!("CARGO_BIN_EXE_epochwal");
+/// Generous bound for CI machines; the design target is well under 1 s.
+const LINE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn small_segments() -> LogOptions {
+    LogOptions {
+        segment_bytes: 64 << 10,
+        ..Default::default()
+    }
+}
+
+fn write_log(dir: &Path, epochs: std::ops::RangeInclusive<u64>, opts: LogOptions) {
+    let (mut log, _) = Log::open(dir, opts).unwrap();
+    for e in epochs {
+        log.append(&common::sample_state(20_000, e)).unwrap();
+    }
+}
+
+/// A running `epochwal tail -f`, killed on drop if still running.
+struct Follower {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn spawn(dir: &Path, extra: &[&str]) -> Follower {
+        let mut child = Command::new(BIN)
+            .arg("tail")
+            .arg(dir)
+            .arg("-f")
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    fn next_json(&self) -> serde_json::Value {
+        let line = self
+            .lines
+            .recv_timeout(LINE_TIMEOUT)
+            .expect("tail -f printed no line in time");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"))
+    }
+
+    fn expect_sequences(&self, seqs: impl IntoIterator<Item = u64>) {
+        for want in seqs {
+            let v = self.next_json();
+            assert_eq!(v["sequence"], want, "line {v}");
+        }
+    }
+
+    fn assert_quiet(&self, for_: Duration) {
+        if let Ok(line) = self.lines.recv_timeout(for_) {
+            panic!("unexpected line {line}");
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process did not exit in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn prints_the_last_n_records() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 1..=12, small_segments());
+
+    let out = Command::new(BIN).arg("tail").arg(dir.path()).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 10, "default is 10 lines:\n{text}");
+    assert!(lines[0].starts_with("seq=3 epoch=3 step=30 "), "{}", lines[0]);
+    assert!(lines[9].starts_with("seq=12 epoch=12 step=120 "), "{}", lines[9]);
+    assert!(lines[9].contains("time=2023-11-14T22:13:20.000Z"), "{}", lines[9]);
+    assert!(lines[9].contains("segment=0000000000000000"), "{}", lines[9]);
+
+    let out = Command::new(BIN)
+        .args(["tail", "-n", "3"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let seqs: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(seqs, ["seq=10", "seq=11", "seq=12"]);
+}
+
+#[test]
+fn json_lines_have_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 1..=4, small_segments());
+    let out = Command::new(BIN)
+        .args(["tail", "--json", "-n", "2"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let v = &lines[1];
+    for field in [
+        "sequence",
+        "epoch",
+        "step",
+        "loss",
+        "payload_bytes",
+        "unix_ns",
+        "time",
+        "segment",
+        "offset",
+    ] {
+        assert!(v.get(field).is_some(), "missing {field} in {v}");
+    }
+    assert_eq!(v["sequence"], 4);
+    assert_eq!(v["epoch"], 4);
+    assert_eq!(v["step"], 40);
+    assert_eq!(v["loss"].as_f64(), Some(f64::from(1.0f32 / 5.0)));
+    assert_eq!(v["unix_ns"], 1_700_000_000_000_000_004u64);
+    assert_eq!(v["time"], "2023-11-14T22:13:20.000Z");
+    assert!(v["payload_bytes"].as_u64().unwrap() > 20_000);
+    assert!(v["segment"].as_str().unwrap().ends_with(".wal"));
+    assert_eq!(v["offset"].as_u64().unwrap() % 4096, 0);
+}
+
+#[test]
+fn missing_directory_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("tail")
+        .arg(dir.path().join("nope"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope") && err.contains("no such log directory"), "{err}");
+}
+
+#[test]
+fn follows_appends_rotation_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_bytes: 64 << 10,
+        retention: Retention {
+            keep_records: 3,
+            ..Default::default()
+        },
+    };
+    write_log(dir.path(), 1..=3, opts);
+    let tail = Follower::spawn(dir.path(), &["--json", "-n", "2"]);
+    tail.expect_sequences([2, 3]);
+
+    let (mut log, _) = Log::open(dir.path(), opts).unwrap();
+    let mut slowest = Duration::ZERO;
+    for e in 4..=12 {
+        let durable = log.append(&common::sample_state(20_000, e)).unwrap();
+        let t = Instant::now();
+        let v = tail.next_json();
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(v["sequence"], e);
+        assert_eq!(
+            v["segment"].as_str().unwrap(),
+            durable.path.file_name().unwrap().to_str().unwrap()
+        );
+    }
+    eprintln!("slowest tail -f latency: {slowest:?}");
+    // Several segments were created and old ones deleted along the way.
+    let segments = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("wal".as_ref()))
+        .count();
+    assert!(segments <= 3, "retention deleted segments ({segments} left)");
+    tail.assert_quiet(Duration::from_millis(1500));
+}
+
+#[test]
+fn follows_across_a_writer_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 1..=2, small_segments());
+    let tail = Follower::spawn(dir.path(), &["--json"]);
+    tail.expect_sequences([1, 2]);
+    for round in 0..3u64 {
+        let (mut log, rec) = Log::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(rec.record.unwrap().header().sequence, 2 + 2 * round);
+        for i in 1..=2 {
+            let e = 2 + 2 * round + i;
+            log.append(&common::sample_state(20_000, e)).unwrap();
+            tail.expect_sequences([e]);
+        }
+        drop(log);
+    }
+}
+
+#[test]
+fn follows_a_directory_that_does_not_exist_yet() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("later");
+    let tail = Follower::spawn(&dir, &["--json"]);
+    tail.assert_quiet(Duration::from_millis(600));
+    let (mut log, _) = Log::open(&dir, small_segments()).unwrap();
+    for e in 1..=3 {
+        log.append(&common::sample_state(20_000, e)).unwrap();
+        tail.expect_sequences([e]);
+    }
+}
+
+#[test]
+fn follows_an_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let tail = Follower::spawn(dir.path(), &["--json", "-n", "5"]);
+    tail.assert_quiet(Duration::from_millis(500));
+    let (mut log, _) = Log::open(dir.path(), small_segments()).unwrap();
+    for e in 1..=3 {
+        log.append(&common::sample_state(20_000, e)).unwrap();
+        tail.expect_sequences([e]);
+    }
+}
+
+#[test]
+fn follow_text_lines_name_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 1..=1, small_segments());
+    let tail = Follower::spawn(dir.path(), &[]);
+    let line = tail.lines.recv_timeout(LINE_TIMEOUT).unwrap();
+    assert!(line.starts_with("seq=1 epoch=1 step=10 loss=0.500000 size="), "{line}");
+    assert!(line.ends_with("segment=00000000000000000001.wal"), "{line}");
+}
+
+#[test]
+fn exits_quietly_when_the_pipe_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 1..=3, small_segments());
+    let mut child = Command::new(BIN)
+        .args(["tail", "-f", "-n", "1"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line (like `head -n 1`), then close the pipe.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("seq=3 "), "{line}");
+    drop(stdout);
+    // More records make the next write fail with EPIPE (if the follower has
+    // not noticed the closed pipe already).
+    let (mut log, _) = Log::open(dir.path(), small_segments()).unwrap();
+    for e in 4..=6 {
+        log.append(&common::sample_state(20_000, e)).unwrap();
+    }
+    let status = wait_exit(&mut child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.is_empty(), "stderr should be silent: {err}");
+}
+
+#[test]
+fn exits_zero_on_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 1..=1, small_segments());
+    let mut tail = Follower::spawn(dir.path(), &["--json"]);
+    tail.expect_sequences([1]);
+    // SAFETY: sending a signal to our own child process by its pid.
+    let rc = unsafe { libc::kill(tail.child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(rc, 0);
+    let status = wait_exit(&mut tail.child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[test]
+fn works_on_a_read_only_directory_without_creating_files() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 1..=3, small_segments());
+    let before: Vec<_> = list(dir.path());
+    let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o555);
+    std::fs::set_permissions(dir.path(), perms.clone()).unwrap();
+    let out = Command::new(BIN)
+        .args(["tail", "-n", "1"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(dir.path(), perms).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("seq=3 "));
+    assert_eq!(before, list(dir.path()));
+}
+
+fn list(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
