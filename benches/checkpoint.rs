@@ -38,7 +38,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use epochwal::state::TrainState;
-use epochwal::wal::{format, recover, Log, LogOptions, Retention};
+use epochwal::train::{TrainConfig, Trainer};
+use epochwal::wal::{format, recover, Log, LogOptions, PendingAppend, Retention};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -907,6 +908,238 @@ fn main() {
     }
 }
 
-fn bench_train(_opts: &Options, _report: &mut Report, _work: &Path) {
-    note("overhead_per_epoch: epochwal::train not available yet; skipped");
+/// The synthetic run of the training-overhead figure. Its state is
+/// `3 * params * 4` bytes; `EPOCHWAL_BENCH_TRAIN="n,input,hidden1:hidden2,output,batch,epochs"`
+/// overrides it.
+struct TrainShape {
+    n: usize,
+    input_dim: usize,
+    hidden: Vec<usize>,
+    output_dim: usize,
+    batch: usize,
+    epochs: u64,
+}
+
+impl TrainShape {
+    fn from_env() -> TrainShape {
+        let default = TrainShape {
+            n: 1024,
+            input_dim: 512,
+            hidden: vec![2048, 512],
+            output_dim: 8,
+            batch: 32,
+            epochs: 4,
+        };
+        let Ok(v) = std::env::var("EPOCHWAL_BENCH_TRAIN") else {
+            return default;
+        };
+        let f: Vec<&str> = v.split(',').collect();
+        let num = |i: usize| -> usize {
+            f.get(i)
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or_else(|| die(&format!("bad EPOCHWAL_BENCH_TRAIN {v:?}")))
+        };
+        TrainShape {
+            n: num(0),
+            input_dim: num(1),
+            hidden: f
+                .get(2)
+                .map(|s| s.split(':').filter_map(|w| w.trim().parse().ok()).collect())
+                .unwrap_or_default(),
+            output_dim: num(3),
+            batch: num(4),
+            epochs: num(5) as u64,
+        }
+    }
+
+    fn config(&self) -> TrainConfig {
+        let text = format!(
+            "batch_size = {}\nseed = 1\n[dataset]\nkind = \"synthetic\"\nn = {}\ninput_dim = {}\noutput_dim = {}\n[model]\nhidden = {:?}\n",
+            self.batch, self.n, self.input_dim, self.output_dim, self.hidden
+        );
+        toml::from_str(&text).expect("train config")
+    }
+}
+
+/// What one checkpointed run measured.
+#[derive(Default)]
+struct OnRun {
+    total: Duration,
+    /// Training thread blocked in begin_append (the pause).
+    pause: Vec<f64>,
+    /// Training thread blocked waiting for the previous persist.
+    wait: Vec<f64>,
+    /// persist + finish on the persister thread.
+    persist: Vec<f64>,
+    /// Waiting for the last checkpoint after the last step.
+    final_wait: Duration,
+}
+
+/// Trains `epochs` epochs with one checkpoint per epoch, exactly as the
+/// daemon does: begin_append on the training thread, persist + finish on a
+/// persister thread, at most one append in flight (the training thread
+/// waits for the previous one before the next begin_append). The run ends
+/// when the last checkpoint is durable.
+fn train_with_checkpoints(cfg: &TrainConfig, epochs: u64, log_dir: &Path) -> OnRun {
+    let mut trainer = Trainer::new(cfg).expect("trainer");
+    let (log, _) = Log::open(
+        log_dir,
+        LogOptions {
+            retention: Retention {
+                keep_records: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .expect("open log");
+    let log = Arc::new(Mutex::new(log));
+    let (job_tx, job_rx) = mpsc::sync_channel::<PendingAppend>(1);
+    let (done_tx, done_rx) = mpsc::channel::<f64>();
+    let persister = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for pending in job_rx {
+                let t = Instant::now();
+                let durable = pending.persist();
+                durable.as_ref().expect("persist");
+                log.lock().unwrap().finish(&durable).expect("finish");
+                if done_tx.send(ms(t.elapsed())).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let mut run = OnRun::default();
+    let mut in_flight = false;
+    let start = Instant::now();
+    loop {
+        let out = trainer.step();
+        if out.epoch_completed {
+            if in_flight {
+                let t = Instant::now();
+                run.persist.push(done_rx.recv().expect("persister died"));
+                run.wait.push(ms(t.elapsed()));
+            }
+            let t = Instant::now();
+            let pending = log
+                .lock()
+                .unwrap()
+                .begin_append(trainer.state())
+                .expect("begin_append");
+            run.pause.push(ms(t.elapsed()));
+            job_tx.send(pending).expect("persister died");
+            in_flight = true;
+            if out.epoch >= epochs {
+                break;
+            }
+        }
+    }
+    let t = Instant::now();
+    if in_flight {
+        run.persist.push(done_rx.recv().expect("persister died"));
+    }
+    run.final_wait = t.elapsed();
+    run.total = start.elapsed();
+    drop(job_tx);
+    persister.join().unwrap();
+    run
+}
+
+fn train_without_checkpoints(cfg: &TrainConfig, epochs: u64) -> Duration {
+    let mut trainer = Trainer::new(cfg).expect("trainer");
+    let start = Instant::now();
+    while trainer.step().epoch < epochs {}
+    black_box(trainer.state());
+    start.elapsed()
+}
+
+/// overhead_per_epoch: end-to-end training time with one checkpoint per
+/// epoch vs checkpoints off, interleaved run by run.
+fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
+    let shape = TrainShape::from_env();
+    let cfg = shape.config();
+    let probe = Trainer::new(&cfg).expect("trainer");
+    let state_bytes = archive(probe.state()).len() as u64;
+    let steps = probe.steps_per_epoch();
+    note(&format!(
+        "train: {} ; n={} batch={} steps/epoch={steps} epochs/run={} ; record {} bytes ({:.1} MiB)",
+        probe.describe(),
+        shape.n,
+        shape.batch,
+        shape.epochs,
+        state_bytes,
+        state_bytes as f64 / MIB as f64
+    ));
+    drop(probe);
+    let runs = opts.runs.unwrap_or(5);
+    let dir = work.join("train");
+    fresh_dir(&dir);
+    let (mut off, mut on, mut on_thread) = (vec![], vec![], vec![]);
+    let (mut pause, mut wait, mut persist, mut final_wait) = (vec![], vec![], vec![], vec![]);
+    for run in 0..=runs {
+        let order: [bool; 2] = if run % 2 == 0 { [false, true] } else { [true, false] };
+        for with in order {
+            sync_all_fs();
+            if with {
+                let log_dir = dir.join(format!("log-{run}"));
+                let r = train_with_checkpoints(&cfg, shape.epochs, &log_dir);
+                remove(&log_dir);
+                if run > 0 {
+                    on.push(ms(r.total));
+                    on_thread.push(ms(r.total - r.final_wait));
+                    final_wait.push(ms(r.final_wait));
+                    pause.extend(r.pause);
+                    wait.extend(r.wait);
+                    persist.extend(r.persist);
+                }
+            } else {
+                let t = train_without_checkpoints(&cfg, shape.epochs);
+                if run > 0 {
+                    off.push(ms(t));
+                }
+            }
+        }
+    }
+    remove(&dir);
+    let epoch_ms = median(&off) / shape.epochs as f64;
+    let persist_ms = median(&persist);
+    report.push(
+        Line::new(
+            "overhead_per_epoch",
+            &size_label_f(state_bytes),
+            on.iter().zip(&off).map(|(a, b)| a / b).collect(),
+        )
+        .goal("<=", 1.02)
+        .kv("epochs", shape.epochs)
+        .kv("epoch_ms", fmt_ms(epoch_ms))
+        .kv("persist_ms", fmt_ms(persist_ms))
+        .kv("epoch_over_persist", format!("{:.1}", epoch_ms / persist_ms))
+        .kv(
+            "precondition_epoch_ge_10x_persist",
+            if epoch_ms >= 10.0 * persist_ms { "yes" } else { "NO" },
+        )
+        .ms_of("off_ms", &off)
+        .ms_of("on_ms", &on)
+        .ms_of("pause_ms", &pause)
+        .ms_of("wait_prev_ms", &wait)
+        .ms_of("final_wait_ms", &final_wait)
+        .kv(
+            "train_thread_ratio",
+            format!(
+                "{:.3}",
+                median(
+                    &on_thread
+                        .iter()
+                        .zip(&off)
+                        .map(|(a, b)| a / b)
+                        .collect::<Vec<_>>()
+                )
+            ),
+        ),
+    );
+}
+
+fn size_label_f(bytes: u64) -> String {
+    format!("{:.1}MiB", bytes as f64 / MIB as f64)
 }

@@ -105,6 +105,12 @@ fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
 /// Entry point of `epochwal run`; returns the exit code.
 pub fn main(args: RunArgs) -> anyhow::Result<i32> {
     init_tracing();
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    // With RLIMIT_FSIZE in force, growing a file past it must surface as EFBIG
+    // (reported like a full disk) instead of killing the daemon.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let config = load_config(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -268,7 +274,9 @@ async fn supervise(
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 let beat = control.heartbeat.load(Ordering::Relaxed);
-                if beat != last_heartbeat {
+                // While stopping, the final flush may outlast a watchdog
+                // period without a visible step; the grace deadline bounds it.
+                if beat != last_heartbeat || deadline.is_some() {
                     notify.send("WATCHDOG=1");
                     last_heartbeat = beat;
                 } else {

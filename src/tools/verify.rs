@@ -316,6 +316,9 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
             .push(Item::new(&args.dir, 0, format!("recovery failed: {e}"))),
     }
     report.clean = report.damage.is_empty();
+    report
+        .damage
+        .sort_by(|a, b| (&a.file, a.offset).cmp(&(&b.file, b.offset)));
 
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());

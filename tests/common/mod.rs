@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use epochwal::state::{
     AdamParamState, AdamState, DataState, ModelState, Tensor, TrainState, SCHEMA_VERSION,
 };

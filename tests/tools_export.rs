@@ -1,0 +1,311 @@
+//! `epochwal export` and `load_safetensors_weights`: the real binary, real
+//! files, read back with the safetensors crate (and with Python's
+//! safetensors + numpy when they are installed).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use epochwal::state::{AdamParamState, Tensor, TrainState};
+use epochwal::tools::load_safetensors_weights;
+use epochwal::wal::{Log, LogOptions, LogReader};
+use safetensors::{Dtype, SafeTensors};
+
+const BIN: &str = env!("CARGO_BIN_EXE_epochwal");
+
+/// An MLP 3-4-2 under PyTorch names, values depending on `epoch`.
+fn mlp_state(epoch: u64) -> TrainState {
+    let mut s = common::sample_state(64, epoch);
+    s.model.description = "mlp 3-4-2 relu mse".into();
+    let shapes: [(&str, Vec<u64>); 4] = [
+        ("layers.0.weight", vec![4, 3]),
+        ("layers.0.bias", vec![4]),
+        ("layers.2.weight", vec![2, 4]),
+        ("layers.2.bias", vec![2]),
+    ];
+    s.model.tensors = shapes
+        .iter()
+        .enumerate()
+        .map(|(k, (name, shape))| {
+            let n = shape.iter().product::<u64>() as usize;
+            Tensor {
+                name: name.to_string(),
+                shape: shape.clone(),
+                data: (0..n)
+                    .map(|i| ((i * 7 + k * 13) as f32).sin() / (epoch as f32 + 0.5))
+                    .collect(),
+            }
+        })
+        .collect();
+    s.optimizer.params = s
+        .model
+        .tensors
+        .iter()
+        .map(|t| AdamParamState {
+            name: t.name.clone(),
+            step: epoch * 10 + 1,
+            exp_avg: t.data.iter().map(|x| x * 0.01).collect(),
+            exp_avg_sq: t.data.iter().map(|x| x * x * 1e-3).collect(),
+        })
+        .collect();
+    s
+}
+
+fn write_log(dir: &Path, epochs: &[u64]) {
+    let (mut log, _) = Log::open(dir, LogOptions::default()).unwrap();
+    for &e in epochs {
+        log.append(&mlp_state(e)).unwrap();
+    }
+}
+
+fn export(dir: &Path, out: &Path, extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("export")
+        .arg(dir)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// The record with `seq`, read back as an owned state (test-side only).
+fn record(dir: &Path, seq: u64) -> TrainState {
+    let r = LogReader::open(dir).unwrap();
+    let scan = r.scan().unwrap();
+    let (path, h) = scan
+        .segments
+        .iter()
+        .find_map(|s| {
+            s.records
+                .iter()
+                .find(|h| h.sequence == seq)
+                .map(|h| (s.path.clone(), *h))
+        })
+        .unwrap();
+    r.load(&path, &h).unwrap().to_owned_state().unwrap()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn model_tensors_round_trip_bit_for_bit_with_metadata() {
+    let log = tempfile::tempdir().unwrap();
+    write_log(log.path(), &[1, 2, 3]);
+    let outdir = tempfile::tempdir().unwrap();
+    let file = outdir.path().join("model.safetensors");
+    let out = export(log.path(), &file, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(dir_entries(outdir.path()), ["model.safetensors"], "no temp file left");
+
+    let want = record(log.path(), 3);
+    let bytes = std::fs::read(&file).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.len(), 4, "only the model without --with-optimizer");
+    for t in &want.model.tensors {
+        let v = st.tensor(&t.name).unwrap();
+        assert_eq!(v.dtype(), Dtype::F32);
+        let shape: Vec<u64> = v.shape().iter().map(|&d| d as u64).collect();
+        assert_eq!(shape, t.shape, "{}", t.name);
+        assert_eq!(bits(&f32s(v.data())), bits(&t.data), "{}", t.name);
+    }
+
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    let expect = [
+        ("format", "pt"),
+        ("epoch", "3"),
+        ("global_step", "30"),
+        ("step_in_epoch", "0"),
+        ("sequence", "3"),
+        ("lr", "0.001"),
+        ("betas", "0.9,0.999"),
+        ("eps", "0.00000001"),
+        ("weight_decay", "0"),
+        ("fingerprint", "000000000000feed"),
+        ("description", "mlp 3-4-2 relu mse"),
+    ];
+    for (k, v) in expect {
+        assert_eq!(meta.get(k).map(String::as_str), Some(v), "metadata {k}");
+    }
+    let src = meta.get("source_log_dir").unwrap();
+    assert_eq!(
+        Path::new(src),
+        std::fs::canonicalize(log.path()).unwrap(),
+        "source_log_dir"
+    );
+}
+
+#[test]
+fn with_optimizer_adds_adam_state_under_documented_names() {
+    let log = tempfile::tempdir().unwrap();
+    write_log(log.path(), &[1, 2, 2, 3]);
+    let outdir = tempfile::tempdir().unwrap();
+    let file = outdir.path().join("full.safetensors");
+    let out = export(log.path(), &file, &["--epoch", "2", "--with-optimizer"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = record(log.path(), 3); // the newest record of epoch 2
+
+    let bytes = std::fs::read(&file).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.len(), 4 * 4);
+    for (t, p) in want.model.tensors.iter().zip(&want.optimizer.params) {
+        let prefix = format!("optimizer.state.{}", t.name);
+        for (suffix, data) in [(".exp_avg", &p.exp_avg), (".exp_avg_sq", &p.exp_avg_sq)] {
+            let v = st.tensor(&format!("{prefix}{suffix}")).unwrap();
+            assert_eq!(v.dtype(), Dtype::F32);
+            let shape: Vec<u64> = v.shape().iter().map(|&d| d as u64).collect();
+            assert_eq!(shape, t.shape);
+            assert_eq!(bits(&f32s(v.data())), bits(data));
+        }
+        let step = st.tensor(&format!("{prefix}.step")).unwrap();
+        assert_eq!(step.dtype(), Dtype::F32);
+        assert!(step.shape().is_empty(), "0-dim like torch's step");
+        assert_eq!(f32s(step.data()), [21.0]);
+    }
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    assert_eq!(meta["sequence"], "3");
+    assert_eq!(meta["epoch"], "2");
+
+    // The loader returns the weights only, in file order, bit-equal.
+    let weights = load_safetensors_weights(&file).unwrap();
+    let got: HashMap<_, _> = weights
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), (s.clone(), bits(v))))
+        .collect();
+    assert_eq!(got.len(), 4);
+    for t in &want.model.tensors {
+        assert_eq!(got[t.name.as_str()], (t.shape.clone(), bits(&t.data)));
+    }
+}
+
+#[test]
+fn export_replaces_an_existing_file_and_rejects_unknown_records() {
+    let log = tempfile::tempdir().unwrap();
+    write_log(log.path(), &[1, 2]);
+    let outdir = tempfile::tempdir().unwrap();
+    let file = outdir.path().join("m.safetensors");
+    std::fs::write(&file, b"old").unwrap();
+    let out = export(log.path(), &file, &["--seq", "1"]);
+    assert!(out.status.success());
+    let bytes = std::fs::read(&file).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(meta.metadata().as_ref().unwrap()["sequence"], "1");
+
+    let other = outdir.path().join("x.safetensors");
+    let out = export(log.path(), &other, &["--seq", "99"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no record with sequence 99"), "{err}");
+    assert_eq!(dir_entries(outdir.path()), ["m.safetensors"], "nothing written");
+
+    let out = export(log.path(), &outdir.path().join("no/such/dir/x.safetensors"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+
+    let out = export(&log.path().join("missing"), &other, &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn loader_rejects_other_dtypes_and_unreadable_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let f64_file = dir.path().join("f64.safetensors");
+    let data: Vec<u8> = [1.0f64, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(Dtype::F64, vec![2], &data).unwrap();
+    safetensors::serialize_to_file([("fc.weight", view)], None, &f64_file).unwrap();
+    let err = load_safetensors_weights(&f64_file).unwrap_err().to_string();
+    assert!(err.contains("f64.safetensors") && err.contains("F64"), "{err}");
+
+    let missing = dir.path().join("missing.safetensors");
+    let err = format!("{:#}", load_safetensors_weights(&missing).unwrap_err());
+    assert!(err.contains("missing.safetensors"), "{err}");
+
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"definitely not safetensors").unwrap();
+    let err = load_safetensors_weights(&junk).unwrap_err().to_string();
+    assert!(err.contains("junk.safetensors") && err.contains("not a valid"), "{err}");
+}
+
+fn python_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import safetensors, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn python_safetensors_reads_the_export() {
+    if !python_available() {
+        eprintln!(
+            "NOTICE: python3 with safetensors and numpy not found; skipping the Python check \
+             (pip install safetensors numpy)"
+        );
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_export.py");
+    let log = tempfile::tempdir().unwrap();
+    write_log(log.path(), &[1, 2]);
+    let outdir = tempfile::tempdir().unwrap();
+    let file = outdir.path().join("model.safetensors");
+    let out = export(log.path(), &file, &["--with-optimizer"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Expected values written by this test: bit-exact comparison.
+    let want = record(log.path(), 2);
+    let expected = serde_json::json!({
+        "tensors": want.model.tensors.iter().map(|t| serde_json::json!({
+            "name": t.name, "shape": t.shape, "values": t.data,
+        })).collect::<Vec<_>>(),
+        "metadata": {"epoch": "2", "sequence": "2", "format": "pt"},
+    });
+    let expected_path = outdir.path().join("expected.json");
+    std::fs::write(&expected_path, expected.to_string()).unwrap();
+    let run = |exp: &Path| {
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(&file)
+            .arg(exp)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "check_export.py failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&expected_path);
+
+    // Expected statistics from `epochwal inspect --json`.
+    let inspect = Command::new(BIN)
+        .args(["inspect", "--json"])
+        .arg(log.path())
+        .output()
+        .unwrap();
+    assert!(inspect.status.success());
+    let inspect_path = outdir.path().join("inspect.json");
+    std::fs::write(&inspect_path, &inspect.stdout).unwrap();
+    run(&inspect_path);
+}
