@@ -472,9 +472,14 @@ fn bench_append(opts: &Options, report: &mut Report, work: &Path, size: u64) {
         },
     )
     .expect("open log");
+    let seg = log.options().segment_bytes;
     note(&format!(
-        "{label}: payload {payload} bytes, segment_bytes {} (records larger than that get a segment of their own, so every append rotates), runs {runs} + 1 warm-up",
-        log.options().segment_bytes
+        "{label}: payload {payload} bytes, segment_bytes {seg} ({}), runs {runs} + 1 warm-up",
+        if format::record_span(payload) + format::PAGE > seg {
+            "each record gets a segment of its own: every append rotates"
+        } else {
+            "several records per segment: some appends rotate"
+        }
     ));
 
     let (mut raw, mut app, mut pause, mut persist, mut mcp, mut st, mut csum) =
@@ -616,7 +621,8 @@ fn bench_prefault(opts: &Options, report: &mut Report, work: &Path, size: u64) {
         d.copy_from_slice(black_box(&src));
         t.elapsed()
     };
-    let (mut fresh, mut populated, mut populate, mut mcp) = (vec![], vec![], vec![], vec![]);
+    let (mut fresh, mut populated, mut populate, mut mcp, mut popsync) =
+        (vec![], vec![], vec![], vec![], vec![]);
     let mut populate_ok = true;
     for run in 0..=runs {
         sync_all_fs();
@@ -638,10 +644,26 @@ fn bench_prefault(opts: &Options, report: &mut Report, work: &Path, size: u64) {
         let tpop = t.elapsed();
         populate_ok &= rc == 0;
         let tp = copy_into(&m2);
-        drop((m1, m2));
+        // Populated, then written back (as `sync` or the 30 s dirty expiry
+        // would do before the next checkpoint): writeback write-protects the
+        // pages again, so the copy faults again (page_mkwrite).
+        let (f3, m3) = map_file(&format!("popsync-{run}"));
+        // SAFETY: as above.
+        unsafe {
+            libc::madvise(
+                m3.as_mut_ptr().cast(),
+                size as usize,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        f3.sync_data().unwrap();
+        let tps = copy_into(&m3);
+        drop((m1, m2, m3));
         remove(&dir.join(format!("fresh-{run}")));
         remove(&dir.join(format!("pop-{run}")));
+        remove(&dir.join(format!("popsync-{run}")));
         if run > 0 {
+            popsync.push(ms(tps));
             fresh.push(ms(tf));
             populated.push(ms(tp));
             populate.push(ms(tpop));
@@ -665,6 +687,15 @@ fn bench_prefault(opts: &Options, report: &mut Report, work: &Path, size: u64) {
         .ms_of("madv_populate_write_ms", &populate)
         .ms_of("memcpy_ms", &mcp)
         .kv("populate_ok", populate_ok),
+    );
+    report.push(
+        Line::new(
+            "populated_written_back_copy_vs_memcpy",
+            &label,
+            r(&popsync, &mcp),
+        )
+        .ms_of("populated_written_back_copy_ms", &popsync)
+        .ms_of("memcpy_ms", &mcp),
     );
 }
 
@@ -1078,7 +1109,11 @@ fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
     let (mut off, mut on, mut on_thread) = (vec![], vec![], vec![]);
     let (mut pause, mut wait, mut persist, mut final_wait) = (vec![], vec![], vec![], vec![]);
     for run in 0..=runs {
-        let order: [bool; 2] = if run % 2 == 0 { [false, true] } else { [true, false] };
+        let order: [bool; 2] = if run % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         for with in order {
             sync_all_fs();
             if with {
@@ -1114,10 +1149,17 @@ fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
         .kv("epochs", shape.epochs)
         .kv("epoch_ms", fmt_ms(epoch_ms))
         .kv("persist_ms", fmt_ms(persist_ms))
-        .kv("epoch_over_persist", format!("{:.1}", epoch_ms / persist_ms))
+        .kv(
+            "epoch_over_persist",
+            format!("{:.1}", epoch_ms / persist_ms),
+        )
         .kv(
             "precondition_epoch_ge_10x_persist",
-            if epoch_ms >= 10.0 * persist_ms { "yes" } else { "NO" },
+            if epoch_ms >= 10.0 * persist_ms {
+                "yes"
+            } else {
+                "NO"
+            },
         )
         .ms_of("off_ms", &off)
         .ms_of("on_ms", &on)

@@ -43,16 +43,30 @@ fn the_tutorial_network_keeps_weight_ten_and_bias_one_across_restarts() {
     let data = tmp.path().join("seed");
     let body = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/seed.toml"))
         .unwrap()
-        .replace("data_dir = \"epochwal-seed\"", &format!("data_dir = \"{}\"", data.display()));
+        .replace(
+            "data_dir = \"epochwal-seed\"",
+            &format!("data_dir = \"{}\"", data.display()),
+        );
     let cfg = write_config(tmp.path(), "seed.toml", &body);
     for epochs in [10, 40, 100] {
-        let (status, lines) = Daemon::spawn(&cfg, &["--epochs", &epochs.to_string()], &[]).wait(LONG);
+        let (status, lines) =
+            Daemon::spawn(&cfg, &["--epochs", &epochs.to_string()], &[]).wait(LONG);
         assert!(status.success(), "{}", lines.join("\n"));
     }
     let (_, state) = newest_state(&data).unwrap();
     assert_eq!(state.epoch, 100);
-    let w = state.model.tensors.iter().find(|t| t.name == "fc.weight").unwrap();
-    let b = state.model.tensors.iter().find(|t| t.name == "fc.bias").unwrap();
+    let w = state
+        .model
+        .tensors
+        .iter()
+        .find(|t| t.name == "fc.weight")
+        .unwrap();
+    let b = state
+        .model
+        .tensors
+        .iter()
+        .find(|t| t.name == "fc.bias")
+        .unwrap();
     assert_eq!(w.shape, vec![1, 1]);
     assert!((w.data[0] - 10.0).abs() < 0.1, "fc.weight = {}", w.data[0]);
     assert!((b.data[0] - 1.0).abs() < 0.1, "fc.bias = {}", b.data[0]);
@@ -77,7 +91,9 @@ fn sigterm_mid_epoch_writes_the_position_and_a_restart_ends_bit_identical() {
         d.signal(libc::SIGTERM);
         let (status, lines) = d.wait(LONG);
         assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
-        let Some((_, state)) = newest_state(&data) else { continue };
+        let Some((_, state)) = newest_state(&data) else {
+            continue;
+        };
         if state.epoch >= 8 {
             break;
         }
@@ -93,7 +109,10 @@ fn sigterm_mid_epoch_writes_the_position_and_a_restart_ends_bit_identical() {
     assert!(stopped_mid_epoch, "no SIGTERM landed mid-epoch in 20 tries");
     let (status, lines) = Daemon::spawn(&cfg, &[], &[]).wait(LONG);
     assert!(status.success(), "{}", lines.join("\n"));
-    let resumed = lines.iter().find(|l| l.contains("recovered")).expect("resumed");
+    let resumed = lines
+        .iter()
+        .find(|l| l.contains("recovered"))
+        .expect("resumed");
     assert!(field(resumed, "step").unwrap() > 0);
     let (_, state) = newest_state(&data).unwrap();
     assert_same_training_state(&reference, &state);
@@ -105,11 +124,12 @@ fn sd_notify_messages_arrive_in_order() {
     let data = tmp.path().join("data");
     let sock_path = tmp.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let cfg = write_config(
         tmp.path(),
         "c.toml",
-        &synthetic_config(&data, 0, "every_steps = 5"),
+        &synthetic_config(&data, 0, "every_epochs = 1"),
     );
     let d = Daemon::spawn(
         &cfg,
@@ -153,7 +173,10 @@ fn sd_notify_messages_arrive_in_order() {
     let stopped = pos("STATUS=stopped");
     assert_eq!(ready, 0, "READY=1 comes first: {messages:?}");
     assert!(ready < durable_status && ready < watchdog);
-    assert!(watchdog < stopping && stopping < extend && extend < stopped, "{messages:?}");
+    assert!(
+        watchdog < stopping && stopping < extend && extend < stopped,
+        "{messages:?}"
+    );
     assert!(messages[ready].contains("STATUS=training: epoch 0"));
 }
 
@@ -163,7 +186,9 @@ fn a_second_daemon_on_the_same_directory_is_refused_naming_the_holder() {
     let data = tmp.path().join("data");
     let cfg = write_config(tmp.path(), "c.toml", &synthetic_config(&data, 0, ""));
     let first = Daemon::spawn(&cfg, &[], &[]);
-    first.wait_for("training started", LONG).expect("first started");
+    first
+        .wait_for("training started", LONG)
+        .expect("first started");
     let (status, lines) = Daemon::spawn(&cfg, &[], &[]).wait(LONG);
     assert_eq!(status.code(), Some(1));
     let all = lines.join("\n");
@@ -228,7 +253,9 @@ fn sigusr1_checkpoints_now_and_sighup_applies_new_triggers() {
     let d = Daemon::spawn(&cfg, &[], &[]);
     d.wait_for("training started", LONG).unwrap();
     d.signal(libc::SIGUSR1);
-    let line = d.wait_for("reason=\"signal\"", LONG).expect("SIGUSR1 checkpoint");
+    let line = d
+        .wait_for("reason=\"signal\"", LONG)
+        .expect("SIGUSR1 checkpoint");
     assert_eq!(field(&line, "seq"), Some(1));
 
     write_config(
@@ -238,12 +265,17 @@ fn sigusr1_checkpoints_now_and_sighup_applies_new_triggers() {
     );
     d.signal(libc::SIGHUP);
     let applied = d.wait_for("SIGHUP: reloaded", LONG).expect("reload line");
-    assert!(applied.contains("checkpoint.every_steps 0 -> 3"), "{applied}");
-    d.wait_for("reason=\"steps\"", LONG).expect("the new trigger fires");
+    assert!(
+        applied.contains("checkpoint.every_steps 0 -> 3"),
+        "{applied}"
+    );
+    d.wait_for("reason=\"steps\"", LONG)
+        .expect("the new trigger fires");
 
     std::fs::write(&cfg, "this is not toml").unwrap();
     d.signal(libc::SIGHUP);
-    d.wait_for("configuration not reloaded", LONG).expect("a bad file is refused");
+    d.wait_for("configuration not reloaded", LONG)
+        .expect("a bad file is refused");
     d.signal(libc::SIGTERM);
     let (status, lines) = d.wait(LONG);
     assert!(status.success(), "{}", lines.join("\n"));
@@ -253,7 +285,11 @@ fn sigusr1_checkpoints_now_and_sighup_applies_new_triggers() {
 fn a_second_sigterm_exits_at_once_and_leaves_a_valid_log() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let cfg = write_config(tmp.path(), "c.toml", &synthetic_config(&data, 0, "every_steps = 4"));
+    let cfg = write_config(
+        tmp.path(),
+        "c.toml",
+        &synthetic_config(&data, 0, "every_steps = 4"),
+    );
     let d = Daemon::spawn(&cfg, &[], &[]);
     d.wait_for("checkpoint durable", LONG).unwrap();
     d.signal(libc::SIGTERM);
@@ -271,5 +307,9 @@ fn a_second_sigterm_exits_at_once_and_leaves_a_valid_log() {
     let (seq, _) = newest_state(&data).expect("a valid record");
     assert!(seq >= reported);
     let (status, lines) = Daemon::spawn(&cfg, &["--epochs", "1"], &[]).wait(LONG);
-    assert!(status.success(), "restart after the hard exit: {}", lines.join("\n"));
+    assert!(
+        status.success(),
+        "restart after the hard exit: {}",
+        lines.join("\n")
+    );
 }

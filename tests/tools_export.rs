@@ -115,8 +115,16 @@ fn model_tensors_round_trip_bit_for_bit_with_metadata() {
     let outdir = tempfile::tempdir().unwrap();
     let file = outdir.path().join("model.safetensors");
     let out = export(log.path(), &file, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(dir_entries(outdir.path()), ["model.safetensors"], "no temp file left");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        dir_entries(outdir.path()),
+        ["model.safetensors"],
+        "no temp file left"
+    );
 
     let want = record(log.path(), 3);
     let bytes = std::fs::read(&file).unwrap();
@@ -163,7 +171,11 @@ fn with_optimizer_adds_adam_state_under_documented_names() {
     let outdir = tempfile::tempdir().unwrap();
     let file = outdir.path().join("full.safetensors");
     let out = export(log.path(), &file, &["--epoch", "2", "--with-optimizer"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let want = record(log.path(), 3); // the newest record of epoch 2
 
     let bytes = std::fs::read(&file).unwrap();
@@ -218,9 +230,17 @@ fn export_replaces_an_existing_file_and_rejects_unknown_records() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no record with sequence 99"), "{err}");
-    assert_eq!(dir_entries(outdir.path()), ["m.safetensors"], "nothing written");
+    assert_eq!(
+        dir_entries(outdir.path()),
+        ["m.safetensors"],
+        "nothing written"
+    );
 
-    let out = export(log.path(), &outdir.path().join("no/such/dir/x.safetensors"), &[]);
+    let out = export(
+        log.path(),
+        &outdir.path().join("no/such/dir/x.safetensors"),
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 
@@ -236,7 +256,10 @@ fn loader_rejects_other_dtypes_and_unreadable_files() {
     let view = safetensors::tensor::TensorView::new(Dtype::F64, vec![2], &data).unwrap();
     safetensors::serialize_to_file([("fc.weight", view)], None, &f64_file).unwrap();
     let err = load_safetensors_weights(&f64_file).unwrap_err().to_string();
-    assert!(err.contains("f64.safetensors") && err.contains("F64"), "{err}");
+    assert!(
+        err.contains("f64.safetensors") && err.contains("F64"),
+        "{err}"
+    );
 
     let missing = dir.path().join("missing.safetensors");
     let err = format!("{:#}", load_safetensors_weights(&missing).unwrap_err());
@@ -245,7 +268,10 @@ fn loader_rejects_other_dtypes_and_unreadable_files() {
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"definitely not safetensors").unwrap();
     let err = load_safetensors_weights(&junk).unwrap_err().to_string();
-    assert!(err.contains("junk.safetensors") && err.contains("not a valid"), "{err}");
+    assert!(
+        err.contains("junk.safetensors") && err.contains("not a valid"),
+        "{err}"
+    );
 }
 
 fn python_available() -> bool {
@@ -270,7 +296,11 @@ fn python_safetensors_reads_the_export() {
     let outdir = tempfile::tempdir().unwrap();
     let file = outdir.path().join("model.safetensors");
     let out = export(log.path(), &file, &["--with-optimizer"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Expected values written by this test: bit-exact comparison.
     let want = record(log.path(), 2);

@@ -106,7 +106,10 @@ fn json_shows_header_model_optimizer_and_tensor_stats() {
     assert!((t["l2_norm"].as_f64().unwrap() - l2).abs() < 1e-12);
     let b = &v["tensors"][1];
     assert_eq!(b["name"], "layers.0.bias");
-    assert_eq!((b["min"].as_f64(), b["max"].as_f64()), (Some(0.5), Some(1.5)));
+    assert_eq!(
+        (b["min"].as_f64(), b["max"].as_f64()),
+        (Some(0.5), Some(1.5))
+    );
     assert_eq!(b["mean"], 1.0);
 
     let o = &v["optimizer_state"][0];
@@ -146,7 +149,10 @@ fn selects_by_sequence_and_epoch() {
     // Epoch 2 is written twice (e.g. a mid-epoch record, then the end).
     write_log(dir.path(), &[1, 2, 2, 3]);
     let v = inspect_json(dir.path(), &["--seq", "2"]);
-    assert_eq!((v["sequence"].as_u64(), v["epoch"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (v["sequence"].as_u64(), v["epoch"].as_u64()),
+        (Some(2), Some(2))
+    );
     let v = inspect_json(dir.path(), &["--epoch", "2"]);
     assert_eq!(v["sequence"], 3, "the newest record of epoch 2");
     let v = inspect_json(dir.path(), &["--epoch", "1"]);
@@ -206,5 +212,8 @@ fn skips_a_damaged_newest_record_and_says_so() {
     let out = inspect(dir.path(), &["--seq", "2"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("damaged") && err.contains(&format!("offset {offset}")), "{err}");
+    assert!(
+        err.contains("damaged") && err.contains(&format!("offset {offset}")),
+        "{err}"
+    );
 }

@@ -103,15 +103,35 @@ fn prints_the_last_n_records() {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), 1..=12, small_segments());
 
-    let out = Command::new(BIN).arg("tail").arg(dir.path()).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("tail")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 10, "default is 10 lines:\n{text}");
-    assert!(lines[0].starts_with("seq=3 epoch=3 step=30 "), "{}", lines[0]);
-    assert!(lines[9].starts_with("seq=12 epoch=12 step=120 "), "{}", lines[9]);
-    assert!(lines[9].contains("time=2023-11-14T22:13:20.000Z"), "{}", lines[9]);
-    assert!(lines[9].contains("segment=0000000000000000"), "{}", lines[9]);
+    assert!(
+        lines[0].starts_with("seq=3 epoch=3 step=30 "),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[9].starts_with("seq=12 epoch=12 step=120 "),
+        "{}",
+        lines[9]
+    );
+    assert!(
+        lines[9].contains("time=2023-11-14T22:13:20.000Z"),
+        "{}",
+        lines[9]
+    );
+    assert!(
+        lines[9].contains("segment=0000000000000000"),
+        "{}",
+        lines[9]
+    );
 
     let out = Command::new(BIN)
         .args(["tail", "-n", "3"])
@@ -177,7 +197,10 @@ fn missing_directory_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("nope") && err.contains("no such log directory"), "{err}");
+    assert!(
+        err.contains("nope") && err.contains("no such log directory"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -213,7 +236,10 @@ fn follows_appends_rotation_and_retention() {
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().extension() == Some("wal".as_ref()))
         .count();
-    assert!(segments <= 3, "retention deleted segments ({segments} left)");
+    assert!(
+        segments <= 3,
+        "retention deleted segments ({segments} left)"
+    );
     tail.assert_quiet(Duration::from_millis(1500));
 }
 
@@ -266,7 +292,10 @@ fn follow_text_lines_name_the_segment() {
     write_log(dir.path(), 1..=1, small_segments());
     let tail = Follower::spawn(dir.path(), &[]);
     let line = tail.lines.recv_timeout(LINE_TIMEOUT).unwrap();
-    assert!(line.starts_with("seq=1 epoch=1 step=10 loss=0.500000 size="), "{line}");
+    assert!(
+        line.starts_with("seq=1 epoch=1 step=10 loss=0.500000 size="),
+        "{line}"
+    );
     assert!(line.ends_with("segment=00000000000000000001.wal"), "{line}");
 }
 
@@ -328,7 +357,11 @@ fn works_on_a_read_only_directory_without_creating_files() {
         .unwrap();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(dir.path(), perms).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("seq=3 "));
     assert_eq!(before, list(dir.path()));
 }
@@ -340,4 +373,31 @@ fn list(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// CPU time (user + system, in clock ticks) of a process, from /proc.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn an_idle_follower_does_not_spin() {
+    // The follower's own reads of the segments must not wake it up again
+    // (inotify reports opens in a watched directory).
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 1..=6, small_segments());
+    let tail = Follower::spawn(dir.path(), &["--json", "-n", "1"]);
+    tail.expect_sequences([6]);
+    let before = cpu_ticks(tail.child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(tail.child.id()) - before;
+    assert!(
+        used < 40,
+        "tail -f used {used} ticks of CPU in 2 s while idle"
+    );
 }

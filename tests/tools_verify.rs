@@ -5,7 +5,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use epochwal::wal::{LogReader, Log, LogOptions, RecordHeader, Retention};
+use epochwal::wal::{Log, LogOptions, LogReader, RecordHeader, Retention};
 
 const BIN: &str = env!("CARGO_BIN_EXE_epochwal");
 
@@ -80,9 +80,9 @@ fn damage(v: &serde_json::Value) -> Vec<(String, u64, String)> {
 }
 
 fn has_damage(v: &serde_json::Value, file: &Path, offset: u64, reason_part: &str) -> bool {
-    damage(v).iter().any(|(f, o, r)| {
-        Path::new(f) == file && *o == offset && r.contains(reason_part)
-    })
+    damage(v)
+        .iter()
+        .any(|(f, o, r)| Path::new(f) == file && *o == offset && r.contains(reason_part))
 }
 
 #[test]
@@ -120,7 +120,10 @@ fn a_missing_directory_is_a_usage_error() {
     let out = verify(&missing, false);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no-such-log") && err.contains("no such log directory"), "{err}");
+    assert!(
+        err.contains("no-such-log") && err.contains("no such log directory"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -142,10 +145,15 @@ fn retention_gaps_are_warnings_and_stray_files_notes() {
         !v["warnings"].as_array().unwrap().is_empty(),
         "segments deleted in the middle give a warning: {v:#}"
     );
-    assert!(v["warnings"][0]["reason"].as_str().unwrap().contains("missing"));
+    assert!(v["warnings"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("missing"));
     let notes = v["notes"].as_array().unwrap();
     assert!(
-        notes.iter().any(|n| n["file"].as_str().unwrap().ends_with("notes.txt")),
+        notes
+            .iter()
+            .any(|n| n["file"].as_str().unwrap().ends_with("notes.txt")),
         "{v:#}"
     );
 }
@@ -232,4 +240,32 @@ fn a_damaged_newest_record_changes_the_recovery_choice() {
     assert_eq!(code, Some(1));
     assert!(has_damage(&v, s, last.offset, "checksum"), "{v:#}");
     assert_eq!(v["recovery"]["sequence"], 2);
+}
+
+#[test]
+fn verify_runs_next_to_a_busy_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = LogOptions {
+        segment_bytes: 64 << 10,
+        retention: Retention {
+            keep_records: 3,
+            ..Default::default()
+        },
+    };
+    write_log(dir.path(), 1..=2, o);
+    let path = dir.path().to_path_buf();
+    let writer = std::thread::spawn(move || {
+        let (mut log, _) = Log::open(&path, o).unwrap();
+        for e in 3..=60 {
+            log.append(&common::sample_state(20_000, e)).unwrap();
+        }
+    });
+    let mut runs = 0;
+    while !writer.is_finished() || runs < 3 {
+        let (code, v) = verify_json(dir.path());
+        assert_eq!(code, Some(0), "{v:#}");
+        runs += 1;
+    }
+    writer.join().unwrap();
+    eprintln!("{runs} verify runs next to the writer");
 }

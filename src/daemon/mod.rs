@@ -68,6 +68,10 @@ impl Notify {
     pub(crate) fn send(&self, msg: &str) {
         if let Some(n) = &self.0 {
             if let Err(e) = n.notify(msg) {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    tracing::debug!(message = msg, "sd_notify queue full; message dropped");
+                    return;
+                }
                 warn!(error = %e, message = msg, "sd_notify failed");
             }
         }
@@ -242,7 +246,8 @@ async fn supervise(
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut checkpoint = config.checkpoint;
     loop {
-        let sleep_until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
+        let sleep_until =
+            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
         tokio::select! {
             done = &mut handles.done => {
                 let outcome = done.unwrap_or(Outcome::Failed("the training thread vanished".into()));
@@ -298,7 +303,9 @@ async fn supervise(
 fn finish(outcome: Outcome, notify: &Notify) -> anyhow::Result<i32> {
     match outcome {
         Outcome::Stopped { seq } | Outcome::Completed { seq } => {
-            notify.send(&format!("STOPPING=1\nSTATUS=stopped; last durable sequence {seq}"));
+            notify.send(&format!(
+                "STOPPING=1\nSTATUS=stopped; last durable sequence {seq}"
+            ));
             info!(last_durable_seq = seq, "exiting cleanly");
             Ok(0)
         }

@@ -196,7 +196,9 @@ fn persist_loop(jobs: mpsc::Receiver<Job>, log: &Mutex<Log>, control: &Control, 
                 "retention removed old segments"
             ),
             Ok(_) => {}
-            Err(e) => warn!(error = %e, "retention failed; old segments stay until the next checkpoint"),
+            Err(e) => {
+                warn!(error = %e, "retention failed; old segments stay until the next checkpoint")
+            }
         }
         control.set_busy(false);
     }
@@ -225,15 +227,27 @@ impl TrainLoop {
             let out = self.trainer.step();
             self.control.heartbeat.fetch_add(1, Ordering::Relaxed);
             if !out.loss.is_finite() {
-                warn!(epoch = out.epoch, step = out.global_step, loss = out.loss, "loss is not finite");
+                warn!(
+                    epoch = out.epoch,
+                    step = out.global_step,
+                    loss = out.loss,
+                    "loss is not finite"
+                );
             }
             if out.epoch_completed {
-                tracing::debug!(epoch = out.epoch, step = out.global_step, loss = out.loss, "epoch completed");
+                tracing::debug!(
+                    epoch = out.epoch,
+                    step = out.global_step,
+                    loss = out.loss,
+                    "epoch completed"
+                );
             }
             let cfg = *lock(&self.control.checkpoint);
             let reason = if self.control.checkpoint_now.swap(false, Ordering::SeqCst) {
                 Some("signal")
-            } else if cfg.every_epochs > 0 && out.epoch_completed && out.epoch % cfg.every_epochs == 0
+            } else if cfg.every_epochs > 0
+                && out.epoch_completed
+                && out.epoch % cfg.every_epochs == 0
             {
                 Some("epoch")
             } else if cfg.every_steps > 0 && out.global_step % cfg.every_steps == 0 {
@@ -318,7 +332,10 @@ impl TrainLoop {
                 return Outcome::Failed(e);
             }
         } else {
-            info!(step, "the current state is already durable; no final checkpoint needed");
+            info!(
+                step,
+                "the current state is already durable; no final checkpoint needed"
+            );
         }
         let seq = self.control.last_durable_seq.load(Ordering::SeqCst);
         if stopped {

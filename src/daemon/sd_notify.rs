@@ -109,6 +109,9 @@ impl Notifier {
                 format!("cannot connect to notify socket {}: {e}", describe(addr)),
             )
         })?;
+        // A notification must never stall training: if the receiver's queue
+        // is full, the message is dropped (send returns WouldBlock).
+        socket.set_nonblocking(true)?;
         Ok(Notifier {
             socket: Arc::new(socket),
         })

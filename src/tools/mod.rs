@@ -149,9 +149,13 @@ pub fn select_record(reader: &LogReader, sel: Selection) -> anyhow::Result<Selec
                     if rec.skipped.is_empty() {
                         String::new()
                     } else {
+                        let shown: Vec<String> =
+                            rec.skipped.iter().take(3).map(|s| s.to_string()).collect();
                         format!(
-                            " ({} damaged items; run `epochwal verify`)",
-                            rec.skipped.len()
+                            "; passed over {} damaged item(s): {}{} (run `epochwal verify`)",
+                            rec.skipped.len(),
+                            shown.join("; "),
+                            if rec.skipped.len() > 3 { "; ..." } else { "" }
                         )
                     }
                 ),

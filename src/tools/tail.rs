@@ -187,7 +187,16 @@ impl Follower {
             return;
         }
         let tx = tx.clone();
-        let made = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let made = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Opens and closes are ignored: inotify reports them for every
+            // file in the directory, including the follower's own reads of
+            // the segments, which would otherwise wake it up forever. The
+            // writer's signals are creations and renames.
+            if let Ok(ev) = &res {
+                if matches!(ev.kind, notify::EventKind::Access(_)) {
+                    return;
+                }
+            }
             let _ = tx.send(Wake::Fs);
         })
         .and_then(|mut w| w.watch(&self.dir, RecursiveMode::NonRecursive).map(|_| w));

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::{file_name, format_unix_ns, human_bytes, open_reader};
 use crate::wal::format::{RecordHeader as Rh, PAGE, RECORD_HEADER_LEN};
-use crate::wal::{recover, SegmentScan, WalError};
+use crate::wal::{recover, LogScan, SegmentScan, WalError};
 
 /// Payload volume above which a progress bar is shown (on a terminal only).
 const PROGRESS_THRESHOLD: u64 = 256 << 20;
@@ -125,10 +125,26 @@ fn headers_beyond(seg: &SegmentScan, from: u64) -> Vec<Rh> {
     found
 }
 
+/// True if the newest segment's walk stopped at a damaged record header at
+/// its end: possibly a header page a running writer is writing right now.
+fn torn_tail_suspected(scan: &LogScan) -> bool {
+    scan.segments.last().is_some_and(|seg| {
+        seg.problems
+            .iter()
+            .any(|p| p.offset >= PAGE && p.offset == seg.end_offset)
+    })
+}
+
 /// Runs `epochwal verify`.
 pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
     let reader = open_reader(&args.dir)?;
-    let scan = reader.scan()?;
+    let mut scan = reader.scan()?;
+    if torn_tail_suspected(&scan) {
+        // A writer may be writing the header page at the end of the newest
+        // segment right now; look again before calling it damage.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        scan = reader.scan()?;
+    }
     let mut report = Report {
         dir: args.dir.display().to_string(),
         clean: true,
@@ -179,6 +195,14 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
 
     // Header-level damage, and what lies beyond a damaged header.
     for seg in &ours {
+        if !seg.problems.is_empty() && !seg.path.exists() {
+            report.notes.push(Item::new(
+                &seg.path,
+                0,
+                "the segment was deleted during verification (retention of a running writer)",
+            ));
+            continue;
+        }
         for p in &seg.problems {
             report
                 .damage
@@ -272,6 +296,18 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
                             .last_sequence
                             .map_or(rec.sequence, |s| s.max(rec.sequence)),
                     );
+                }
+                Err(WalError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && !seg.path.exists() =>
+                {
+                    report.notes.push(Item::new(
+                        &seg.path,
+                        rec.offset,
+                        format!(
+                            "record {}: the segment was deleted during verification (retention of a running writer)",
+                            rec.sequence
+                        ),
+                    ));
                 }
                 Err(e) => {
                     report.records_damaged += 1;

@@ -467,17 +467,41 @@ pub struct Recovery {
 /// about the size of that record, not the size of the log.
 pub fn recover(dir: impl AsRef<Path>) -> Result<Recovery> {
     let dir = dir.as_ref();
+    // A reader running next to a writer can list a segment that retention
+    // deletes before it is read (retention deletes only after a newer record
+    // is durable, in a newer segment). The listing is then stale: start over
+    // rather than fall back to older segments, which may be gone as well or
+    // hold only records older than one already durable.
+    let mut attempts = 0;
+    loop {
+        let (out, vanished) = recover_once(dir)?;
+        attempts += 1;
+        if !vanished || attempts >= 100 {
+            return Ok(out);
+        }
+    }
+}
+
+/// One pass of [`recover`]; the flag says a listed segment disappeared.
+fn recover_once(dir: &Path) -> Result<(Recovery, bool)> {
     let (segments, others) = list_dir(dir)?;
+    let mut vanished = false;
     let mut out = Recovery {
         record: None,
         skipped: others,
         log_id: None,
         next_sequence: 1,
-        next_segment_no: segments.last().map_or(1, |(n, _)| n + 1),
+        // Saturating: a file named with the largest number must not panic a
+        // reader; the writer refuses to create a segment that already exists.
+        next_segment_no: segments.last().map_or(1, |(n, _)| n.saturating_add(1)),
         segments_scanned: 0,
     };
-    for (n, path) in segments.iter().rev() {
+    'segments: for (n, path) in segments.iter().rev() {
         let scan = scan_segment(path, *n);
+        if !scan.problems.is_empty() && !path.exists() {
+            vanished = true;
+            break 'segments;
+        }
         out.segments_scanned += 1;
         out.skipped.extend(scan.problems.iter().cloned());
         let Some(header) = scan.header else { continue };
@@ -503,7 +527,11 @@ pub fn recover(dir: impl AsRef<Path>) -> Result<Recovery> {
             match load_record(path, rec) {
                 Ok(m) => {
                     out.record = Some(m);
-                    return Ok(out);
+                    return Ok((out, vanished));
+                }
+                Err(_) if !path.exists() => {
+                    vanished = true;
+                    break 'segments;
                 }
                 Err(WalError::Damaged { reason, .. }) => out.skipped.push(skip(
                     path,
@@ -518,5 +546,5 @@ pub fn recover(dir: impl AsRef<Path>) -> Result<Recovery> {
             }
         }
     }
-    Ok(out)
+    Ok((out, vanished))
 }

@@ -237,6 +237,32 @@ fn random_log_id() -> u128 {
     (now_unix_ns() as u128) << 64 | std::process::id() as u128
 }
 
+/// Deletes `*.wal.tmp` files: segments whose creation a crash interrupted.
+/// They never held a record (a segment gets its final name before its first
+/// record), and they may hold a whole segment's worth of disk space.
+fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| WalError::io(dir, "listing", e))?;
+    let mut removed = false;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_stale = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .is_some_and(|n| format::parse_segment_file_name(n).is_some());
+        if is_stale {
+            let path = entry.path();
+            std::fs::remove_file(&path)
+                .map_err(|e| WalError::io(&path, "removing a stale temporary segment", e))?;
+            tracing::info!(file = %path.display(), "removed the temporary file of an interrupted segment creation");
+            removed = true;
+        }
+    }
+    if removed {
+        sys::sync_dir(dir).map_err(|e| WalError::io(dir, "fsync", e))?;
+    }
+    Ok(())
+}
+
 fn read_lock_holder(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -280,6 +306,7 @@ impl Log {
             .map_err(|e| WalError::io(&lock_path, "writing the lock file", e))?;
 
         let recovery = recover(&dir)?;
+        remove_stale_temporaries(&dir)?;
         let mut log = Log {
             log_id: recovery.log_id.unwrap_or_else(random_log_id),
             next_sequence: recovery.next_sequence,
@@ -438,6 +465,27 @@ impl Log {
         let name = segment_file_name(n);
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}.tmp"));
+        // Never replace an existing file (the rename below would): that only
+        // happens when segment numbers are exhausted (a file named with the
+        // largest number exists).
+        if path.exists() || n == u64::MAX {
+            return Err(WalError::io(
+                &path,
+                "creating segment",
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "segment number already in use or exhausted; move the highest-numbered segment away",
+                ),
+            ));
+        }
+        // A leftover `.tmp` of this number can only come from a writer that
+        // died mid-creation (we hold the lock): it never held a record.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(WalError::io(&tmp, "removing a stale temporary segment", e))
+            }
+            _ => {}
+        }
         let created = (|| -> Result<File> {
             let mut file = OpenOptions::new()
                 .read(true)

@@ -169,8 +169,12 @@ pub fn durable_seqs(lines: &[String]) -> Vec<u64> {
 /// The newest record of a log, fully deserialized.
 pub fn newest_state(dir: &Path) -> Option<(u64, TrainState)> {
     let r = epochwal::wal::recover(dir).expect("recover");
-    r.record
-        .map(|m| (m.header().sequence, m.to_owned_state().expect("deserialize")))
+    r.record.map(|m| {
+        (
+            m.header().sequence,
+            m.to_owned_state().expect("deserialize"),
+        )
+    })
 }
 
 /// Asserts that two states hold bit-identical training state (weights, Adam
@@ -194,7 +198,11 @@ pub fn assert_same_training_state(a: &TrainState, b: &TrainState) {
     for (x, y) in a.optimizer.params.iter().zip(&b.optimizer.params) {
         assert_eq!(x.step, y.step, "adam step of {}", x.name);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        assert!(bits(&x.exp_avg) == bits(&y.exp_avg), "exp_avg of {}", x.name);
+        assert!(
+            bits(&x.exp_avg) == bits(&y.exp_avg),
+            "exp_avg of {}",
+            x.name
+        );
         assert!(
             bits(&x.exp_avg_sq) == bits(&y.exp_avg_sq),
             "exp_avg_sq of {}",
@@ -211,6 +219,10 @@ pub fn reference_run(dir: &Path, config_body: impl Fn(&Path) -> String) -> Train
     let config = write_config(dir, "reference.toml", &config_body(&data));
     let d = Daemon::spawn(&config, &[], &[]);
     let (status, lines) = d.wait(Duration::from_secs(120));
-    assert!(status.success(), "reference run failed:\n{}", lines.join("\n"));
+    assert!(
+        status.success(),
+        "reference run failed:\n{}",
+        lines.join("\n")
+    );
     newest_state(&data).expect("reference run left a record").1
 }

@@ -237,3 +237,8 @@ pub fn copy_dir(from: &Path) -> tempfile::TempDir {
 pub fn path_of(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// Sequence of the record `recover` returns, without a payload oracle.
+pub fn recovered_seq(dir: &Path) -> Option<u64> {
+    recover(dir).unwrap().record.map(|m| m.header().sequence)
+}
