@@ -157,7 +157,18 @@ fn persist_loop(jobs: mpsc::Receiver<Job>, log: &Mutex<Log>, control: &Control, 
     for job in jobs {
         let header = *job.pending.header();
         let result = job.pending.persist();
-        let retention = lock(log).finish(&result);
+        let retention = {
+            let mut log = lock(log);
+            let retention = log.finish(&result);
+            if result.is_ok() && !control.stop.load(Ordering::SeqCst) {
+                if let Err(e) = log.prepare_next_append() {
+                    // Not fatal: the next begin_append rotates (and reports a
+                    // full disk) itself.
+                    warn!(error = %e, "preparing space for the next checkpoint failed");
+                }
+            }
+            retention
+        };
         match &result {
             Ok(d) => {
                 control
