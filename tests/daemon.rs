@@ -313,3 +313,71 @@ fn a_second_sigterm_exits_at_once_and_leaves_a_valid_log() {
         lines.join("\n")
     );
 }
+
+#[test]
+fn init_from_starts_a_fresh_run_from_the_given_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    let cfg = write_config(tmp.path(), "a.toml", &synthetic_config(&source, 2, ""));
+    let (status, _) = Daemon::spawn(&cfg, &[], &[]).wait(LONG);
+    assert!(status.success());
+    let weights = tmp.path().join("w.safetensors");
+    let out = std::process::Command::new(binary())
+        .args([
+            "export",
+            source.to_str().unwrap(),
+            "-o",
+            weights.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // With lr = 0 training leaves the weights alone, so the first record must
+    // hold exactly the imported weights.
+    let fresh = tmp.path().join("fresh");
+    let body = synthetic_config(&fresh, 1, "")
+        .replace("[checkpoint]", "[optimizer]\nlr = 0.0\n[checkpoint]");
+    let cfg2 = write_config(tmp.path(), "b.toml", &body);
+    let (status, lines) =
+        Daemon::spawn(&cfg2, &["--init-from", weights.to_str().unwrap()], &[]).wait(LONG);
+    assert!(status.success(), "{}", lines.join("\n"));
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("initialised from safetensors")));
+    let (_, exported) = newest_state(&source).unwrap();
+    let (_, started) = newest_state(&fresh).unwrap();
+    assert_eq!(started.epoch, 1);
+    for (a, b) in exported.model.tensors.iter().zip(&started.model.tensors) {
+        assert_eq!(a.name, b.name);
+        assert!(
+            a.data
+                .iter()
+                .zip(&b.data)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{}",
+            a.name
+        );
+    }
+
+    // A model with other shapes is refused with the names, and a non-empty
+    // log refuses a warm start.
+    let other = tmp.path().join("other");
+    let body = synthetic_config(&other, 1, "").replace("hidden = [128, 128]", "hidden = [16]");
+    let cfg3 = write_config(tmp.path(), "c.toml", &body);
+    let (status, lines) =
+        Daemon::spawn(&cfg3, &["--init-from", weights.to_str().unwrap()], &[]).wait(LONG);
+    assert_eq!(status.code(), Some(1));
+    assert!(lines.join("\n").contains("layers.0.weight"), "{lines:?}");
+    let (status, lines) =
+        Daemon::spawn(&cfg2, &["--init-from", weights.to_str().unwrap()], &[]).wait(LONG);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        lines.join("\n").contains("refusing --init-from"),
+        "{lines:?}"
+    );
+}

@@ -61,7 +61,10 @@ fn run_under_kills(
             );
             stats.resumes += 1;
         } else {
-            assert_eq!(stats.last_durable, 0, "seed {seed}: a durable record was lost");
+            assert_eq!(
+                stats.last_durable, 0,
+                "seed {seed}: a durable record was lost"
+            );
         }
         std::thread::sleep(Duration::from_micros(rng.next() % 120_000));
         d.signal(libc::SIGKILL);

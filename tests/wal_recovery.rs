@@ -66,7 +66,7 @@ fn assert_appends_after_recovery(dir: &Path, written: &[Written], expect_seq: u6
 fn a_64_mib_state_round_trips_bit_exact_and_zero_copy() {
     let dir = tempfile::tempdir().unwrap();
     let state = common::sample_state(64 << 20, 7);
-    assert!(state.tensor_bytes() >= 64 << 20 - 16);
+    assert!(state.tensor_bytes() >= (64 << 20) - 16);
     {
         let (mut log, r) = Log::open(dir.path(), LogOptions::default()).unwrap();
         assert!(r.record.is_none());

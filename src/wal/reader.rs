@@ -179,7 +179,10 @@ pub fn validate_payload<'a>(
 }
 
 /// Segment files of `dir` in ascending order, plus notes about other files.
-pub(crate) fn list_dir(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, Vec<Skip>)> {
+/// Segment files (number, path) in ascending order, and notes about the rest.
+pub(crate) type Listing = (Vec<(u64, PathBuf)>, Vec<Skip>);
+
+pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             WalError::NotFound {
