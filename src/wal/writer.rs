@@ -539,7 +539,7 @@ impl Log {
         };
         // The segment number is used up even if mapping fails below.
         self.next_segment_no = n + 1;
-        // SAFETY: the file is ours (created above under the writer lock),
+        // The raw mapping is sound to use: the file is ours (created above under the writer lock),
         // fully allocated to `bytes`, and epochwal never truncates a segment;
         // the region is only accessed through `SegmentMap`, whose users keep
         // ranges disjoint.
