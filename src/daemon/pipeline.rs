@@ -115,6 +115,8 @@ struct Job {
     pending: PendingAppend,
     pause: Duration,
     reason: &'static str,
+    /// No checkpoint follows (shutdown or the last epoch): nothing to prepare.
+    last: bool,
 }
 
 /// Starts the persisting and training threads.
@@ -160,7 +162,7 @@ fn persist_loop(jobs: mpsc::Receiver<Job>, log: &Mutex<Log>, control: &Control, 
         let retention = {
             let mut log = lock(log);
             let retention = log.finish(&result);
-            if result.is_ok() && !control.stop.load(Ordering::SeqCst) {
+            if result.is_ok() && !job.last && !control.stop.load(Ordering::SeqCst) {
                 if let Err(e) = log.prepare_next_append() {
                     // Not fatal: the next begin_append rotates (and reports a
                     // full disk) itself.
@@ -296,10 +298,13 @@ impl TrainLoop {
         match begun {
             Ok(pending) => {
                 self.control.set_busy(true);
+                let state = self.trainer.state();
                 let job = Job {
                     pending,
                     pause: t0.elapsed(),
                     reason,
+                    last: reason == "shutdown"
+                        || (self.target_epochs > 0 && state.epoch >= self.target_epochs),
                 };
                 self.jobs
                     .send(job)
