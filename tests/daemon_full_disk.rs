@@ -84,7 +84,7 @@ fn a_full_disk_fails_rotation_cleanly_and_training_goes_on() {
     );
     let d = Daemon::spawn(&cfg, &[], &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
     let failure = d
-        .wait_for("checkpoint failed", LONG)
+        .wait_for("checkpoint failed; training goes on", LONG)
         .unwrap_or_else(|| panic!("the disk never filled:\n{}", d.lines().join("\n")));
     assert!(failure.contains("no space left"), "{failure}");
     assert!(
@@ -118,8 +118,8 @@ fn a_full_disk_fails_rotation_cleanly_and_training_goes_on() {
         "STATUS reports the failure: {status_msgs:?}"
     );
 
-    // Every record that was durable is intact, and no half-made segment is
-    // left behind.
+    // Every record that was durable is intact (a `.tmp` may exist for a
+    // moment while a rotation attempt fails; it is checked after exit).
     let reader = epochwal::wal::LogReader::open(&data).unwrap();
     let scan = reader.scan().unwrap();
     let mut seqs = Vec::new();
@@ -133,13 +133,6 @@ fn a_full_disk_fails_rotation_cleanly_and_training_goes_on() {
     for s in &durable_before {
         assert!(seqs.contains(s), "durable seq {s} missing from {seqs:?}");
     }
-    assert!(
-        scan.others
-            .iter()
-            .all(|o| !o.file.to_string_lossy().ends_with(".tmp")),
-        "{:?}",
-        scan.others
-    );
 
     // Free space: the next trigger retries and succeeds.
     let before = durable_seqs(&d.lines()).len();
@@ -169,4 +162,15 @@ fn a_full_disk_fails_rotation_cleanly_and_training_goes_on() {
     let newest_reported = durable_seqs(&lines).into_iter().max().unwrap();
     let (seq, _) = newest_state(&data).unwrap();
     assert_eq!(seq, newest_reported);
+    let scan = epochwal::wal::LogReader::open(&data)
+        .unwrap()
+        .scan()
+        .unwrap();
+    assert!(
+        scan.others
+            .iter()
+            .all(|o| !o.file.to_string_lossy().ends_with(".tmp")),
+        "no half-made segment is left behind: {:?}",
+        scan.others
+    );
 }
