@@ -438,12 +438,13 @@ fn bad_segment_files_are_skipped_with_a_reason() {
         "truncated or extended",
     );
     fx.restore();
-    // segment 2 belongs to another log id: it defines the log (newest
-    // segment, FORMAT.md §5.2), its records name the old id and are refused
+    // segment 2's header names another log id: its records name the old id
+    // and are refused, so it holds no record and does not decide the log
+    // (FORMAT.md §5.2); segment 1 does, and segment 2 is reported as foreign
     rewrite_segment_header(&fx.seg_path(2), |h| h.log_id ^= 0xff);
     fx.expect(
         "segment 2 with another log id",
-        None,
+        Some(3),
         "record belongs to another log",
     );
     let r = recover(&fx.dir).unwrap();

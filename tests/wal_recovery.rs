@@ -301,7 +301,17 @@ fn readers_running_concurrently_with_the_writer_see_only_valid_records_in_order(
             let mut last = 0;
             let mut loads = 0u64;
             let mut iterations = 0u64;
-            while !done.load(Ordering::SeqCst) || iterations < 5 {
+            let mut rounds_after_done = 0;
+            loop {
+                // Read before the round, so that the round after the writer
+                // finished sees its last record.
+                let finished = done.load(Ordering::SeqCst);
+                if finished && iterations >= 5 && (last == N || rounds_after_done >= 3) {
+                    break;
+                }
+                if finished {
+                    rounds_after_done += 1;
+                }
                 iterations += 1;
                 let floor = durable.load(Ordering::SeqCst);
                 let r = recover(&path).unwrap();
@@ -772,4 +782,25 @@ fn a_segment_named_with_the_largest_number_does_not_break_recovery() {
         Err(e) => println!("writer refused as expected: {e}"),
     }
     assert_eq!(fs::read(dir.path().join(seg(u64::MAX))).unwrap(), b"junk");
+}
+
+#[test]
+fn an_empty_segment_of_another_log_does_not_hide_this_log() {
+    let (dir, w) = three_segment_log();
+    let mut page = vec![0u8; 3 * 4096];
+    epochwal::wal::SegmentHeader {
+        log_id: 0xdead_beef,
+        segment_no: 9,
+        segment_bytes: 3 * 4096,
+        created_unix_ns: 1,
+    }
+    .encode(&mut page);
+    fs::write(dir.path().join(seg(9)), &page).unwrap();
+    let (seq, r) = recovered(dir.path(), &w);
+    assert_eq!(
+        seq,
+        Some(w.last().unwrap().header.sequence),
+        "{:?}",
+        reasons(&r)
+    );
 }

@@ -447,6 +447,14 @@ pub(crate) fn load_record(path: &Path, header: &RecordHeader) -> Result<MappedRe
     })
 }
 
+fn foreign(path: &Path, segment_id: u128, log_id: u128) -> Skip {
+    skip(
+        path,
+        0,
+        format!("segment belongs to another log (id {segment_id:032x}, this log is {log_id:032x})"),
+    )
+}
+
 /// What recovery found.
 #[derive(Debug)]
 pub struct Recovery {
@@ -454,7 +462,8 @@ pub struct Recovery {
     pub record: Option<MappedRecord>,
     /// Everything passed over on the way, newest first.
     pub skipped: Vec<Skip>,
-    /// The log id of the newest valid segment.
+    /// Whose log this is: the id of the newest segment holding a record
+    /// header, or, when no segment holds one, of the newest valid segment.
     pub log_id: Option<u128>,
     /// One past the highest sequence number seen in any record header.
     pub next_sequence: u64,
@@ -499,6 +508,9 @@ fn recover_once(dir: &Path) -> Result<(Recovery, bool)> {
         next_segment_no: segments.last().map_or(1, |(n, _)| n.saturating_add(1)),
         segments_scanned: 0,
     };
+    let mut newest_header_id = None;
+    // Empty segments passed before the log's id was known.
+    let mut undecided: Vec<(PathBuf, u128)> = Vec::new();
     'segments: for (n, path) in segments.iter().rev() {
         let scan = scan_segment(path, *n);
         if !scan.problems.is_empty() && !path.exists() {
@@ -508,17 +520,22 @@ fn recover_once(dir: &Path) -> Result<(Recovery, bool)> {
         out.segments_scanned += 1;
         out.skipped.extend(scan.problems.iter().cloned());
         let Some(header) = scan.header else { continue };
+        newest_header_id.get_or_insert(header.log_id);
         match out.log_id {
-            None => out.log_id = Some(header.log_id),
+            // An empty segment (rotated ahead, or planted) does not decide
+            // whose log this is; the newest segment holding a record does.
+            None if scan.records.is_empty() => {
+                undecided.push((path.clone(), header.log_id));
+                continue;
+            }
+            None => {
+                out.log_id = Some(header.log_id);
+                for (p, id) in undecided.drain(..).filter(|(_, id)| *id != header.log_id) {
+                    out.skipped.push(foreign(&p, id, header.log_id));
+                }
+            }
             Some(id) if id != header.log_id => {
-                out.skipped.push(skip(
-                    path,
-                    0,
-                    format!(
-                        "segment belongs to another log (id {:032x}, this log is {id:032x})",
-                        header.log_id
-                    ),
-                ));
+                out.skipped.push(foreign(path, header.log_id, id));
                 continue;
             }
             Some(_) => {}
@@ -549,5 +566,7 @@ fn recover_once(dir: &Path) -> Result<(Recovery, bool)> {
             }
         }
     }
+    // No record anywhere: the log is still the one its newest segment says.
+    out.log_id = out.log_id.or(newest_header_id);
     Ok((out, vanished))
 }
