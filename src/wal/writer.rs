@@ -585,12 +585,15 @@ impl Log {
 
     /// Gets the space for the next record ready, off the training thread:
     /// rotates now if a record as large as the last one would not fit, and
-    /// faults in (MADV_POPULATE_WRITE) the pages it will be written to, so
-    /// that the next [`Log::begin_append`] copies at memory speed instead of
-    /// taking a page fault per 4 KiB. Call it after [`Log::finish`] when more
-    /// appends are expected. The pages stay ready until write-back cleans them
-    /// (about 30 s on Linux by default); after that they fault again, more
-    /// cheaply. Kernels before 5.14 lack the advice and skip the prefault.
+    /// write-faults the pages it will be written to (one store per page of
+    /// the byte already there), so that the next [`Log::begin_append`] copies
+    /// at memory speed instead of taking a page fault per 4 KiB. Call it after
+    /// [`Log::finish`] when more appends are expected. The pages stay ready
+    /// until write-back cleans them (about 30 s on Linux by default); after
+    /// that they fault again, more cheaply. Touching pages one by one, rather
+    /// than `madvise(MADV_POPULATE_WRITE)`, keeps each fault on the per-VMA
+    /// lock instead of holding the process's mmap lock for the whole range,
+    /// which the training thread's own allocations would wait for.
     pub fn prepare_next_append(&mut self) -> Result<()> {
         if self.in_flight || self.last_span == 0 || self.poisoned().is_some() {
             return Ok(());
@@ -606,21 +609,16 @@ impl Log {
         let seg = self.active.as_ref().expect("a segment is active");
         let start = self.write_offset;
         let len = span.min(seg.len - start);
-        // SAFETY: madvise only changes how the kernel backs the range, which
-        // lies inside the live mapping (start + len <= seg.len); no append is
-        // in flight, so nobody else touches these pages now. POPULATE_WRITE
-        // faults them in as if written, without changing their contents.
-        let rc = unsafe {
-            libc::madvise(
-                seg.map.as_mut_ptr().add(start as usize).cast(),
-                len as usize,
-                libc::MADV_POPULATE_WRITE,
-            )
-        };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(WalError::io(&seg.path, "prefaulting the next record", e));
+        let base = seg.map.as_mut_ptr();
+        for offset in (start..start + len).step_by(PAGE as usize) {
+            // SAFETY: the byte lies inside the live mapping (offset <
+            // start + len <= seg.len); no append is in flight and the range is
+            // past every record, so no one else reads or writes it now.
+            // Writing back the value just read leaves the contents unchanged
+            // while making the kernel fault the page in for writing.
+            unsafe {
+                let p = base.add(offset as usize);
+                std::ptr::write_volatile(p, std::ptr::read_volatile(p));
             }
         }
         Ok(())
