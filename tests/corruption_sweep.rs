@@ -61,6 +61,31 @@ impl Fx {
     fn expect(&self, case: &str, seq: Option<u64>, reason: &str) {
         let (got, r) = recovered(&self.dir, &self.w);
         assert_eq!(got, seq, "{case}: skipped {:?}", reasons(&r));
+        // `epochwal verify` agrees on the choice and reports the same thing.
+        let v = epochwal::tools::verify_log(&self.dir).unwrap();
+        assert_eq!(
+            v.recovery.as_ref().map(|c| c.sequence),
+            seq,
+            "{case}: verify"
+        );
+        let said: Vec<&str> = v
+            .damage
+            .iter()
+            .chain(&v.warnings)
+            .chain(&v.notes)
+            .map(|i| i.reason.as_str())
+            .collect();
+        if !reason.is_empty() {
+            // Recovery says "record N: why", verify "record N (epoch E): why".
+            let why = match reason.split_once(": ") {
+                Some((head, rest)) if head.starts_with("record ") => rest,
+                _ => reason,
+            };
+            assert!(
+                said.iter().any(|s| s.contains(why)),
+                "{case}: verify does not mention {why:?}: {said:?}"
+            );
+        }
         if reason.is_empty() {
             assert!(
                 r.skipped.is_empty(),

@@ -29,6 +29,7 @@ pub use export::{
     load_safetensors_weights, WeightTensor, OPTIMIZER_PREFIX, OPTIMIZER_SUFFIX_EXP_AVG,
     OPTIMIZER_SUFFIX_EXP_AVG_SQ, OPTIMIZER_SUFFIX_STEP,
 };
+pub use verify::{check as verify_log, Choice, Item, Report as VerifyReport};
 
 /// The operator subcommands (flattened into the `epochwal` command line).
 #[derive(clap::Subcommand, Debug)]

@@ -41,10 +41,13 @@ pub struct VerifyArgs {
 
 /// One finding: a file, an offset in it (0 for whole-file findings), why.
 #[derive(Debug, Clone, Serialize)]
-struct Item {
-    file: String,
-    offset: u64,
-    reason: String,
+pub struct Item {
+    /// The file concerned.
+    pub file: String,
+    /// Byte offset in it (0 for whole-file findings).
+    pub offset: u64,
+    /// What is wrong.
+    pub reason: String,
 }
 
 impl Item {
@@ -69,32 +72,34 @@ impl std::fmt::Display for Item {
 
 /// The record recovery would resume from.
 #[derive(Debug, Clone, Serialize)]
-struct Choice {
-    sequence: u64,
-    epoch: u64,
-    step: u64,
-    segment: String,
-    offset: u64,
-    time: String,
+pub struct Choice {
+    pub sequence: u64,
+    pub epoch: u64,
+    pub step: u64,
+    pub segment: String,
+    pub offset: u64,
+    pub time: String,
 }
 
+/// What `epochwal verify` found.
 #[derive(Debug, Serialize)]
-struct Report {
-    dir: String,
-    clean: bool,
-    segments: usize,
-    records_good: u64,
-    records_damaged: u64,
-    payload_bytes_checked: u64,
-    first_sequence: Option<u64>,
-    last_sequence: Option<u64>,
-    damage: Vec<Item>,
-    warnings: Vec<Item>,
-    notes: Vec<Item>,
+pub struct Report {
+    pub dir: String,
+    /// No damage found (warnings and notes do not count).
+    pub clean: bool,
+    pub segments: usize,
+    pub records_good: u64,
+    pub records_damaged: u64,
+    pub payload_bytes_checked: u64,
+    pub first_sequence: Option<u64>,
+    pub last_sequence: Option<u64>,
+    pub damage: Vec<Item>,
+    pub warnings: Vec<Item>,
+    pub notes: Vec<Item>,
     /// What `recover` picks; `None` if no record is intact.
-    recovery: Option<Choice>,
+    pub recovery: Option<Choice>,
     /// How many items recovery passed over to reach its choice.
-    recovery_skipped: usize,
+    pub recovery_skipped: usize,
 }
 
 /// Looks for record headers that decode in the pages after the point where a
@@ -137,16 +142,37 @@ fn torn_tail_suspected(scan: &LogScan) -> bool {
 
 /// Runs `epochwal verify`.
 pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
-    let reader = open_reader(&args.dir)?;
+    let report = check_settled(&args.dir, std::time::Duration::from_millis(200))?;
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report).context("writing to stdout")?;
+        writeln!(out).context("writing to stdout")?;
+    } else {
+        write_text(&mut out, &report).context("writing to stdout")?;
+    }
+    out.flush().context("writing to stdout")?;
+    Ok(if report.clean { 0 } else { 1 })
+}
+
+/// Checks every record of every segment of the log in `dir` and says which
+/// record recovery would choose. Reads only; takes no lock.
+pub fn check(dir: &Path) -> anyhow::Result<Report> {
+    check_settled(dir, std::time::Duration::ZERO)
+}
+
+/// [`check`], but when the newest segment ends in a damaged header (perhaps
+/// a header page a running writer is writing right now) it waits `settle`
+/// and looks again before calling it damage.
+fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Report> {
+    let reader = open_reader(dir)?;
     let mut scan = reader.scan()?;
-    if torn_tail_suspected(&scan) {
-        // A writer may be writing the header page at the end of the newest
-        // segment right now; look again before calling it damage.
-        std::thread::sleep(std::time::Duration::from_millis(200));
+    if !settle.is_zero() && torn_tail_suspected(&scan) {
+        std::thread::sleep(settle);
         scan = reader.scan()?;
     }
     let mut report = Report {
-        dir: args.dir.display().to_string(),
+        dir: dir.display().to_string(),
         clean: true,
         segments: scan.segments.len(),
         records_good: 0,
@@ -165,13 +191,17 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
         recovery_skipped: 0,
     };
 
-    // The log is the one of the newest segment with an intact header, as in
-    // recovery; segments of another log are damage, their records unchecked.
-    let log_id = scan
-        .segments
-        .iter()
-        .rev()
-        .find_map(|s| s.header.map(|h| h.log_id));
+    // Whose log this is, by recovery's rule (FORMAT.md §5.2): the newest
+    // segment holding a record header decides, else the newest valid one.
+    // Segments of another log are damage, their records unchecked.
+    let newest_with = |need_records: bool| {
+        scan.segments
+            .iter()
+            .rev()
+            .filter(|s| !need_records || !s.records.is_empty())
+            .find_map(|s| s.header.map(|h| h.log_id))
+    };
+    let log_id = newest_with(true).or_else(|| newest_with(false));
     let ours: Vec<&SegmentScan> = scan
         .segments
         .iter()
@@ -187,6 +217,11 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
                         s.records.len()
                     ),
                 ));
+                for p in &s.problems {
+                    report
+                        .damage
+                        .push(Item::new(&p.file, p.offset, p.reason.clone()));
+                }
                 false
             }
             _ => true,
@@ -332,7 +367,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
     }
 
     // What recovery would do.
-    match recover(&args.dir) {
+    match recover(dir) {
         Ok(r) => {
             report.recovery_skipped = r.skipped.len();
             report.recovery = r.record.map(|m| {
@@ -349,23 +384,13 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
         }
         Err(e) => report
             .damage
-            .push(Item::new(&args.dir, 0, format!("recovery failed: {e}"))),
+            .push(Item::new(dir, 0, format!("recovery failed: {e}"))),
     }
     report.clean = report.damage.is_empty();
     report
         .damage
         .sort_by(|a, b| (&a.file, a.offset).cmp(&(&b.file, b.offset)));
-
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &report).context("writing to stdout")?;
-        writeln!(out).context("writing to stdout")?;
-    } else {
-        write_text(&mut out, &report).context("writing to stdout")?;
-    }
-    out.flush().context("writing to stdout")?;
-    Ok(if report.clean { 0 } else { 1 })
+    Ok(report)
 }
 
 fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
