@@ -9,113 +9,57 @@
 //!
 //! The layout of the archive is rkyv 0.8's with little-endian primitives,
 //! 16-byte aligned buffers and 64-bit relative pointers (the crate features
-//! `little_endian`, `aligned`, `pointer_width_64`); a change to any type here
-//! is a change of the on-disk format and must bump [`SCHEMA_VERSION`].
+//! `little_endian`, `aligned`, `pointer_width_64`); FORMAT.md describes it
+//! byte by byte.
+//!
+//! # Versions
+//!
+//! Every schema version this build has ever written lives in its own frozen
+//! module (`v1`, `v2`, ...); the newest one is re-exported here as *the*
+//! schema ([`TrainState`] and its parts) and [`SCHEMA_VERSION`] is its
+//! number. The record header carries the version, so a reader knows which
+//! archived types to validate a payload with before touching it.
+//! [`decode`] is the one place that dispatches on it: a record of the current
+//! version is read in place; a record of an older version is validated with
+//! its own types, deserialized, upgraded step by step (`v1 -> v2 -> ...`,
+//! plain functions with documented defaults for new fields) and re-archived,
+//! so every consumer sees an [`ArchivedTrainState`] of the current schema. A
+//! version newer than this build is refused, never taken for damage.
+//!
+//! # How to bump the schema
+//!
+//! 1. Copy the newest module (`src/state/vN.rs`) to `src/state/vN+1.rs`, set
+//!    its `VERSION`, change the types there. Never edit `vN.rs` again.
+//! 2. In `vN+1.rs`, write `impl From<vN::TrainState> for TrainState` (the
+//!    upgrade), giving every new field a default documented in FORMAT.md.
+//! 3. Here: re-export `vN+1` instead of `vN`; in [`decode`], add the arm
+//!    `N => upgrade_from::<vN::TrainState>(payload, N)` and, for versions
+//!    older than `N`, chain the upgrades (`vN-1 -> vN -> vN+1`).
+//! 4. Write a fixture log with the new binary under
+//!    `tests/fixtures/log-schema-vN+1/` (see `tests/schema_upgrade.rs`), add
+//!    its resume test, and describe the new layout in FORMAT.md.
 
-use rkyv::{Archive, Deserialize, Serialize};
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
 
-/// Version of the schema below. Stored in every record; a reader refuses a
-/// record whose schema version it does not know.
-pub const SCHEMA_VERSION: u32 = 1;
+pub mod v1;
+
+pub use v1::{
+    AdamParamState, AdamState, ArchivedAdamParamState, ArchivedAdamState, ArchivedDataState,
+    ArchivedModelState, ArchivedTensor, ArchivedTrainState, DataState, ModelState, Tensor,
+    TrainState,
+};
+
+/// Version of the current schema (the types re-exported above). Written in
+/// every record's header and in its payload's `schema_version`.
+pub const SCHEMA_VERSION: u32 = v1::VERSION;
+
+/// The oldest schema version this build reads (and upgrades).
+pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 
 /// The element type of every tensor. Only f32 is stored today; the field
 /// exists so that a reader of FORMAT.md can check it.
 pub const DTYPE_F32: &str = "F32";
-
-/// Everything needed to continue training exactly where it stopped.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[rkyv(derive(Debug))]
-pub struct TrainState {
-    /// [`SCHEMA_VERSION`] at the time of writing.
-    pub schema_version: u32,
-    /// Number of epochs completed. A record written at the end of epoch 3
-    /// (counting from 1) has `epoch == 3` and `step_in_epoch == 0`; a record
-    /// written in the middle of the fourth epoch has `epoch == 3` and
-    /// `step_in_epoch > 0`.
-    pub epoch: u64,
-    /// Optimizer steps taken since the start of the run.
-    pub global_step: u64,
-    /// Mini-batches already consumed in the current (unfinished) epoch.
-    pub step_in_epoch: u64,
-    /// Model parameters, in the order of the model's `state_dict()`.
-    pub model: ModelState,
-    /// State of `torch.optim.Adam`, one entry per parameter, same order.
-    pub optimizer: AdamState,
-    /// Random-number and data-order state.
-    pub data: DataState,
-    /// Mean loss of the last mini-batch (NaN before the first step).
-    pub last_loss: f32,
-    /// Wall-clock time at which the snapshot was taken, ns since the Unix epoch.
-    pub wall_clock_unix_ns: u64,
-    /// Training time accumulated over all runs, in milliseconds.
-    pub train_time_ms: u64,
-}
-
-/// The model: named tensors plus a fingerprint of its shape.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[rkyv(derive(Debug))]
-pub struct ModelState {
-    /// Fingerprint of the architecture (names, shapes, activation, loss); a
-    /// run refuses to resume from a record whose fingerprint differs from
-    /// the one its configuration produces.
-    pub fingerprint: u64,
-    /// Human-readable description of the architecture, e.g. `mlp 1-1 relu mse`.
-    pub description: String,
-    /// Parameters under their PyTorch `state_dict` names.
-    pub tensors: Vec<Tensor>,
-}
-
-/// A named f32 tensor in row-major (C) order, as PyTorch stores it.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[rkyv(derive(Debug))]
-pub struct Tensor {
-    /// PyTorch name, e.g. `layers.0.weight`.
-    pub name: String,
-    /// Shape, outermost dimension first (`[out, in]` for a Linear weight).
-    pub shape: Vec<u64>,
-    /// Values, `shape.iter().product()` of them.
-    pub data: Vec<f32>,
-}
-
-/// Mirrors `torch.optim.Adam.state_dict()`.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[rkyv(derive(Debug))]
-pub struct AdamState {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    /// One entry per model tensor, in the same order.
-    pub params: Vec<AdamParamState>,
-}
-
-/// Per-parameter Adam state.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[rkyv(derive(Debug))]
-pub struct AdamParamState {
-    /// Name of the parameter this state belongs to.
-    pub name: String,
-    /// Number of optimizer steps applied to this parameter.
-    pub step: u64,
-    /// First moment, same shape as the parameter.
-    pub exp_avg: Vec<f32>,
-    /// Second moment, same shape as the parameter.
-    pub exp_avg_sq: Vec<f32>,
-}
-
-/// Data order and random state.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[rkyv(derive(Debug))]
-pub struct DataState {
-    /// The run's seed (from the configuration).
-    pub seed: u64,
-    /// Number of training examples; the order of epoch `e` is a permutation
-    /// of `0..dataset_len` derived from `(seed, e)`.
-    pub dataset_len: u64,
-    /// State of the trainer's general-purpose generator (xoshiro256**).
-    pub rng: [u64; 4],
-}
 
 impl ArchivedTensor {
     /// The tensor values, borrowed from the archive without copying.
@@ -167,5 +111,301 @@ impl TrainState {
             .map(|p| p.exp_avg.len() + p.exp_avg_sq.len())
             .sum();
         ((model + opt) * std::mem::size_of::<f32>()) as u64
+    }
+}
+
+/// A payload validated by [`decode`].
+#[derive(Debug)]
+pub enum Decoded<'a> {
+    /// A record of the current schema, validated in place (zero-copy).
+    Current(&'a ArchivedTrainState),
+    /// A record of an older schema, upgraded to the current one.
+    Upgraded(Upgraded),
+}
+
+impl Decoded<'_> {
+    /// The state in the current schema.
+    pub fn state(&self) -> &ArchivedTrainState {
+        match self {
+            Decoded::Current(s) => s,
+            Decoded::Upgraded(u) => u.state(),
+        }
+    }
+}
+
+impl std::ops::Deref for Decoded<'_> {
+    type Target = ArchivedTrainState;
+    fn deref(&self) -> &ArchivedTrainState {
+        self.state()
+    }
+}
+
+/// A record of an older schema, upgraded and archived again in the current
+/// schema. Owns a copy of the whole state.
+pub struct Upgraded {
+    /// The schema version the record was written with.
+    from: u32,
+    /// An rkyv archive of the upgraded [`TrainState`], written by rkyv itself.
+    bytes: AlignedVec,
+}
+
+impl std::fmt::Debug for Upgraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgraded")
+            .field("from", &self.from)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl Upgraded {
+    /// The schema version the record was written with.
+    pub fn from_version(&self) -> u32 {
+        self.from
+    }
+
+    /// The upgraded state.
+    pub fn state(&self) -> &ArchivedTrainState {
+        // SAFETY: `bytes` was produced by `rkyv::to_bytes` from a
+        // `TrainState` (in `upgrade_from`) and is never modified, so it is a
+        // valid archive of `TrainState` with its root at the end.
+        unsafe { rkyv::access_unchecked::<ArchivedTrainState>(&self.bytes) }
+    }
+}
+
+/// Why [`decode`] refused a payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The record's schema version is not one this build reads (newer than
+    /// [`SCHEMA_VERSION`], or older than [`OLDEST_SCHEMA_VERSION`]). Not
+    /// damage: the record may be perfectly good for another binary.
+    Unsupported {
+        /// The version the record says it has.
+        found: u32,
+    },
+    /// The bytes are not a valid archive of the version's types, or disagree
+    /// with themselves.
+    Invalid(String),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Unsupported { found } => write!(f, "{}", unsupported_message(*found)),
+            DecodeError::Invalid(reason) => write!(f, "{reason}"),
+        }
+    }
+}
+
+/// The sentence that names a record's schema version and the versions this
+/// build reads.
+pub fn unsupported_message(found: u32) -> String {
+    let reads = if OLDEST_SCHEMA_VERSION == SCHEMA_VERSION {
+        format!("schema version {SCHEMA_VERSION}")
+    } else {
+        format!("schema versions {OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}")
+    };
+    if found > SCHEMA_VERSION {
+        format!(
+            "record has schema version {found}, newer than this epochwal {} reads ({reads}); \
+             run a newer epochwal on this log",
+            env!("CARGO_PKG_VERSION")
+        )
+    } else {
+        format!(
+            "record has schema version {found}, older than this epochwal {} reads ({reads}); \
+             resume it with an older epochwal and let it write a record, or convert the log",
+            env!("CARGO_PKG_VERSION")
+        )
+    }
+}
+
+/// Whether this build reads records of schema `version`.
+pub fn is_supported(version: u32) -> bool {
+    (OLDEST_SCHEMA_VERSION..=SCHEMA_VERSION).contains(&version)
+}
+
+/// The one payload decoder: validates `payload` as an archive of schema
+/// `version` (taken from the record header) with that version's types, and
+/// returns it in the current schema. Never reads a field of an unvalidated
+/// archive.
+pub fn decode(version: u32, payload: &[u8]) -> Result<Decoded<'_>, DecodeError> {
+    match version {
+        SCHEMA_VERSION => {
+            let s = rkyv::access::<ArchivedTrainState, rancor::Error>(payload)
+                .map_err(|e| DecodeError::Invalid(format!("rkyv validation failed: {e}")))?;
+            check_payload_version(s.schema_version.to_native(), version)?;
+            Ok(Decoded::Current(s))
+        }
+        // Older versions go here, newest first, e.g. when v2 is current:
+        // 1 => upgrade_from::<v1::TrainState>(payload, 1).map(Decoded::Upgraded),
+        found => Err(DecodeError::Unsupported { found }),
+    }
+}
+
+fn check_payload_version(in_payload: u32, in_header: u32) -> Result<(), DecodeError> {
+    if in_payload == in_header {
+        Ok(())
+    } else {
+        Err(DecodeError::Invalid(format!(
+            "payload says schema version {in_payload}, its header says {in_header}"
+        )))
+    }
+}
+
+/// The `schema_version` field of each frozen schema's archived root, so
+/// that [`upgrade_from`] can check it against the header. One impl per
+/// module in `src/state/` (kept here, since those modules are frozen).
+trait StoredVersion {
+    fn stored_version(&self) -> u32;
+}
+
+impl StoredVersion for v1::ArchivedTrainState {
+    fn stored_version(&self) -> u32 {
+        self.schema_version.to_native()
+    }
+}
+
+/// Validates `payload` as an archive of the old schema type `T` (of schema
+/// `version`), deserializes it, upgrades it with `From` and archives the
+/// result in the current schema.
+#[cfg_attr(not(test), allow(dead_code))] // used by `decode` once a second version exists
+fn upgrade_from<T>(payload: &[u8], version: u32) -> Result<Upgraded, DecodeError>
+where
+    T: rkyv::Archive + Into<TrainState>,
+    T::Archived: StoredVersion
+        + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    let old = rkyv::access::<T::Archived, rancor::Error>(payload)
+        .map_err(|e| DecodeError::Invalid(format!("rkyv validation failed: {e}")))?;
+    check_payload_version(old.stored_version(), version)?;
+    let old: T = rkyv::deserialize::<T, rancor::Error>(old)
+        .map_err(|e| DecodeError::Invalid(format!("deserializing failed: {e}")))?;
+    let new: TrainState = old.into();
+    let bytes = rkyv::to_bytes::<rancor::Error>(&new)
+        .map_err(|e| DecodeError::Invalid(format!("archiving the upgraded state failed: {e}")))?;
+    let up = Upgraded {
+        from: version,
+        bytes,
+    };
+    check_payload_version(up.state().schema_version.to_native(), SCHEMA_VERSION)?;
+    Ok(up)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> TrainState {
+        TrainState {
+            schema_version: SCHEMA_VERSION,
+            epoch: 3,
+            global_step: 24,
+            step_in_epoch: 0,
+            model: ModelState {
+                fingerprint: 0xfeed,
+                description: "mlp 2-1 relu mse".into(),
+                tensors: vec![Tensor {
+                    name: "fc.weight".into(),
+                    shape: vec![1, 2],
+                    data: vec![0.5, -1.25],
+                }],
+            },
+            optimizer: AdamState {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+                params: vec![AdamParamState {
+                    name: "fc.weight".into(),
+                    step: 24,
+                    exp_avg: vec![0.1, 0.2],
+                    exp_avg_sq: vec![0.01, 0.04],
+                }],
+            },
+            data: DataState {
+                seed: 7,
+                dataset_len: 16,
+                rng: [1, 2, 3, 4],
+            },
+            last_loss: 0.25,
+            wall_clock_unix_ns: 1,
+            train_time_ms: 2,
+        }
+    }
+
+    fn archive(s: &TrainState) -> AlignedVec {
+        rkyv::to_bytes::<rancor::Error>(s).unwrap()
+    }
+
+    fn owned(s: &ArchivedTrainState) -> TrainState {
+        rkyv::deserialize::<TrainState, rancor::Error>(s).unwrap()
+    }
+
+    #[test]
+    fn current_version_decodes_in_place() {
+        let bytes = archive(&sample());
+        let d = decode(SCHEMA_VERSION, &bytes).unwrap();
+        assert!(matches!(d, Decoded::Current(_)));
+        assert_eq!(owned(&d), sample());
+    }
+
+    #[test]
+    fn newer_version_is_unsupported_and_named_with_the_versions_read() {
+        let bytes = archive(&sample());
+        let e = decode(SCHEMA_VERSION + 1, &bytes).unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::Unsupported {
+                found: SCHEMA_VERSION + 1
+            }
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),
+            "{msg}"
+        );
+        assert!(msg.contains("newer than this epochwal"), "{msg}");
+        assert!(msg.contains(&SCHEMA_VERSION.to_string()), "{msg}");
+        assert!(!is_supported(SCHEMA_VERSION + 1));
+    }
+
+    #[test]
+    fn version_older_than_the_oldest_is_unsupported() {
+        let bytes = archive(&sample());
+        let e = decode(OLDEST_SCHEMA_VERSION - 1, &bytes).unwrap_err();
+        assert!(e.to_string().contains("older than this epochwal"), "{e}");
+    }
+
+    #[test]
+    fn payload_version_must_agree_with_the_header() {
+        let mut s = sample();
+        s.schema_version = SCHEMA_VERSION + 1;
+        let bytes = archive(&s);
+        let e = decode(SCHEMA_VERSION, &bytes).unwrap_err();
+        assert!(matches!(e, DecodeError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("its header says"), "{e}");
+    }
+
+    #[test]
+    fn damaged_archive_is_invalid_not_unsupported() {
+        let bytes = archive(&sample());
+        let e = decode(SCHEMA_VERSION, &bytes[..bytes.len() - 8]).unwrap_err();
+        assert!(matches!(e, DecodeError::Invalid(_)), "{e}");
+    }
+
+    /// The upgrade path used for older versions, exercised with the
+    /// identity upgrade of the current schema: validates with the old types,
+    /// deserializes, upgrades, archives again.
+    #[test]
+    fn upgrade_path_reencodes_into_the_current_schema() {
+        let bytes = archive(&sample());
+        let up = upgrade_from::<v1::TrainState>(&bytes, v1::VERSION).unwrap();
+        assert_eq!(up.from_version(), v1::VERSION);
+        assert_eq!(owned(up.state()), sample());
+        let e = upgrade_from::<v1::TrainState>(&bytes, v1::VERSION + 1).unwrap_err();
+        assert!(matches!(e, DecodeError::Invalid(_)), "{e}");
     }
 }

@@ -132,7 +132,7 @@ proptest! {
         // must not panic; if it validates, every field must be readable
         if let Ok(state) = validate_payload(&p, &h) {
             let owned: epochwal::state::TrainState =
-                rkyv::deserialize::<_, rkyv::rancor::Error>(state).unwrap();
+                rkyv::deserialize::<_, rkyv::rancor::Error>(state.state()).unwrap();
             prop_assert_eq!(owned.epoch, h.epoch);
             for t in state.model.tensors.iter() {
                 let _ = t.values().iter().sum::<f32>();

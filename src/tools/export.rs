@@ -169,7 +169,7 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<i32> {
             format!("{:016x}", st.model.fingerprint.to_native()),
         ),
         ("description", st.model.description.to_string()),
-        ("schema_version", st.schema_version.to_native().to_string()),
+        ("schema_version", rec.schema_version().to_string()),
         ("source_log_dir", source_dir.display().to_string()),
         ("source_segment", rec.path().display().to_string()),
         ("source_offset", h.offset.to_string()),

@@ -103,7 +103,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
             "offset": h.offset,
             "payload_bytes": h.payload_len,
             "payload_checksum": format!("{:016x}", h.payload_checksum),
-            "schema_version": st.schema_version.to_native(),
+            "schema_version": rec.schema_version(),
             "train_time_ms": st.train_time_ms.to_native(),
             "model": {
                 "description": st.model.description.as_str(),
@@ -175,7 +175,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
             human_bytes(h.payload_len),
             h.payload_checksum
         )?;
-        writeln!(w, "schema        version {}", st.schema_version.to_native())?;
+        writeln!(w, "schema        version {}", rec.schema_version())?;
         writeln!(w, "model         {}", st.model.description)?;
         writeln!(w, "fingerprint   {:016x}", st.model.fingerprint.to_native())?;
         writeln!(

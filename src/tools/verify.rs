@@ -96,8 +96,13 @@ pub struct Report {
     pub damage: Vec<Item>,
     pub warnings: Vec<Item>,
     pub notes: Vec<Item>,
+    /// Records of a schema version this binary does not read (written by a
+    /// newer epochwal): not damage, but recovery refuses to start on them.
+    pub unsupported: Vec<Item>,
     /// What `recover` picks; `None` if no record is intact.
     pub recovery: Option<Choice>,
+    /// Why recovery would refuse to start, when it would.
+    pub recovery_refused: Option<String>,
     /// How many items recovery passed over to reach its choice.
     pub recovery_skipped: usize,
 }
@@ -187,7 +192,9 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
             .iter()
             .map(|s| Item::new(&s.file, s.offset, s.reason.clone()))
             .collect(),
+        unsupported: Vec::new(),
         recovery: None,
+        recovery_refused: None,
         recovery_skipped: 0,
     };
 
@@ -344,6 +351,13 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
                         ),
                     ));
                 }
+                Err(e @ WalError::UnsupportedSchema { .. }) => {
+                    report.unsupported.push(Item::new(
+                        &seg.path,
+                        rec.offset,
+                        unsupported_reason(&e),
+                    ));
+                }
                 Err(e) => {
                     report.records_damaged += 1;
                     let reason = match e {
@@ -382,15 +396,32 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
                 }
             });
         }
+        Err(e @ WalError::UnsupportedSchema { .. }) => {
+            report.recovery_refused = Some(e.to_string());
+        }
         Err(e) => report
             .damage
             .push(Item::new(dir, 0, format!("recovery failed: {e}"))),
     }
-    report.clean = report.damage.is_empty();
+    report.clean = report.damage.is_empty() && report.unsupported.is_empty();
     report
         .damage
         .sort_by(|a, b| (&a.file, a.offset).cmp(&(&b.file, b.offset)));
     Ok(report)
+}
+
+/// The message of an [`WalError::UnsupportedSchema`] without the path and
+/// offset (the item carries those).
+fn unsupported_reason(e: &WalError) -> String {
+    match e {
+        WalError::UnsupportedSchema {
+            sequence, found, ..
+        } => format!(
+            "record {sequence}: {}",
+            crate::state::unsupported_message(*found)
+        ),
+        other => other.to_string(),
+    }
 }
 
 fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
@@ -410,6 +441,9 @@ fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
     for d in &r.damage {
         writeln!(w, "DAMAGE       {d}")?;
     }
+    for d in &r.unsupported {
+        writeln!(w, "UNREADABLE   {d}")?;
+    }
     for d in &r.warnings {
         writeln!(w, "warning      {d}")?;
     }
@@ -417,6 +451,11 @@ fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
         writeln!(w, "note         {d}")?;
     }
     match &r.recovery {
+        _ if r.recovery_refused.is_some() => writeln!(
+            w,
+            "recovery     refused: {}",
+            r.recovery_refused.as_deref().unwrap_or_default()
+        )?,
         Some(c) => writeln!(
             w,
             "recovery     would resume from sequence {} (epoch {}, step {}, {}) in {} at offset {}{}",
@@ -439,6 +478,12 @@ fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
     }
     if r.clean {
         writeln!(w, "result       clean")
+    } else if r.damage.is_empty() {
+        writeln!(
+            w,
+            "result       UNREADABLE by this epochwal ({} record(s) of a schema version it does not read)",
+            r.unsupported.len()
+        )
     } else {
         writeln!(w, "result       DAMAGED ({} problem(s))", r.damage.len())
     }

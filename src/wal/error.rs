@@ -61,6 +61,17 @@ pub enum WalError {
         reason: String,
     },
 
+    /// A record of a schema version this build does not read (written by a
+    /// newer binary, or too old). Not damage: recovery refuses to start
+    /// rather than fall back to an older record.
+    #[error("{path} at offset {offset}: record {sequence}: {}", crate::state::unsupported_message(*found))]
+    UnsupportedSchema {
+        path: PathBuf,
+        offset: u64,
+        sequence: u64,
+        found: u32,
+    },
+
     /// The state is too large for the format.
     #[error("record of {bytes} bytes exceeds the format limit of {limit} bytes")]
     TooLarge { bytes: u64, limit: u64 },

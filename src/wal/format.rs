@@ -202,6 +202,11 @@ pub struct RecordHeader {
     pub unix_ns: u64,
     /// Loss of the last mini-batch before the snapshot.
     pub loss: f64,
+    /// Schema version of the payload (`crate::state::SCHEMA_VERSION` when
+    /// written by this build). Stored as 0 for schema 1, so that binaries
+    /// from before the field existed (which require those bytes to be zero)
+    /// read schema-1 logs written after it; 0 decodes as 1.
+    pub schema_version: u32,
 }
 
 impl RecordHeader {
@@ -232,7 +237,13 @@ impl RecordHeader {
         b[80..88].copy_from_slice(&self.payload_checksum.to_le_bytes());
         b[88..96].copy_from_slice(&self.unix_ns.to_le_bytes());
         b[96..104].copy_from_slice(&self.loss.to_le_bytes());
-        // 104..120 reserved, zero.
+        let stored = if self.schema_version == 1 {
+            0
+        } else {
+            self.schema_version
+        };
+        b[104..108].copy_from_slice(&stored.to_le_bytes());
+        // 108..120 reserved, zero.
         let sum = checksum(&b[..120]);
         b[120..128].copy_from_slice(&sum.to_le_bytes());
     }
@@ -243,7 +254,7 @@ impl RecordHeader {
             return Err(HeaderError::Invalid("record header shorter than 128 bytes"));
         }
         check_frame(b, RECORD_HEADER_LEN, &RECORD_MAGIC)?;
-        if b[104..120].iter().any(|&x| x != 0) {
+        if b[108..120].iter().any(|&x| x != 0) {
             return Err(HeaderError::Invalid("reserved bytes are not zero"));
         }
         let h = RecordHeader {
@@ -257,6 +268,10 @@ impl RecordHeader {
             payload_checksum: u64_at(b, 80),
             unix_ns: u64_at(b, 88),
             loss: f64::from_le_bytes(b[96..104].try_into().expect("8 bytes")),
+            schema_version: match u32_at(b, 104) {
+                0 => 1,
+                v => v,
+            },
         };
         if h.offset % PAGE != 0 || h.offset < PAGE {
             return Err(HeaderError::Invalid("record offset"));
@@ -287,7 +302,22 @@ mod tests {
             payload_checksum: 0xdead_beef,
             unix_ns: 1_700_000_000_000_000_000,
             loss: 0.125,
+            schema_version: 1,
         }
+    }
+
+    #[test]
+    fn schema_version_1_is_stored_as_zero_and_others_as_themselves() {
+        let mut page = vec![0u8; RECORD_HEADER_LEN];
+        sample().encode(&mut page);
+        assert_eq!(u32_at(&page, 104), 0);
+        let v7 = RecordHeader {
+            schema_version: 7,
+            ..sample()
+        };
+        v7.encode(&mut page);
+        assert_eq!(u32_at(&page, 104), 7);
+        assert_eq!(RecordHeader::decode(&page).unwrap(), v7);
     }
 
     #[test]

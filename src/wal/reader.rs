@@ -22,7 +22,7 @@ use super::format::{
 };
 use super::sys::{read_at_most, system_page_size};
 use super::{Result, WalError};
-use crate::state::{ArchivedTrainState, TrainState, SCHEMA_VERSION};
+use crate::state::{self, ArchivedTrainState, Decoded, TrainState, Upgraded};
 
 /// Something recovery or a scan passed over, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +94,9 @@ pub struct MappedRecord {
     header: RecordHeader,
     map: Mmap,
     start: usize,
+    /// The state upgraded to the current schema, for a record written with
+    /// an older one (`None`: the mapping holds the current schema).
+    upgraded: Option<Upgraded>,
 }
 
 impl std::fmt::Debug for MappedRecord {
@@ -121,8 +124,17 @@ impl MappedRecord {
         &self.map[self.start..self.start + self.header.payload_len as usize]
     }
 
-    /// The validated training state, zero-copy.
+    /// The schema version the record was written with (from its header).
+    pub fn schema_version(&self) -> u32 {
+        self.header.schema_version
+    }
+
+    /// The validated training state in the current schema: zero-copy for a
+    /// record of the current schema, an upgraded copy for an older one.
     pub fn state(&self) -> &ArchivedTrainState {
+        if let Some(up) = &self.upgraded {
+            return up.state();
+        }
         // SAFETY: `load` ran full bytecheck validation of exactly these bytes
         // (`validate_payload`) before constructing `self`; the mapping is
         // read-only and the writer never rewrites the bytes of a record once
@@ -143,13 +155,14 @@ impl MappedRecord {
     }
 }
 
-/// Checks a payload against its header: checksum first, then rkyv
-/// validation, then the schema version. Never reads a field of an
-/// unvalidated archive.
+/// Checks a payload against its header: checksum first, then validation
+/// with the archived types of the header's schema version
+/// ([`state::decode`]), then agreement with the header. Never reads a field
+/// of an unvalidated archive.
 pub fn validate_payload<'a>(
     payload: &'a [u8],
     header: &RecordHeader,
-) -> std::result::Result<&'a ArchivedTrainState, String> {
+) -> std::result::Result<Decoded<'a>, String> {
     if payload.len() as u64 != header.payload_len {
         return Err(format!(
             "payload is {} bytes, header says {}",
@@ -164,18 +177,12 @@ pub fn validate_payload<'a>(
             header.payload_checksum
         ));
     }
-    let state = rkyv::access::<ArchivedTrainState, rkyv::rancor::Error>(payload)
-        .map_err(|e| format!("rkyv validation failed: {e}"))?;
-    let version = state.schema_version.to_native();
-    if version != SCHEMA_VERSION {
-        return Err(format!(
-            "unknown schema version {version} (this build reads {SCHEMA_VERSION})"
-        ));
-    }
+    let decoded = state::decode(header.schema_version, payload).map_err(|e| e.to_string())?;
+    let state = decoded.state();
     if state.epoch.to_native() != header.epoch || state.global_step.to_native() != header.step {
         return Err("payload epoch/step disagree with the header".to_string());
     }
-    Ok(state)
+    Ok(decoded)
 }
 
 /// Segment files of `dir` in ascending order, plus notes about other files.
@@ -412,6 +419,14 @@ pub(crate) fn load_record(path: &Path, header: &RecordHeader) -> Result<MappedRe
         offset: header.offset,
         reason,
     };
+    if !state::is_supported(header.schema_version) {
+        return Err(WalError::UnsupportedSchema {
+            path: path.to_path_buf(),
+            offset: header.offset,
+            sequence: header.sequence,
+            found: header.schema_version,
+        });
+    }
     let file = File::open(path).map_err(|e| WalError::io(path, "opening segment", e))?;
     let len = file
         .metadata()
@@ -438,12 +453,16 @@ pub(crate) fn load_record(path: &Path, header: &RecordHeader) -> Result<MappedRe
     // raise SIGBUS, which FORMAT.md documents as outside the contract.
     let map = unsafe { MmapOptions::new().offset(map_start).len(map_len).map(&file) }
         .map_err(|e| WalError::io(path, "mapping record", e))?;
-    validate_payload(&map[delta..], header).map_err(damaged)?;
+    let upgraded = match validate_payload(&map[delta..], header).map_err(damaged)? {
+        Decoded::Current(_) => None,
+        Decoded::Upgraded(up) => Some(up),
+    };
     Ok(MappedRecord {
         path: path.to_path_buf(),
         header: *header,
         map,
         start: delta,
+        upgraded,
     })
 }
 
@@ -553,6 +572,9 @@ fn recover_once(dir: &Path) -> Result<(Recovery, bool)> {
                     vanished = true;
                     break 'segments;
                 }
+                // Not damage: a newer binary wrote it. Falling back to an
+                // older record would silently roll the run back.
+                Err(e @ WalError::UnsupportedSchema { .. }) => return Err(e),
                 Err(WalError::Damaged { reason, .. }) => out.skipped.push(skip(
                     path,
                     rec.offset,

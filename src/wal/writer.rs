@@ -25,7 +25,7 @@ use super::format::{
 use super::reader::{list_dir, recover, scan_segment, Recovery};
 use super::sys;
 use super::{Result, WalError};
-use crate::state::TrainState;
+use crate::state::{TrainState, SCHEMA_VERSION};
 
 /// Smallest segment the writer creates: a segment header page plus one
 /// record header page and one payload page.
@@ -445,6 +445,7 @@ impl Log {
             payload_checksum: 0,
             unix_ns: state.wall_clock_unix_ns,
             loss: f64::from(state.last_loss),
+            schema_version: SCHEMA_VERSION,
         };
         // The sequence is consumed even if persisting fails, so a number is
         // never given to two different records.
