@@ -100,6 +100,63 @@ fn as_f32_slice(archived: &[rkyv::rend::f32_le]) -> &[f32] {
     unsafe { std::slice::from_raw_parts(archived.as_ptr().cast::<f32>(), archived.len()) }
 }
 
+impl ArchivedTrainState {
+    /// Checks what rkyv validation cannot: that the record agrees with
+    /// itself. Every tensor's data holds the product of its shape values;
+    /// tensor names are unique; the optimizer has one entry per tensor, in
+    /// the same order and under the same name, with both moments as long as
+    /// the tensor. A record that fails is damage (FORMAT.md §5.4): recovery
+    /// passes over it and `verify` reports it.
+    pub fn check_consistency(&self) -> Result<(), String> {
+        let tensors = self.model.tensors.as_slice();
+        let mut names = std::collections::HashSet::with_capacity(tensors.len());
+        for (i, t) in tensors.iter().enumerate() {
+            let name = t.name.as_str();
+            let product = t
+                .shape
+                .iter()
+                .try_fold(1u64, |acc, d| acc.checked_mul(d.to_native()));
+            if product != Some(t.data.len() as u64) {
+                return Err(format!(
+                    "tensor {i} ({name}) has shape {:?} but {} values",
+                    t.dims(),
+                    t.data.len()
+                ));
+            }
+            if !names.insert(name) {
+                return Err(format!("tensor name {name} appears twice"));
+            }
+        }
+        let params = self.optimizer.params.as_slice();
+        if params.len() != tensors.len() {
+            return Err(format!(
+                "optimizer has state for {} parameters, the model has {} tensors",
+                params.len(),
+                tensors.len()
+            ));
+        }
+        for (i, (p, t)) in params.iter().zip(tensors).enumerate() {
+            if p.name.as_str() != t.name.as_str() {
+                return Err(format!(
+                    "optimizer entry {i} is named {}, tensor {i} is {}",
+                    p.name.as_str(),
+                    t.name.as_str()
+                ));
+            }
+            let n = t.data.len();
+            if p.exp_avg.len() != n || p.exp_avg_sq.len() != n {
+                return Err(format!(
+                    "Adam moments of {} hold {} and {} values, the tensor {n}",
+                    t.name.as_str(),
+                    p.exp_avg.len(),
+                    p.exp_avg_sq.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl TrainState {
     /// Total bytes of tensor data (model plus optimizer moments).
     pub fn tensor_bytes(&self) -> u64 {
@@ -235,6 +292,7 @@ pub fn decode(version: u32, payload: &[u8]) -> Result<Decoded<'_>, DecodeError> 
             let s = rkyv::access::<ArchivedTrainState, rancor::Error>(payload)
                 .map_err(|e| DecodeError::Invalid(format!("rkyv validation failed: {e}")))?;
             check_payload_version(s.schema_version.to_native(), version)?;
+            s.check_consistency().map_err(DecodeError::Invalid)?;
             Ok(Decoded::Current(s))
         }
         // Older versions go here, newest first, e.g. when v2 is current:
@@ -290,6 +348,9 @@ where
         bytes,
     };
     check_payload_version(up.state().schema_version.to_native(), SCHEMA_VERSION)?;
+    up.state()
+        .check_consistency()
+        .map_err(DecodeError::Invalid)?;
     Ok(up)
 }
 
@@ -394,6 +455,42 @@ mod tests {
         let bytes = archive(&sample());
         let e = decode(SCHEMA_VERSION, &bytes[..bytes.len() - 8]).unwrap_err();
         assert!(matches!(e, DecodeError::Invalid(_)), "{e}");
+    }
+
+    fn invalid(s: &TrainState) -> String {
+        match decode(SCHEMA_VERSION, &archive(s)) {
+            Err(DecodeError::Invalid(reason)) => reason,
+            other => panic!("accepted or refused otherwise: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shape_product_must_equal_the_data_length() {
+        let mut s = sample();
+        s.model.tensors[0].shape = vec![2, 2];
+        assert!(invalid(&s).contains("has shape [2, 2] but 2 values"));
+        s.model.tensors[0].shape = vec![u64::MAX, 2];
+        assert!(invalid(&s).contains("but 2 values"));
+    }
+
+    #[test]
+    fn moments_must_match_the_tensor() {
+        let mut s = sample();
+        s.optimizer.params[0].exp_avg_sq.push(0.0);
+        assert!(invalid(&s).contains("Adam moments of fc.weight hold 2 and 3 values"));
+    }
+
+    #[test]
+    fn names_must_be_unique_and_the_optimizer_must_follow_the_model() {
+        let mut s = sample();
+        s.model.tensors.push(s.model.tensors[0].clone());
+        assert!(invalid(&s).contains("tensor name fc.weight appears twice"));
+        let mut s = sample();
+        s.optimizer.params[0].name = "fc.bias".into();
+        assert!(invalid(&s).contains("optimizer entry 0 is named fc.bias"));
+        let mut s = sample();
+        s.optimizer.params.clear();
+        assert!(invalid(&s).contains("state for 0 parameters"));
     }
 
     /// The upgrade path used for older versions, exercised with the

@@ -804,3 +804,66 @@ fn an_empty_segment_of_another_log_does_not_hide_this_log() {
         reasons(&r)
     );
 }
+
+/// A record that passes its checksum and rkyv validation but disagrees with
+/// itself (FORMAT.md §5.4) is damage: recovery falls back to the record
+/// before it and `verify` reports it, one case per rule.
+#[test]
+fn a_self_inconsistent_record_is_passed_over_and_reported_by_verify() {
+    type Spoil = fn(&mut epochwal::state::TrainState);
+    let cases: [(&str, Spoil, &str); 4] = [
+        (
+            "shape",
+            |s| s.model.tensors[0].shape = vec![3],
+            "has shape [3] but",
+        ),
+        (
+            "moments",
+            |s| {
+                s.optimizer.params[0].exp_avg.pop();
+            },
+            "Adam moments of fc.weight hold",
+        ),
+        (
+            "duplicate",
+            |s| {
+                let t = s.model.tensors[0].clone();
+                let p = s.optimizer.params[0].clone();
+                s.model.tensors.push(t);
+                s.optimizer.params.push(p);
+            },
+            "tensor name fc.weight appears twice",
+        ),
+        (
+            "optimizer count",
+            |s| s.optimizer.params.clear(),
+            "optimizer has state for 0 parameters",
+        ),
+    ];
+    for (what, spoil, reason) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), opts(256 << 10)).unwrap();
+        for e in 1..=2 {
+            log.append(&common::sample_state(4096, e)).unwrap();
+        }
+        let mut bad = common::sample_state(4096, 3);
+        spoil(&mut bad);
+        log.append(&bad).unwrap();
+        drop(log);
+
+        let r = recover(dir.path()).unwrap();
+        assert_eq!(r.record.unwrap().header().sequence, 2, "{what}");
+        assert!(
+            r.skipped
+                .iter()
+                .any(|s| s.reason.contains("record 3") && s.reason.contains(reason)),
+            "{what}: {:?}",
+            r.skipped
+        );
+        let report = epochwal::tools::verify_log(dir.path()).unwrap();
+        assert!(!report.clean, "{what}");
+        assert_eq!(report.records_damaged, 1, "{what}");
+        assert!(report.damage[0].reason.contains(reason), "{what}");
+        assert_eq!(report.recovery.unwrap().sequence, 2, "{what}");
+    }
+}
