@@ -1,7 +1,8 @@
 //! A full disk, for real: the log lives on a 4 MiB tmpfs. Rotation fails
 //! with a clear error, nothing earlier is damaged, the daemon keeps training,
 //! reports the failure in its log and in sd_notify STATUS, and the next
-//! trigger after space is freed succeeds.
+//! trigger after space is freed succeeds. A daemon killed on a full disk
+//! makes room when it opens the log again and goes on checkpointing.
 //!
 //! Mounting needs root (CI runs as root). Without it the test fails with a
 //! message saying so, unless EPOCHWAL_SKIP_MOUNT_TESTS=1 is set.
@@ -173,4 +174,164 @@ fn a_full_disk_fails_rotation_cleanly_and_training_goes_on() {
         "no half-made segment is left behind: {:?}",
         scan.others
     );
+}
+
+/// Bytes the file system of `path` still has for an unprivileged writer.
+fn free_bytes(path: &Path) -> u64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statvfs writes only into the zeroed struct we pass; `c` is a
+    // valid NUL-terminated path.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        assert_eq!(
+            libc::statvfs(c.as_ptr(), &mut st),
+            0,
+            "statvfs {}",
+            path.display()
+        );
+        st.f_bavail as u64 * st.f_frsize as u64
+    }
+}
+
+/// (segment file, number of records) of every segment, oldest first.
+fn segments(data: &Path) -> Vec<(PathBuf, usize)> {
+    let scan = epochwal::wal::LogReader::open(data)
+        .unwrap()
+        .scan()
+        .unwrap();
+    scan.segments
+        .iter()
+        .map(|s| (s.path.clone(), s.records.len()))
+        .collect()
+}
+
+/// Waits for `n` durable checkpoints after `after` (a count of lines), and
+/// fails on any failed checkpoint before them.
+fn wait_for_checkpoints(d: &Daemon, after: usize, n: usize) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let lines = d.lines();
+        let new = &lines[after.min(lines.len())..];
+        if let Some(failed) = new.iter().find(|l| l.contains("checkpoint failed")) {
+            panic!("a checkpoint failed: {failed}\n{}", lines.join("\n"));
+        }
+        if durable_seqs(new).len() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {n} checkpoints:\n{}",
+            lines.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_restart_on_a_full_disk_keeps_checkpointing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    let Some(_mount) = Mount::tmpfs(&mnt, "4m") else {
+        if std::env::var_os("EPOCHWAL_SKIP_MOUNT_TESTS").is_some() {
+            println!("skipped: cannot mount a tmpfs (needs root)");
+            return;
+        }
+        panic!("cannot mount a size-limited tmpfs; run as root or set EPOCHWAL_SKIP_MOUNT_TESTS=1");
+    };
+    let data = mnt.join("data");
+    // Every ~260 KiB record gets a segment of its own (segment_bytes is
+    // smaller than a record) and the writer rotates ahead after each one, so
+    // an empty segment is waiting for the next record nearly all the time.
+    // keep_records = 1: running needs room for two segments.
+    let cfg = write_config(
+        tmp.path(),
+        "c.toml",
+        &synthetic_config(
+            &data,
+            0,
+            "every_steps = 4\nsegment_bytes = 65536\nkeep_records = 1",
+        ),
+    );
+    let run = |args: &[&str]| Daemon::spawn(&cfg, args, &[]);
+
+    // One record, to learn the size of a segment.
+    let d = run(&[]);
+    wait_for_checkpoints(&d, 0, 1);
+    d.signal(libc::SIGTERM);
+    let (status, lines) = d.wait(LONG);
+    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+    let seg_bytes = segments(&data)
+        .iter()
+        .map(|(p, _)| std::fs::metadata(p).unwrap().len())
+        .max()
+        .unwrap();
+
+    // Fill the disk so that the log has room for two and a half segments:
+    // enough to run (one record, one segment rotated ahead), not for a
+    // third segment.
+    let used = seg_bytes; // the one segment on disk
+    let filler_len = free_bytes(&mnt) - (5 * seg_bytes / 2 - used);
+    std::fs::write(mnt.join("filler"), vec![1u8; filler_len as usize]).unwrap();
+
+    // Running on the full disk works, because retention frees a segment
+    // before the next is created. Kill it while a segment rotated ahead is
+    // waiting, empty: a restart cannot use that segment, and without making
+    // room first it could not create one either.
+    let mut hit = None;
+    let mut last_durable = 0;
+    for attempt in 1..=20 {
+        let d = run(&[]);
+        wait_for_checkpoints(&d, 0, 3);
+        let deadline = Instant::now() + LONG;
+        loop {
+            let segs = segments(&data);
+            if segs.len() == 2 && segs[0].1 > 0 && segs[1].1 == 0 {
+                d.signal(libc::SIGKILL);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never saw a segment rotated ahead: {segs:?}"
+            );
+        }
+        let (status, lines) = d.wait(LONG);
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        last_durable = durable_seqs(&lines).into_iter().max().unwrap();
+        let segs = segments(&data);
+        if segs.len() == 2 && segs[1].1 == 0 {
+            hit = Some((attempt, segs));
+            break;
+        }
+    }
+    let (attempts, segs) = hit.expect("no kill landed while an empty segment waited");
+    println!("killed with an empty segment rotated ahead after {attempts} attempt(s): {segs:?}");
+    assert!(
+        free_bytes(&mnt) < seg_bytes,
+        "the disk is full: {} bytes free, a segment needs {seg_bytes}",
+        free_bytes(&mnt)
+    );
+
+    // The restart makes room at open and goes on checkpointing.
+    let d = run(&[]);
+    wait_for_checkpoints(&d, 0, 3);
+    let lines = d.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("retention at open deleted") && l.contains("segments=1")),
+        "{}",
+        lines.join("\n")
+    );
+    let recovered = lines.iter().find(|l| l.contains("recovered")).unwrap();
+    let resumed = field(recovered, "seq").unwrap();
+    assert!(
+        resumed >= last_durable,
+        "{recovered}: {last_durable} was durable"
+    );
+    assert!(durable_seqs(&lines).iter().all(|&s| s > resumed));
+    d.signal(libc::SIGTERM);
+    let (status, lines) = d.wait(LONG);
+    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+    let newest = durable_seqs(&lines).into_iter().max().unwrap();
+    assert_eq!(newest_state(&data).unwrap().0, newest);
 }

@@ -268,6 +268,97 @@ fn retention_deletes_whole_segments_only() {
     assert_eq!(recovered(dir.path(), &w).0, Some(6));
 }
 
+// ------------------------------------------------------ retention at open
+
+/// Every 16 KiB record in a segment of its own, with `keep_records`.
+fn own_segments(keep_records: u64) -> LogOptions {
+    LogOptions {
+        segment_bytes: 3 * PAGE,
+        retention: Retention {
+            keep_records,
+            ..Default::default()
+        },
+    }
+}
+
+#[test]
+fn opening_deletes_a_segment_the_previous_writer_rotated_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), own_segments(0)).unwrap();
+    for e in 1..=2 {
+        log.append(&common::sample_state(TB, e)).unwrap();
+    }
+    // The next record would not fit: segment 3 is created, empty.
+    log.prepare_next_append().unwrap();
+    drop(log);
+    assert_eq!(segment_names(dir.path()), vec![seg(1), seg(2), seg(3)]);
+
+    let (mut log, r) = Log::open(dir.path(), own_segments(0)).unwrap();
+    assert_eq!(r.record.unwrap().header().sequence, 2);
+    assert_eq!(
+        segment_names(dir.path()),
+        vec![seg(1), seg(2)],
+        "the empty segment is gone before any new segment is needed"
+    );
+    let d = log.append(&common::sample_state(TB, 3)).unwrap();
+    assert_eq!((d.header.sequence, d.header.segment_no), (3, 4));
+    drop(log);
+    assert_eq!(recovered_seq(dir.path()), Some(3));
+}
+
+#[test]
+fn opening_applies_the_retention_the_next_record_would_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    append_epochs(dir.path(), own_segments(3), TB, 1..=5);
+    assert_eq!(segment_names(dir.path()), vec![seg(3), seg(4), seg(5)]);
+    // keep_records = 3 counts the record the reopened writer will append.
+    let (mut log, _) = Log::open(dir.path(), own_segments(3)).unwrap();
+    assert_eq!(segment_names(dir.path()), vec![seg(4), seg(5)]);
+    log.append(&common::sample_state(TB, 6)).unwrap();
+    drop(log);
+    assert_eq!(segment_names(dir.path()), vec![seg(4), seg(5), seg(6)]);
+    // Reopening without appending deletes nothing more.
+    drop(Log::open(dir.path(), own_segments(3)).unwrap());
+    drop(Log::open(dir.path(), own_segments(3)).unwrap());
+    assert_eq!(segment_names(dir.path()), vec![seg(5), seg(6)]);
+    assert_eq!(recovered_seq(dir.path()), Some(6));
+}
+
+#[test]
+fn opening_never_deletes_the_recovered_record_when_a_newer_payload_is_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = append_epochs(dir.path(), own_segments(2), TB, 1..=3);
+    assert_eq!(segment_names(dir.path()), vec![seg(2), seg(3)]);
+    // Record 3's header still walks, but its payload no longer validates.
+    let newest = path_of(dir.path(), &seg(3));
+    flip_bit(&newest, w[2].header.payload_offset() * 8 + 100);
+    let (log, r) = Log::open(dir.path(), own_segments(1)).unwrap();
+    assert_eq!(r.record.unwrap().header().sequence, 2);
+    drop(log);
+    assert_eq!(
+        segment_names(dir.path()),
+        vec![seg(2), seg(3)],
+        "the segment of the record recovery chose is kept"
+    );
+    assert_eq!(recovered(dir.path(), &w).0, Some(2));
+}
+
+#[test]
+fn opening_a_log_without_an_intact_record_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = append_epochs(dir.path(), own_segments(0), TB, 1..=2);
+    for x in &w {
+        flip_bit(
+            &path_of(dir.path(), &x.segment),
+            x.header.payload_offset() * 8 + 100,
+        );
+    }
+    let (log, r) = Log::open(dir.path(), own_segments(1)).unwrap();
+    assert!(r.record.is_none());
+    drop(log);
+    assert_eq!(segment_names(dir.path()), vec![seg(1), seg(2)]);
+}
+
 // ------------------------------------------------------ concurrent reader
 
 #[test]

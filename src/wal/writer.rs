@@ -155,6 +155,18 @@ struct SegmentInventory {
     records: Vec<(u64, u64)>,
 }
 
+/// When retention runs.
+#[derive(Debug, Clone, Copy)]
+enum RetentionPoint {
+    /// After a durable append, over the segments as they are.
+    AfterAppend,
+    /// At open, before the first new segment exists: count the record the
+    /// next append will write (in a new segment), keep the segment of the
+    /// record recovery chose, and delete segments newer than the newest
+    /// record (rotated ahead by the previous writer, never written).
+    AtOpen { recovered_segment: Option<u64> },
+}
+
 /// Shared "this log is closed" flag: set by a failed sync on any thread.
 type Poison = Arc<Mutex<Option<String>>>;
 
@@ -324,6 +336,18 @@ impl Log {
             last_span: 0,
         };
         log.take_inventory()?;
+        // Make room before the first new segment is needed: a restart on a
+        // full disk must be able to checkpoint as the run before it could.
+        let recovered_segment = recovery.record.as_ref().map(|r| r.header().segment_no);
+        let report = log.apply_retention(RetentionPoint::AtOpen { recovered_segment })?;
+        if !report.deleted.is_empty() {
+            tracing::info!(
+                dir = %log.dir.display(),
+                segments = report.deleted.len(),
+                freed_bytes = report.freed_bytes,
+                "retention at open deleted segments the next record makes unnecessary"
+            );
+        }
         Ok((log, recovery))
     }
 
@@ -581,7 +605,7 @@ impl Log {
             seg.records
                 .push((durable.header.sequence, durable.header.epoch));
         }
-        self.apply_retention()
+        self.apply_retention(RetentionPoint::AfterAppend)
     }
 
     /// Gets the space for the next record ready, off the training thread:
@@ -625,7 +649,7 @@ impl Log {
         Ok(())
     }
 
-    fn apply_retention(&mut self) -> Result<RetentionReport> {
+    fn apply_retention(&mut self, point: RetentionPoint) -> Result<RetentionReport> {
         let Retention {
             keep_records,
             keep_bytes,
@@ -634,8 +658,30 @@ impl Log {
         let active_no = self.active.as_ref().map(|s| s.segment_no);
         let mut keep = vec![false; self.inventory.len()];
         // Newest first: the count and byte budgets are spent from the end.
-        let mut records_seen = 0u64;
-        let mut bytes_seen = 0u64;
+        // At open they start with the next record and the new segment it
+        // will need, so only what that append's retention would delete goes.
+        let (mut records_seen, mut bytes_seen) = match point {
+            RetentionPoint::AfterAppend => (0u64, 0u64),
+            RetentionPoint::AtOpen { recovered_segment } => {
+                let Some(recovered) = recovered_segment else {
+                    // No intact record: keep everything for inspection.
+                    return Ok(RetentionReport::default());
+                };
+                // The record recovery chose is the newest durable one, even if
+                // a newer header (with a damaged payload) was walked.
+                if let Some(i) = self
+                    .inventory
+                    .iter()
+                    .position(|s| s.segment_no == recovered)
+                {
+                    keep[i] = true;
+                }
+                (
+                    1,
+                    page_align(self.options.segment_bytes.max(MIN_SEGMENT_BYTES)),
+                )
+            }
+        };
         let mut newest_found = false;
         let mut epochs_kept = std::collections::HashSet::new();
         for (i, seg) in self.inventory.iter().enumerate().rev() {
@@ -662,6 +708,8 @@ impl Log {
         }
         // Only segments older than the newest record may go: a segment newer
         // than it (an empty one) is where the next record will be written.
+        // At open such a segment was rotated ahead by the previous writer and
+        // never holds a durable record; this writer never appends to it.
         let newest_segment = self
             .inventory
             .iter()
@@ -669,10 +717,12 @@ impl Log {
             .find(|s| !s.records.is_empty())
             .map(|s| s.segment_no)
             .unwrap_or(0);
+        let keep_newer = matches!(point, RetentionPoint::AfterAppend);
         let mut report = RetentionReport::default();
         let mut kept = Vec::with_capacity(self.inventory.len());
         for (seg, keep) in std::mem::take(&mut self.inventory).into_iter().zip(keep) {
-            if keep || seg.segment_no >= newest_segment {
+            let newer = seg.segment_no > newest_segment;
+            if keep || seg.segment_no == newest_segment || (newer && keep_newer) {
                 kept.push(seg);
                 continue;
             }
