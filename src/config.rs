@@ -16,8 +16,10 @@ use crate::wal::{LogOptions, Retention};
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Directory of the checkpoint log (created if missing). Relative paths
-    /// are relative to the working directory. Default `epochwal-data`.
+    /// Directory of the checkpoint log (created if missing). A relative path
+    /// is relative to the directory of the configuration file (`--data-dir`
+    /// on the command line: to the working directory). Default
+    /// `epochwal-data`.
     pub data_dir: PathBuf,
     /// Epochs to train before exiting; 0 trains until stopped. Default 0.
     pub epochs: u64,
@@ -29,6 +31,9 @@ pub struct Config {
     /// gives up on it (the log stays valid: the previous record is kept).
     /// Also what it asks systemd for with EXTEND_TIMEOUT_USEC. Default 300.
     pub shutdown_grace_seconds: u64,
+    /// What to do when the loss or a parameter becomes NaN or infinite.
+    /// Default `"stop"`.
+    pub on_nonfinite: OnNonFinite,
     /// The training data. Default: the diabetes regression dataset that
     /// ships with linfa-datasets (`kind = "diabetes"`).
     pub dataset: DatasetConfig,
@@ -38,6 +43,21 @@ pub struct Config {
     pub optimizer: OptimizerConfig,
     /// When to checkpoint and what to keep.
     pub checkpoint: CheckpointConfig,
+}
+
+/// `on_nonfinite`: what a diverging run does.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNonFinite {
+    /// Write no record of the bad state and exit with
+    /// [`crate::daemon::EXIT_DIVERGED`], naming the step and the tensor.
+    #[default]
+    Stop,
+    /// Drop the step (weights, moments and Adam's step count stay as they
+    /// were; the mini-batch is consumed) and warn, at most every 10 seconds.
+    Skip,
+    /// Train on and checkpoint non-finite states (warnings rate-limited).
+    Continue,
 }
 
 /// Checkpoint triggers, segment size and retention; reloadable with SIGHUP.
@@ -51,9 +71,11 @@ pub struct CheckpointConfig {
     /// Checkpoint when this many seconds passed since the last one; 0
     /// disables. Default 0.
     pub every_seconds: u64,
-    /// Size of a segment file; larger records get a segment of their own.
-    /// Default 64 MiB.
-    pub segment_bytes: u64,
+    /// Size of a segment file: `"auto"` (default) sizes each segment to
+    /// hold a few records of the current size, so that retention, which
+    /// deletes whole segments, keeps close to what it is asked for; a number
+    /// fixes the size in bytes (larger records get a segment of their own).
+    pub segment_bytes: SegmentBytes,
     /// Keep at least the newest N records; 0 keeps all. Default 10.
     pub keep_records: u64,
     /// Keep the newest segments up to this many bytes; 0 = no byte limit.
@@ -70,11 +92,69 @@ impl Default for CheckpointConfig {
             every_epochs: 1,
             every_steps: 0,
             every_seconds: 0,
-            segment_bytes: 64 << 20,
+            segment_bytes: SegmentBytes::Auto,
             keep_records: 10,
             keep_bytes: 0,
             keep_every_epochs: 0,
         }
+    }
+}
+
+/// `checkpoint.segment_bytes`: `"auto"` or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SegmentBytes {
+    /// Sized to the records: room for a few of them (see
+    /// [`crate::wal::segment_bytes_for`]).
+    #[default]
+    Auto,
+    /// A fixed size in bytes.
+    Bytes(u64),
+}
+
+impl SegmentBytes {
+    /// The value `LogOptions::segment_bytes` takes.
+    pub fn log_value(self) -> u64 {
+        match self {
+            SegmentBytes::Auto => crate::wal::AUTO_SEGMENT_BYTES,
+            SegmentBytes::Bytes(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for SegmentBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SegmentBytes::Auto => f.write_str("\"auto\""),
+            SegmentBytes::Bytes(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SegmentBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SegmentBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"auto\" or a number of bytes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SegmentBytes, E> {
+                if v == "auto" {
+                    Ok(SegmentBytes::Auto)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SegmentBytes, E> {
+                Ok(SegmentBytes::Bytes(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SegmentBytes, E> {
+                u64::try_from(v)
+                    .map(SegmentBytes::Bytes)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -86,6 +166,7 @@ impl Default for Config {
             seed: 42,
             batch_size: 32,
             shutdown_grace_seconds: 300,
+            on_nonfinite: OnNonFinite::Stop,
             dataset: DatasetConfig::Diabetes {
                 standardize_targets: true,
             },
@@ -119,13 +200,57 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file. Relative paths in it
+    /// (`data_dir`, a csv dataset's `path`) are made relative to the file's
+    /// directory, so the same file works from any working directory (and
+    /// under systemd).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// Makes relative paths relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.data_dir);
+        if let DatasetConfig::Csv { path, .. } = &mut self.dataset {
+            resolve(path);
+        }
+    }
+
+    /// Settings that are valid but defeat the purpose of the daemon, as
+    /// sentences naming the key, for warnings at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.shutdown_grace_seconds == 0 {
+            w.push(
+                "shutdown_grace_seconds = 0: a stop (SIGTERM) will not wait for the final checkpoint, \
+                 so every stop loses the training done since the last one"
+                    .to_string(),
+            );
+        }
+        let c = &self.checkpoint;
+        if c.every_epochs == 0 && c.every_steps == 0 && c.every_seconds == 0 {
+            w.push(
+                "checkpoint.every_epochs, every_steps and every_seconds are all 0: no checkpoint \
+                 is written until SIGUSR1 or shutdown, so a crash loses the whole run"
+                    .to_string(),
+            );
+        }
+        w
     }
 
     /// Parses and validates configuration text; `path` is only for messages.
@@ -149,10 +274,10 @@ impl Config {
         if self.batch_size == 0 {
             return Err(invalid("batch_size", "must be at least 1"));
         }
-        if self.checkpoint.segment_bytes < 16 * 4096 {
+        if matches!(self.checkpoint.segment_bytes, SegmentBytes::Bytes(n) if n < 16 * 4096) {
             return Err(invalid(
                 "checkpoint.segment_bytes",
-                "must be at least 65536 (16 pages)",
+                "must be \"auto\" or at least 65536 (16 pages)",
             ));
         }
         if self.data_dir.as_os_str().is_empty() {
@@ -182,7 +307,7 @@ impl CheckpointConfig {
     /// Segment size and retention as the log takes them.
     pub fn log_options(&self) -> LogOptions {
         LogOptions {
-            segment_bytes: self.segment_bytes,
+            segment_bytes: self.segment_bytes.log_value(),
             retention: Retention {
                 keep_records: self.keep_records,
                 keep_bytes: self.keep_bytes,
@@ -194,17 +319,34 @@ impl CheckpointConfig {
     /// Human-readable list of the keys that differ from `other`
     /// (`every_steps 0 -> 100`), for the SIGHUP log line.
     pub fn changes_from(&self, other: &CheckpointConfig) -> Vec<String> {
+        let s = |v: &dyn std::fmt::Display| v.to_string();
         let pairs = [
-            ("every_epochs", self.every_epochs, other.every_epochs),
-            ("every_steps", self.every_steps, other.every_steps),
-            ("every_seconds", self.every_seconds, other.every_seconds),
-            ("segment_bytes", self.segment_bytes, other.segment_bytes),
-            ("keep_records", self.keep_records, other.keep_records),
-            ("keep_bytes", self.keep_bytes, other.keep_bytes),
+            (
+                "every_epochs",
+                s(&self.every_epochs),
+                s(&other.every_epochs),
+            ),
+            ("every_steps", s(&self.every_steps), s(&other.every_steps)),
+            (
+                "every_seconds",
+                s(&self.every_seconds),
+                s(&other.every_seconds),
+            ),
+            (
+                "segment_bytes",
+                s(&self.segment_bytes),
+                s(&other.segment_bytes),
+            ),
+            (
+                "keep_records",
+                s(&self.keep_records),
+                s(&other.keep_records),
+            ),
+            ("keep_bytes", s(&self.keep_bytes), s(&other.keep_bytes)),
             (
                 "keep_every_epochs",
-                self.keep_every_epochs,
-                other.keep_every_epochs,
+                s(&self.keep_every_epochs),
+                s(&other.keep_every_epochs),
             ),
         ];
         pairs
@@ -250,6 +392,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn segment_bytes_is_auto_or_a_number() {
+        let parse = |t: &str| Config::parse(t, Path::new("c.toml"));
+        assert_eq!(
+            parse("[checkpoint]\nsegment_bytes = \"auto\"\n")
+                .unwrap()
+                .checkpoint
+                .segment_bytes,
+            SegmentBytes::Auto
+        );
+        assert_eq!(
+            parse("[checkpoint]\nsegment_bytes = 1048576\n")
+                .unwrap()
+                .checkpoint
+                .segment_bytes,
+            SegmentBytes::Bytes(1 << 20)
+        );
+        for bad in ["\"big\"", "-1", "4096"] {
+            let err = parse(&format!("[checkpoint]\nsegment_bytes = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("segment_bytes"), "{bad}: {err}");
+        }
     }
 
     #[test]

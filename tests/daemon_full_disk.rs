@@ -146,6 +146,18 @@ fn a_full_disk_fails_rotation_cleanly_and_training_goes_on() {
         durable_seqs(&d.lines()).len() > before,
         "no checkpoint after space was freed"
     );
+    let again = d
+        .wait_for("checkpoints succeed again", LONG)
+        .unwrap_or_else(|| {
+            panic!(
+                "no line says checkpoints work again:\n{}",
+                d.lines().join("\n")
+            )
+        });
+    assert!(
+        field(&again, "failed_attempts").unwrap_or(0) >= 1,
+        "{again}"
+    );
 
     d.signal(libc::SIGTERM);
     let (status, lines) = d.wait(LONG);

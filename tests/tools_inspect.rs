@@ -179,8 +179,8 @@ fn selection_errors_are_clear() {
     assert_eq!(out.status.code(), Some(2), "the flags are exclusive");
 
     let out = inspect(&dir.path().join("missing"), &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no such log directory"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no epochwal log in"));
 
     let empty = tempfile::tempdir().unwrap();
     let out = inspect(empty.path(), &[]);

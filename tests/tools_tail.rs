@@ -188,17 +188,17 @@ fn json_lines_have_every_field() {
 }
 
 #[test]
-fn missing_directory_is_a_usage_error() {
+fn missing_directory_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .arg("tail")
         .arg(dir.path().join("nope"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("nope") && err.contains("no such log directory"),
+        err.contains("nope") && err.contains("no epochwal log in"),
         "{err}"
     );
 }

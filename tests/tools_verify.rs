@@ -106,22 +106,22 @@ fn a_clean_log_passes() {
 }
 
 #[test]
-fn an_empty_directory_is_clean() {
+fn an_empty_directory_is_no_log() {
     let dir = tempfile::tempdir().unwrap();
     let out = verify(dir.path(), false);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("no intact record"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no epochwal log in"));
 }
 
 #[test]
-fn a_missing_directory_is_a_usage_error() {
+fn a_missing_directory_is_no_log() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-log");
     let out = verify(&missing, false);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("no-such-log") && err.contains("no such log directory"),
+        err.contains("no-such-log") && err.contains("no epochwal log in"),
         "{err}"
     );
 }

@@ -14,6 +14,7 @@
 //! wait is counted in the reported pause.
 
 mod pipeline;
+pub mod preflight;
 pub mod sd_notify;
 
 use std::path::PathBuf;
@@ -29,8 +30,37 @@ use tracing::{error, info, warn};
 use crate::config::{CheckpointConfig, Config};
 use crate::train::Trainer;
 use crate::wal::Log;
+use crate::wal::WalError;
 use pipeline::{Control, Outcome};
 use sd_notify::Notifier;
+
+/// Exit code when training diverged under `on_nonfinite = "stop"`: a restart
+/// would diverge again, so the shipped unit lists it in
+/// `RestartPreventExitStatus=`.
+pub const EXIT_DIVERGED: i32 = 3;
+
+/// Exit code when the run is refused at start because this configuration
+/// cannot work here (the model does not fit in memory, the data directory
+/// holds foreign files): a restart would be refused again.
+pub const EXIT_REFUSED: i32 = 4;
+
+/// A refusal at start; `main` exits with [`EXIT_REFUSED`].
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn parse_epochs(s: &str) -> Result<u64, String> {
+    s.parse::<u64>().map_err(|_| {
+        format!("`{s}` is not a number of epochs: give 0 (train until stopped) or a positive whole number")
+    })
+}
 
 /// Flags of `epochwal run`; they override the configuration file.
 #[derive(clap::Args, Debug, Clone)]
@@ -42,8 +72,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Epochs to train, 0 = until stopped (overrides `epochs`).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_epochs)]
     pub epochs: Option<u64>,
+    /// Use a data directory that holds other files but no log (they are
+    /// left alone). Without it such a directory is refused.
+    #[arg(long)]
+    pub allow_foreign_files: bool,
     /// Start a fresh run from the weights in this safetensors file.
     #[arg(long, value_name = "FILE.safetensors")]
     pub init_from: Option<PathBuf>,
@@ -115,7 +149,40 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    match run(args) {
+        Err(e) if e.downcast_ref::<Refused>().is_some() => {
+            eprintln!("epochwal: error: {e}");
+            Ok(EXIT_REFUSED)
+        }
+        other => other,
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<i32> {
     let config = load_config(&args)?;
+    for w in config.warnings() {
+        warn!("{}: {w}", config_name(&args));
+    }
+    if !args.allow_foreign_files {
+        let foreign = preflight::foreign_files(&config.data_dir).with_context(|| {
+            format!(
+                "{}: cannot list the data directory",
+                config.data_dir.display()
+            )
+        })?;
+        if !foreign.is_empty() {
+            let shown: Vec<&str> = foreign.iter().take(5).map(String::as_str).collect();
+            return Err(Refused(format!(
+                "{}: holds no epochwal log but {} other file(s) ({}{}): refusing to write a log \
+                 next to them; choose an empty or new data directory, or pass --allow-foreign-files",
+                config.data_dir.display(),
+                foreign.len(),
+                shown.join(", "),
+                if foreign.len() > 5 { ", ..." } else { "" }
+            ))
+            .into());
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -128,7 +195,8 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
             .context("registering signal handlers")?
     };
     let notify = Notify::from_env();
-    let (trainer, log, durable) = start(&config, &args)?;
+    let dir_existed = config.data_dir.exists();
+    let (trainer, mut log, durable) = start(&config, &args, dir_existed)?;
     let state = trainer.state();
     let (epoch, step) = (state.epoch, state.global_step);
     if config.epochs > 0 && epoch >= config.epochs {
@@ -140,6 +208,12 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
         notify.send("READY=1\nSTATUS=run complete");
         return Ok(0);
     }
+    if let Err(e) = reserve_first_segment(&config, &trainer, &mut log) {
+        if durable.is_none() {
+            let _ = log.discard_if_empty(!dir_existed);
+        }
+        return Err(e);
+    }
     let control = Arc::new(Control::new(config.checkpoint, durable));
     let log = Arc::new(Mutex::new(log));
     let handles = pipeline::spawn(
@@ -147,6 +221,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
         Arc::clone(&log),
         Arc::clone(&control),
         config.epochs,
+        config.on_nonfinite,
         notify.clone(),
     )?;
     notify.send(&format!(
@@ -158,6 +233,10 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
         target_epochs = config.epochs,
         "training started"
     );
+    let cleanup = Cleanup {
+        empty_at_start: durable.is_none(),
+        remove_dir: !dir_existed,
+    };
     runtime.block_on(supervise(
         signals,
         control,
@@ -166,17 +245,132 @@ pub fn main(args: RunArgs) -> anyhow::Result<i32> {
         notify,
         config,
         args.config,
+        cleanup,
     ))
+}
+
+fn config_name(args: &RunArgs) -> String {
+    args.config
+        .as_ref()
+        .map_or("built-in defaults".to_string(), |p| p.display().to_string())
+}
+
+/// Creates the segment of the first checkpoint before training, so that a
+/// full disk, a segment size larger than the disk or an unwritable directory
+/// stops the run now rather than after an interval of training; warns if the
+/// disk cannot hold what retention will keep.
+fn reserve_first_segment(config: &Config, trainer: &Trainer, log: &mut Log) -> anyhow::Result<()> {
+    let dir = &config.data_dir;
+    let payload = crate::wal::archived_len(trainer.state())?;
+    let span = crate::wal::format::record_span(payload);
+    let opts = config.log_options();
+    let segment = crate::wal::segment_bytes_for(opts.segment_bytes, span);
+    let human = crate::tools::human_bytes;
+    match log.reserve_for(trainer.state()) {
+        Ok(_) => {}
+        Err(WalError::NoSpace { .. }) => bail!(
+            "{}: not enough space for the first segment ({}; a record of this model takes {}, \
+             `checkpoint.segment_bytes` = {}): lower `checkpoint.segment_bytes` (\"auto\" sizes it \
+             to the records) or free space on that disk",
+            dir.display(),
+            human(segment),
+            human(span),
+            config.checkpoint.segment_bytes
+        ),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "{}: cannot create the first segment before training",
+                dir.display()
+            )))
+        }
+    }
+    info!(
+        segment_bytes = segment,
+        record_bytes = span,
+        "space for the first checkpoint reserved"
+    );
+    // What retention will keep at most: whole segments covering keep_records
+    // records (or keep_bytes), plus the one being filled.
+    let per_segment = ((segment - crate::wal::format::PAGE) / span).max(1);
+    let r = opts.retention;
+    let mut budget = None;
+    if r.keep_records > 0 {
+        budget = Some((r.keep_records.div_ceil(per_segment) + 1).saturating_mul(segment));
+    }
+    if r.keep_bytes > 0 {
+        let b = r.keep_bytes.saturating_add(segment);
+        budget = Some(budget.map_or(b, |x: u64| x.min(b)));
+    }
+    if r.keep_every_epochs == 0 {
+        if let (Some(budget), Some(free)) = (budget, preflight::disk_available(dir)) {
+            // The reserved segment is already taken from `free`.
+            if budget.saturating_sub(segment) > free {
+                warn!(
+                    dir = %dir.display(),
+                    free_bytes = free,
+                    retention_bytes = budget,
+                    "the disk has less free space than retention keeps (keep_records / keep_bytes \
+                     of segments of {}): checkpoints will fail for lack of space before retention \
+                     frees any; lower retention or `checkpoint.segment_bytes`, or free space",
+                    human(segment)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What to remove if the run fails before writing any record.
+#[derive(Debug, Clone, Copy)]
+struct Cleanup {
+    /// The log held no record when the run started.
+    empty_at_start: bool,
+    /// The run created the data directory.
+    remove_dir: bool,
 }
 
 /// Recovers the log and builds the trainer from the newest good record (or
 /// fresh, or from `--init-from`).
 #[allow(clippy::type_complexity)]
-fn start(config: &Config, args: &RunArgs) -> anyhow::Result<(Trainer, Log, Option<(u64, u64)>)> {
-    let mut trainer = Trainer::new(&config.train_config())
-        .with_context(|| "building the model and dataset from the configuration")?;
+fn start(
+    config: &Config,
+    args: &RunArgs,
+    dir_existed: bool,
+) -> anyhow::Result<(Trainer, Log, Option<(u64, u64)>)> {
+    let limit = preflight::memory_limit();
+    let mut trainer = match Trainer::new_within(&config.train_config(), &|plan| {
+        preflight::check_memory(plan, limit.as_ref())
+    }) {
+        Ok(t) => t,
+        Err(crate::train::TrainError::Memory(m)) => {
+            return Err(Refused(format!("{}: {m}", config_name(args))).into())
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context("building the model and dataset from the configuration"))
+        }
+    };
     info!(model = %trainer.describe(), fingerprint = format!("{:016x}", trainer.fingerprint()), "model built");
-    let (log, recovery) = Log::open(&config.data_dir, config.log_options())?;
+    let (mut log, recovery) = Log::open(&config.data_dir, config.log_options())?;
+    match restore(&mut trainer, &recovery, config, args) {
+        Ok(durable) => Ok((trainer, log, durable)),
+        Err(e) => {
+            if recovery.record.is_none() {
+                let _ = log.discard_if_empty(!dir_existed);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Continues from the recovered record, or initialises a fresh run (from
+/// `--init-from` if given).
+fn restore(
+    trainer: &mut Trainer,
+    recovery: &crate::wal::Recovery,
+    config: &Config,
+    args: &RunArgs,
+) -> anyhow::Result<Option<(u64, u64)>> {
     for skip in &recovery.skipped {
         warn!(file = %skip.file.display(), offset = skip.offset, reason = %skip.reason, "recovery skipped");
     }
@@ -217,6 +411,16 @@ fn start(config: &Config, args: &RunArgs) -> anyhow::Result<(Trainer, Log, Optio
         None => {
             if let Some(path) = &args.init_from {
                 let tensors = crate::tools::load_safetensors_weights(path)?;
+                for (name, _, values) in &tensors {
+                    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                        bail!(
+                            "{}: refusing --init-from: tensor {name} holds {} at index {i}; \
+                             the weights must be finite",
+                            path.display(),
+                            values[i]
+                        );
+                    }
+                }
                 trainer
                     .init_from(&tensors)
                     .with_context(|| format!("{}: cannot initialise the model", path.display()))?;
@@ -226,10 +430,11 @@ fn start(config: &Config, args: &RunArgs) -> anyhow::Result<(Trainer, Log, Optio
             }
         }
     }
-    Ok((trainer, log, durable))
+    Ok(durable)
 }
 
 /// The main thread's loop: signals, watchdog, shutdown.
+#[allow(clippy::too_many_arguments)] // each is a distinct piece of the run
 async fn supervise(
     mut signals: signal_hook_tokio::Signals,
     control: Arc<Control>,
@@ -238,6 +443,7 @@ async fn supervise(
     notify: Notify,
     config: Config,
     config_path: Option<PathBuf>,
+    cleanup: Cleanup,
 ) -> anyhow::Result<i32> {
     let watchdog = sd_notify::watchdog_interval_from_env();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
@@ -251,6 +457,14 @@ async fn supervise(
         tokio::select! {
             done = &mut handles.done => {
                 let outcome = done.unwrap_or(Outcome::Failed("the training thread vanished".into()));
+                let failed = matches!(outcome, Outcome::Failed(_) | Outcome::Diverged(_));
+                if failed && cleanup.empty_at_start && control.last_durable_seq.load(Ordering::SeqCst) == 0 {
+                    // Nothing was ever written: leave no directory holding
+                    // only LOCK and an empty segment behind.
+                    let _ = control.wait_idle();
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = log.discard_if_empty(cleanup.remove_dir);
+                }
                 return finish(outcome, &notify);
             }
             sig = signals.next() => {
@@ -308,6 +522,11 @@ fn finish(outcome: Outcome, notify: &Notify) -> anyhow::Result<i32> {
             ));
             info!(last_durable_seq = seq, "exiting cleanly");
             Ok(0)
+        }
+        Outcome::Diverged(reason) => {
+            notify.send(&format!("STATUS=diverged: {reason}"));
+            error!(%reason, "training stopped: on_nonfinite = \"stop\"");
+            Ok(EXIT_DIVERGED)
         }
         Outcome::Failed(reason) => {
             notify.send(&format!("STATUS=failed: {reason}"));

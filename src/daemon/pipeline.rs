@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{error, info, warn};
 
 use super::Notify;
-use crate::config::CheckpointConfig;
-use crate::train::Trainer;
+use crate::config::{CheckpointConfig, OnNonFinite};
+use crate::train::{SavedNumbers, Trainer};
 use crate::wal::{Log, PendingAppend, WalError};
 
 /// `u64::MAX` stands for "none" in the atomics below.
@@ -32,6 +32,8 @@ pub(crate) struct Control {
     idle: Condvar,
     /// Set when persisting failed in a way that closes the log.
     fatal: Mutex<Option<String>>,
+    /// Checkpoints that failed for lack of space since the last durable one.
+    failed_since_durable: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -51,6 +53,7 @@ impl Control {
             busy: Mutex::new(false),
             idle: Condvar::new(),
             fatal: Mutex::new(None),
+            failed_since_durable: AtomicU64::new(0),
         }
     }
 
@@ -68,7 +71,7 @@ impl Control {
 
     /// Blocks until no checkpoint is being persisted. Errors if persisting
     /// failed fatally.
-    fn wait_idle(&self) -> Result<(), String> {
+    pub(crate) fn wait_idle(&self) -> Result<(), String> {
         let mut busy = lock(&self.busy);
         while *busy {
             busy = self.idle.wait(busy).unwrap_or_else(|e| e.into_inner());
@@ -104,6 +107,9 @@ pub(crate) enum Outcome {
     Completed { seq: u64 },
     /// Could not go on.
     Failed(String),
+    /// The loss or a parameter became NaN or infinite (`on_nonfinite =
+    /// "stop"`); no record of that state was written.
+    Diverged(String),
 }
 
 /// What the supervisor holds on to.
@@ -125,6 +131,7 @@ pub(crate) fn spawn(
     log: Arc<Mutex<Log>>,
     control: Arc<Control>,
     target_epochs: u64,
+    on_nonfinite: OnNonFinite,
     notify: Notify,
 ) -> anyhow::Result<Handles> {
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
@@ -148,6 +155,10 @@ pub(crate) fn spawn(
                 notify,
                 target_epochs,
                 started: Instant::now(),
+                on_nonfinite,
+                saved: SavedNumbers::default(),
+                nonfinite_warned: None,
+                nonfinite_suppressed: 0,
             };
             let outcome = t.run();
             let _ = done_tx.send(outcome);
@@ -173,6 +184,14 @@ fn persist_loop(jobs: mpsc::Receiver<Job>, log: &Mutex<Log>, control: &Control, 
         };
         match &result {
             Ok(d) => {
+                let failed = control.failed_since_durable.swap(0, Ordering::SeqCst);
+                if failed > 0 {
+                    info!(
+                        seq = d.header.sequence,
+                        failed_attempts = failed,
+                        "checkpoints succeed again"
+                    );
+                }
                 control
                     .last_durable_seq
                     .store(d.header.sequence, Ordering::SeqCst);
@@ -225,9 +244,90 @@ struct TrainLoop {
     notify: Notify,
     target_epochs: u64,
     started: Instant,
+    on_nonfinite: OnNonFinite,
+    /// The numbers before the current step, kept with `on_nonfinite = "skip"`.
+    saved: SavedNumbers,
+    /// When the last non-finite warning was logged.
+    nonfinite_warned: Option<Instant>,
+    /// Non-finite steps not warned about since then.
+    nonfinite_suppressed: u64,
 }
 
+/// Shortest interval between two warnings about non-finite steps.
+const NONFINITE_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
 impl TrainLoop {
+    /// Logs a non-finite step at most every [`NONFINITE_WARN_INTERVAL`],
+    /// counting the ones in between.
+    fn warn_nonfinite(&mut self, what: &str, epoch: u64, step: u64, bad: &str) {
+        let due = self
+            .nonfinite_warned
+            .is_none_or(|t| t.elapsed() >= NONFINITE_WARN_INTERVAL);
+        if !due {
+            self.nonfinite_suppressed += 1;
+            return;
+        }
+        warn!(
+            epoch,
+            step,
+            value = bad,
+            not_shown_since_last = self.nonfinite_suppressed,
+            "{what} (warnings about non-finite steps are shown at most every 10 s)"
+        );
+        self.nonfinite_warned = Some(Instant::now());
+        self.nonfinite_suppressed = 0;
+    }
+
+    /// After a step: applies `on_nonfinite`. `None` to go on, or the outcome
+    /// that ends the run.
+    fn guard(&mut self, out: &crate::train::StepOutcome, before: (u64, u64)) -> Option<Outcome> {
+        if self.on_nonfinite == OnNonFinite::Continue && out.loss.is_finite() {
+            return None;
+        }
+        let bad = if out.loss.is_finite() {
+            self.trainer.first_non_finite()?.to_string()
+        } else {
+            format!("loss = {}", out.loss)
+        };
+        let (epoch, step_in_epoch) = before;
+        match self.on_nonfinite {
+            OnNonFinite::Stop => {
+                // The in-flight checkpoint, if any, is of an earlier state
+                // that was checked: let it become durable.
+                let _ = self.control.wait_idle();
+                let newest = match self.control.last_durable_seq.load(Ordering::SeqCst) {
+                    0 => "the log holds no record yet".to_string(),
+                    seq => format!("the newest durable record is still sequence {seq}"),
+                };
+                Some(Outcome::Diverged(format!(
+                    "training diverged at global step {} (epoch {epoch}, step {step_in_epoch} of the epoch): \
+                     {bad} is not finite; no record of this state was written and {newest}; \
+                     lower optimizer.lr, or set on_nonfinite = \"skip\" or \"continue\"",
+                    out.global_step
+                )))
+            }
+            OnNonFinite::Skip => {
+                self.trainer.restore_numbers(&self.saved);
+                self.warn_nonfinite(
+                    "non-finite step dropped (on_nonfinite = \"skip\")",
+                    epoch,
+                    out.global_step,
+                    &bad,
+                );
+                None
+            }
+            OnNonFinite::Continue => {
+                self.warn_nonfinite(
+                    "loss is not finite (on_nonfinite = \"continue\")",
+                    epoch,
+                    out.global_step,
+                    &bad,
+                );
+                None
+            }
+        }
+    }
+
     fn run(&mut self) -> Outcome {
         let mut last_checkpoint = Instant::now();
         loop {
@@ -237,15 +337,17 @@ impl TrainLoop {
             if self.target_epochs > 0 && self.trainer.state().epoch >= self.target_epochs {
                 return self.final_checkpoint(false);
             }
+            if self.on_nonfinite == OnNonFinite::Skip {
+                self.trainer.save_numbers(&mut self.saved);
+            }
+            let before = {
+                let s = self.trainer.state();
+                (s.epoch, s.step_in_epoch)
+            };
             let out = self.trainer.step();
             self.control.heartbeat.fetch_add(1, Ordering::Relaxed);
-            if !out.loss.is_finite() {
-                warn!(
-                    epoch = out.epoch,
-                    step = out.global_step,
-                    loss = out.loss,
-                    "loss is not finite"
-                );
+            if let Some(end) = self.guard(&out, before) {
+                return end;
             }
             if out.epoch_completed {
                 tracing::debug!(
@@ -312,6 +414,9 @@ impl TrainLoop {
                 Ok(true)
             }
             Err(e @ WalError::NoSpace { .. }) => {
+                self.control
+                    .failed_since_durable
+                    .fetch_add(1, Ordering::SeqCst);
                 let state = self.trainer.state();
                 error!(epoch = state.epoch, step = state.global_step, error = %e, "checkpoint failed; training goes on and the next trigger retries");
                 self.notify.send(&format!(

@@ -29,11 +29,14 @@
 //! The file is written atomically: to `FILE.tmp-<pid>` in the same
 //! directory, fsynced, renamed onto `FILE`, then the directory is fsynced. An
 //! interrupted export leaves either the old `FILE` or the new one, never a
-//! torn file under that name.
+//! torn file under that name. `FILE` must be a new path or a regular file:
+//! a device, a named pipe, a socket, a directory or a symbolic link is
+//! refused (the rename would replace it, turning `/dev/null` into a file);
+//! `-o -` writes the file to standard output instead, for pipes.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -63,8 +66,15 @@ pub struct ExportArgs {
     /// Export the newest valid record of this epoch.
     #[arg(long, value_name = "E")]
     pub epoch: Option<u64>,
-    /// The .safetensors file to write (replaced atomically if it exists).
-    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    /// The .safetensors file to write: a new path, or a regular file that is
+    /// replaced atomically; `-` writes to standard output. Devices, named
+    /// pipes and symbolic links are refused.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FILE",
+        allow_hyphen_values = true
+    )]
     pub output: PathBuf,
     /// Also export the Adam state as `optimizer.state.<param>.exp_avg`,
     /// `.exp_avg_sq` and `.step`.
@@ -74,6 +84,14 @@ pub struct ExportArgs {
 
 /// Runs `epochwal export`.
 pub fn run(args: &ExportArgs) -> anyhow::Result<i32> {
+    let to_stdout = args.output.as_os_str() == "-";
+    if to_stdout {
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            bail!("-o -: standard output is a terminal; redirect it to a file or a pipe");
+        }
+    } else {
+        check_target(&args.output)?;
+    }
     let reader = open_reader(&args.dir)?;
     let selected = select_record(&reader, Selection::from_flags(args.seq, args.epoch))?;
     for s in &selected.skipped {
@@ -179,19 +197,62 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<i32> {
     .collect();
 
     let n = views.len();
-    write_atomically(&args.output, |tmp| {
-        safetensors::serialize_to_file(views, Some(metadata), tmp)
-            .map_err(|e| anyhow::anyhow!("{}: writing safetensors: {e}", tmp.display()))
-    })?;
+    if to_stdout {
+        let bytes = safetensors::serialize(views, Some(metadata))
+            .map_err(|e| anyhow::anyhow!("-o -: encoding safetensors: {e}"))?;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&bytes)
+            .and_then(|_| out.flush())
+            .context("-o -: writing to standard output")?;
+    } else {
+        write_atomically(&args.output, |tmp| {
+            safetensors::serialize_to_file(views, Some(metadata), tmp)
+                .map_err(|e| anyhow::anyhow!("{}: writing the export: {e}", args.output.display()))
+        })?;
+    }
     eprintln!(
         "epochwal: exported record {} (epoch {}, step {}) from {}: {n} tensors to {}",
         h.sequence,
         h.epoch,
         h.step,
         rec.path().display(),
-        args.output.display()
+        if to_stdout {
+            "standard output".to_string()
+        } else {
+            args.output.display().to_string()
+        }
     );
     Ok(0)
+}
+
+/// Refuses an export target that is not a regular file or a new path: the
+/// atomic rename would replace a device, a pipe or a symbolic link with a
+/// regular file (and a directory cannot be replaced).
+fn check_target(dest: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.file_type().is_file() => Ok(()),
+        Ok(m) if m.file_type().is_symlink() => {
+            let to = std::fs::read_link(dest)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            bail!(
+                "{}: is a symbolic link (to {to}); export writes only to a regular file or a new \
+                 path and would replace the link: give the real path, or `-o -` to write to \
+                 standard output",
+                dest.display()
+            )
+        }
+        Ok(m) => bail!(
+            "{}: is {}; export writes only to a regular file or a new path (the atomic rename \
+             would replace it): use `-o -` to write to standard output",
+            dest.display(),
+            super::describe_kind(&m)
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => {
+            Err(e).with_context(|| format!("{}: cannot check the export target", dest.display()))
+        }
+    }
 }
 
 fn usize_shape(dims: &[u64], name: &str) -> anyhow::Result<Vec<usize>> {
@@ -230,9 +291,9 @@ fn write_atomically(
         write(&tmp)?;
         File::open(&tmp)
             .and_then(|f| f.sync_all())
-            .with_context(|| format!("{}: fsync", tmp.display()))?;
+            .with_context(|| format!("{}: fsync of the new file", dest.display()))?;
         std::fs::rename(&tmp, dest)
-            .with_context(|| format!("{}: renaming {} onto it", dest.display(), tmp.display()))?;
+            .with_context(|| format!("{}: cannot put the new file in place", dest.display()))?;
         File::open(&parent)
             .and_then(|d| d.sync_all())
             .with_context(|| format!("{}: fsync of the directory", parent.display()))

@@ -6,9 +6,11 @@
 //! only through [`LogReader::scan`] (headers) and [`LogReader::load`]
 //! (validated, zero-copy payloads). No command deserializes a record.
 //!
-//! Exit codes: 0 success; 1 an error (damage found by `verify`, a record that
-//! cannot be found or read, an unwritable output file); 2 a usage error
-//! (bad flags, or a log directory that does not exist).
+//! Exit codes: 0 success; 1 an error (damage found by `verify`, no log in
+//! the directory or no such directory, a record that cannot be found or
+//! read, an output that cannot or must not be written); 2 a usage error (bad
+//! flags, or a path that can never be a log directory: a file, a path under
+//! a file, a name that is too long).
 //!
 //! A closed output pipe (`epochwal tail -f DIR | head -n 2`) ends any command
 //! quietly with exit code 0.
@@ -85,13 +87,122 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Opens `dir` for reading; a missing directory (or a path that is not a
-/// directory) is a [`UsageError`].
+/// What a path given as a log directory is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DirState {
+    /// An existing directory.
+    Dir,
+    /// Nothing there yet, but a directory could be created there.
+    Missing,
+    /// It can never be a log directory (the reason): a file, a path under a
+    /// file, a name that is too long.
+    Impossible(String),
+}
+
+/// Longest file name component and path Linux accepts (NAME_MAX, PATH_MAX).
+const NAME_MAX: usize = 255;
+const PATH_MAX: usize = 4095;
+
+fn kind_of(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Classifies `dir` without creating anything.
+pub(crate) fn dir_state(dir: &Path) -> io::Result<DirState> {
+    use std::os::unix::ffi::OsStrExt;
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(DirState::Dir),
+        Ok(m) => {
+            return Ok(DirState::Impossible(format!(
+                "is {}, not a directory",
+                kind_of(&m)
+            )))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+            return Ok(DirState::Impossible("the name is too long".into()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if dir.as_os_str().len() > PATH_MAX {
+        return Ok(DirState::Impossible(format!(
+            "the path is longer than {PATH_MAX} bytes"
+        )));
+    }
+    if let Some(c) = dir
+        .components()
+        .find(|c| c.as_os_str().as_bytes().len() > NAME_MAX)
+    {
+        return Ok(DirState::Impossible(format!(
+            "the name {}... is longer than {NAME_MAX} bytes",
+            String::from_utf8_lossy(&c.as_os_str().as_bytes()[..24])
+        )));
+    }
+    // The nearest existing ancestor decides whether it can appear.
+    for a in dir.ancestors().skip(1) {
+        let a = if a.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            a
+        };
+        match std::fs::metadata(a) {
+            Ok(m) if m.is_dir() => return Ok(DirState::Missing),
+            Ok(m) => {
+                return Ok(DirState::Impossible(format!(
+                    "{} is {}, so no directory can appear under it",
+                    a.display(),
+                    kind_of(&m)
+                )))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(DirState::Missing)
+}
+
+/// Opens `dir` for reading. A path that can never be a directory is a
+/// [`UsageError`] (exit 2); a missing directory is an error (exit 1).
 fn open_reader(dir: &Path) -> anyhow::Result<LogReader> {
+    let state = dir_state(dir)
+        .with_context(|| format!("{}: cannot open the log directory", dir.display()))?;
+    match state {
+        DirState::Dir => {}
+        DirState::Missing => {
+            anyhow::bail!("no epochwal log in {}: no such directory", dir.display())
+        }
+        DirState::Impossible(why) => {
+            return Err(UsageError(format!(
+                "{}: {why}; give the directory of a log",
+                dir.display()
+            ))
+            .into())
+        }
+    }
     match LogReader::open(dir) {
         Ok(r) => Ok(r),
         Err(WalError::NotFound { path, what }) => {
-            Err(UsageError(format!("{}: {what}", path.display())).into())
+            anyhow::bail!("no epochwal log in {}: {what}", path.display())
         }
         Err(e) => Err(e.into()),
     }
@@ -303,6 +414,11 @@ pub fn human_bytes(n: u64) -> String {
         unit += 1;
     }
     format!("{v:.1} {}", UNITS[unit])
+}
+
+/// What kind of file `path` is (`a character device`, ...), for messages.
+pub(crate) fn describe_kind(m: &std::fs::Metadata) -> &'static str {
+    kind_of(m)
 }
 
 /// The file name of a path as text (the whole path if it has none).

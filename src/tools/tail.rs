@@ -1,5 +1,7 @@
-//! `epochwal tail DIR [-n N] [-f] [--json]`: the newest records, one line
-//! each, from the record headers alone (payloads are never read).
+//! `epochwal tail DIR [-n N] [-f] [--json] [--headers-only]`: the newest
+//! records, one line each, from the record headers; each printed record's
+//! payload is also validated (checksum and rkyv), and a damaged one is marked
+//! `DAMAGED: <reason>` (`--headers-only` skips that, for very large states).
 //!
 //! Following (`-f`) works like `tail -F`. Stores through a mapping are
 //! invisible to inotify, so the writer signals with ordinary file operations:
@@ -8,9 +10,13 @@
 //! directory for those events, rescans the headers on each, and also rescans
 //! every second as a safety net (a missed or coalesced event, a directory
 //! that is deleted and recreated, a filesystem without inotify). A directory
-//! that does not exist yet is polled for. Only records with a sequence
-//! greater than the last one printed are printed, so rotation, retention
-//! deletes and writer restarts neither repeat nor lose lines.
+//! that does not exist yet is waited for (its nearest existing ancestor is
+//! watched), and when it appears every record in it is printed, like
+//! `tail -F` prints a file that appears. A path that can never become a
+//! directory (a file, a path under a file, a name that is too long) is a
+//! usage error at once. Only records with a sequence greater than the last
+//! one printed are printed, so rotation, retention deletes and writer
+//! restarts neither repeat nor lose lines.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -20,8 +26,8 @@ use std::time::Duration;
 use anyhow::Context;
 use notify::{RecursiveMode, Watcher};
 
-use super::{file_name, format_unix_ns, human_bytes, open_reader};
-use crate::wal::{LogReader, LogScan};
+use super::{dir_state, file_name, format_unix_ns, human_bytes, open_reader, DirState, UsageError};
+use crate::wal::{LogReader, LogScan, RecordHeader};
 
 /// Arguments of `epochwal tail`.
 #[derive(clap::Args, Debug)]
@@ -40,6 +46,11 @@ pub struct TailArgs {
     /// unix_ns, time, segment, offset.
     #[arg(long)]
     pub json: bool,
+    /// Do not validate the payloads of the printed records (no `DAMAGED`
+    /// marker); for logs of very large states, where reading each payload
+    /// costs time.
+    #[arg(long)]
+    pub headers_only: bool,
 }
 
 /// One record as `tail` shows it.
@@ -54,8 +65,17 @@ struct Row {
     time: String,
     segment: String,
     offset: u64,
+    /// False when the payload failed validation (`damage` says why); true
+    /// when it passed or was not checked (`--headers-only`).
+    intact: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    damage: Option<String>,
     #[serde(skip)]
     log_id: u128,
+    #[serde(skip)]
+    path: PathBuf,
+    #[serde(skip)]
+    header: RecordHeader,
 }
 
 impl Row {
@@ -65,15 +85,34 @@ impl Row {
             serde_json::to_string(self).unwrap_or_default()
         } else {
             format!(
-                "seq={} epoch={} step={} loss={:.6} size={} time={} segment={}",
+                "seq={} epoch={} step={} loss={:.6} size={} time={} segment={}{}",
                 self.sequence,
                 self.epoch,
                 self.step,
                 self.loss,
                 human_bytes(self.payload_bytes).replace(' ', ""),
                 self.time,
-                self.segment
+                self.segment,
+                self.damage
+                    .as_ref()
+                    .map(|d| format!(" DAMAGED: {d}"))
+                    .unwrap_or_default()
             )
+        }
+    }
+
+    /// Validates the payload (checksum, rkyv, schema) and records the result.
+    fn check(&mut self, reader: &LogReader) {
+        if let Err(e) = reader.load(&self.path, &self.header) {
+            let text = e.to_string();
+            // The reason without the "path at offset N: " prefix the line
+            // already shows.
+            let reason = match text.split_once(": ") {
+                Some((_, r)) if text.starts_with(&self.path.display().to_string()) => r,
+                _ => &text,
+            };
+            self.intact = false;
+            self.damage = Some(reason.to_string());
         }
     }
 }
@@ -113,7 +152,11 @@ fn rows(scan: &LogScan) -> (Vec<Row>, Vec<String>) {
             time: format_unix_ns(r.unix_ns),
             segment: name.clone(),
             offset: r.offset,
+            intact: true,
+            damage: None,
             log_id: h.log_id,
+            path: seg.path.clone(),
+            header: *r,
         }));
     }
     out.sort_by_key(|r| r.sequence);
@@ -128,14 +171,17 @@ pub fn run(args: &TailArgs) -> anyhow::Result<i32> {
     }
     let reader = open_reader(&args.dir)?;
     let scan = reader.scan()?;
-    let (rows, problems) = rows(&scan);
+    let (mut rows, problems) = rows(&scan);
     for p in problems {
         eprintln!("epochwal: warning: {p}");
     }
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let start = rows.len().saturating_sub(args.lines);
-    for row in &rows[start..] {
+    for row in &mut rows[start..] {
+        if !args.headers_only {
+            row.check(&reader);
+        }
         writeln!(out, "{}", row.line(args.json)).context("writing to stdout")?;
     }
     out.flush().context("writing to stdout")?;
@@ -155,12 +201,16 @@ struct Follower {
     dir: PathBuf,
     json: bool,
     lines: usize,
-    /// The first successful scan prints only the last `lines` records.
+    check: bool,
+    /// The first scan prints only the last `lines` records; a log that
+    /// appears later is printed whole.
     started: bool,
     last_seq: u64,
     log_id: Option<u128>,
     /// Device and inode of the directory being watched (or polled).
     watched: Option<(u64, u64)>,
+    /// The ancestor watched while the directory does not exist.
+    watched_missing: Option<PathBuf>,
     watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -181,11 +231,41 @@ impl Follower {
         if id.is_some() && self.watched == id {
             return;
         }
-        self.watcher = None;
         self.watched = id;
-        if id.is_none() {
+        // A missing directory: watch its nearest existing ancestor, so that
+        // its creation wakes the follower at once.
+        let target = if id.is_some() {
+            self.dir.clone()
+        } else {
+            match self
+                .dir
+                .ancestors()
+                .skip(1)
+                .map(|a| {
+                    if a.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        a
+                    }
+                })
+                .find(|a| a.is_dir())
+            {
+                Some(a) => a.to_path_buf(),
+                None => {
+                    self.watcher = None;
+                    return;
+                }
+            }
+        };
+        if id.is_none() && self.watched_missing.as_ref() == Some(&target) {
             return;
         }
+        self.watcher = None;
+        self.watched_missing = if id.is_none() {
+            Some(target.clone())
+        } else {
+            None
+        };
         let tx = tx.clone();
         let made = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Opens and closes are ignored: inotify reports them for every
@@ -199,13 +279,13 @@ impl Follower {
             }
             let _ = tx.send(Wake::Fs);
         })
-        .and_then(|mut w| w.watch(&self.dir, RecursiveMode::NonRecursive).map(|_| w));
+        .and_then(|mut w| w.watch(&target, RecursiveMode::NonRecursive).map(|_| w));
         match made {
             Ok(w) => self.watcher = Some(w),
             // The one-second rescan still follows the log, only with more lag.
             Err(e) => eprintln!(
                 "epochwal: warning: {}: cannot watch the directory ({e}); rescanning every second",
-                self.dir.display()
+                target.display()
             ),
         }
     }
@@ -213,6 +293,8 @@ impl Follower {
     /// Rescans and prints the new records.
     fn poll(&mut self, out: &mut impl Write) -> io::Result<()> {
         let Ok(reader) = LogReader::open(&self.dir) else {
+            // Whatever appears here later is new: print all of it.
+            self.started = true;
             return Ok(());
         };
         // A listing error (the directory vanished mid-scan) is retried at the
@@ -244,6 +326,10 @@ impl Follower {
             }
         }
         for row in fresh {
+            let mut row = row.clone();
+            if self.check {
+                row.check(&reader);
+            }
             writeln!(out, "{}", row.line(self.json))?;
             self.last_seq = self.last_seq.max(row.sequence);
         }
@@ -272,6 +358,17 @@ fn stdout_pipe_closed() -> bool {
 }
 
 fn follow(args: &TailArgs) -> anyhow::Result<i32> {
+    // Wait only for what can still appear: a file, a path under a file or an
+    // over-long name never becomes a log directory.
+    let state =
+        dir_state(&args.dir).with_context(|| format!("{}: cannot follow", args.dir.display()))?;
+    if let DirState::Impossible(why) = state {
+        return Err(UsageError(format!(
+            "{}: {why}; it can never become a log directory",
+            args.dir.display()
+        ))
+        .into());
+    }
     let (tx, rx) = mpsc::channel();
     // Install the handlers before printing anything: once the first line is
     // out, Ctrl-C always ends the follower with exit code 0.
@@ -289,10 +386,12 @@ fn follow(args: &TailArgs) -> anyhow::Result<i32> {
         dir: args.dir.clone(),
         json: args.json,
         lines: args.lines,
+        check: !args.headers_only,
         started: false,
         last_seq: 0,
         log_id: None,
         watched: None,
+        watched_missing: None,
         watcher: None,
     };
     let stdout = io::stdout();

@@ -148,6 +148,15 @@ fn torn_tail_suspected(scan: &LogScan) -> bool {
 /// Runs `epochwal verify`.
 pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
     let report = check_settled(&args.dir, std::time::Duration::from_millis(200))?;
+    if report.segments == 0 {
+        // Saying "clean" here would let an operator believe a wrong or
+        // empty directory holds a healthy log.
+        anyhow::bail!(
+            "no epochwal log in {}: it holds no segment file ({} other file(s))",
+            args.dir.display(),
+            report.notes.len()
+        );
+    }
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     if args.json {

@@ -41,6 +41,7 @@
 
 pub mod adam;
 pub mod data;
+mod guard;
 pub mod model;
 pub mod rng;
 
@@ -54,6 +55,7 @@ use crate::state::{
 };
 use adam::{adam_step, AdamHyper};
 use data::{Dataset, Targets};
+pub use guard::{MemoryPlan, NonFinite, SavedNumbers};
 pub use model::{Activation, Loss};
 use model::{BatchTargets, Mlp, MlpSpec};
 use rng::{stream, Xoshiro256};
@@ -354,6 +356,9 @@ pub enum TrainError {
     /// Warm-start tensors do not match the model's parameters.
     #[error("warm-start tensors do not match the model: {0}")]
     InitFrom(String),
+    /// The run would not fit in memory (the message says why).
+    #[error("{0}")]
+    Memory(String),
     /// Bad argument to [`Trainer::predict`].
     #[error("invalid input: {0}")]
     Input(String),
@@ -421,6 +426,16 @@ impl Trainer {
     /// model, initialises the weights from the seed (the `fc` tutorial model
     /// starts at weight 10, bias 1) and the Adam moments at zero.
     pub fn new(cfg: &TrainConfig) -> Result<Trainer, TrainError> {
+        Trainer::new_within(cfg, &|_| Ok(()))
+    }
+
+    /// [`Trainer::new`], but first asks `check` whether the run's
+    /// [`MemoryPlan`] fits; its error is returned as [`TrainError::Memory`]
+    /// before the model (or synthetic data) is allocated.
+    pub fn new_within(
+        cfg: &TrainConfig,
+        check: &dyn Fn(&MemoryPlan) -> Result<(), String>,
+    ) -> Result<Trainer, TrainError> {
         if cfg.batch_size == 0 {
             return Err(TrainError::Config("batch_size must be at least 1".into()));
         }
@@ -440,7 +455,17 @@ impl Trainer {
             )));
         }
         let is_seed = matches!(cfg.dataset, DatasetConfig::Seed { .. });
+        if let Some(plan) = guard::plan_before_data(cfg) {
+            check(&plan).map_err(TrainError::Memory)?;
+        }
         let data = data::build(&cfg.dataset, m.loss, cfg.seed)?;
+        check(&MemoryPlan::new(
+            cfg,
+            data.n,
+            data.input_dim,
+            data.output_dim(),
+        ))
+        .map_err(TrainError::Memory)?;
         let mut sizes = Vec::with_capacity(m.hidden.len() + 2);
         sizes.push(data.input_dim);
         sizes.extend_from_slice(&m.hidden);

@@ -30,7 +30,10 @@ pub use format::{RecordHeader, SegmentHeader};
 pub use reader::{
     recover, validate_payload, LogReader, LogScan, MappedRecord, Recovery, SegmentScan, Skip,
 };
-pub use writer::{Durable, Log, LogOptions, PendingAppend, Retention, RetentionReport};
+pub use writer::{
+    archived_len, segment_bytes_for, Durable, Log, LogOptions, PendingAppend, Retention,
+    RetentionReport, AUTO_MAX_SEGMENT_BYTES, AUTO_RECORDS_PER_SEGMENT, AUTO_SEGMENT_BYTES,
+};
 
 /// Result type of this module.
 pub type Result<T, E = WalError> = std::result::Result<T, E>;

@@ -31,6 +31,40 @@ use crate::state::{TrainState, SCHEMA_VERSION};
 /// record header page and one payload page.
 pub const MIN_SEGMENT_BYTES: u64 = 3 * PAGE;
 
+/// `LogOptions::segment_bytes` value that sizes each new segment to the
+/// records instead of to a fixed size (see [`segment_bytes_for`]).
+pub const AUTO_SEGMENT_BYTES: u64 = 0;
+
+/// Records an automatically sized segment holds. Retention deletes whole
+/// segments, so this bounds how many records it keeps beyond what it is
+/// asked for (`AUTO_RECORDS_PER_SEGMENT - 1`), while amortizing the cost of
+/// creating a segment (preallocation and two fsyncs) over that many records.
+pub const AUTO_RECORDS_PER_SEGMENT: u64 = 4;
+
+/// Largest automatically sized segment, unless one record alone is larger:
+/// records of more than a quarter of this get fewer per segment (at least
+/// one), so the preallocated but unused tail of a segment stays small.
+pub const AUTO_MAX_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Size of a new segment that must hold a record spanning `span` bytes
+/// (header page + payload pages), under the configured `segment_bytes`.
+///
+/// - [`AUTO_SEGMENT_BYTES`]: the segment header page plus room for
+///   [`AUTO_RECORDS_PER_SEGMENT`] records of this span, or as many as fit in
+///   [`AUTO_MAX_SEGMENT_BYTES`] (at least one).
+/// - any other value: that size rounded up to a page (at least
+///   [`MIN_SEGMENT_BYTES`]); a record larger than it gets a segment sized to
+///   fit it alone.
+pub fn segment_bytes_for(segment_bytes: u64, span: u64) -> u64 {
+    let configured = if segment_bytes == AUTO_SEGMENT_BYTES {
+        let fit = AUTO_MAX_SEGMENT_BYTES.saturating_sub(PAGE) / span.max(PAGE);
+        PAGE + fit.clamp(1, AUTO_RECORDS_PER_SEGMENT) * span
+    } else {
+        page_align(segment_bytes.max(MIN_SEGMENT_BYTES))
+    };
+    configured.max(PAGE + span)
+}
+
 /// How many records to keep. Zero means "no limit" for each field; the newest
 /// durable record is always kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,7 +83,8 @@ pub struct Retention {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogOptions {
     /// Size new segments are preallocated to. A record larger than this gets a
-    /// segment of its own, sized to fit.
+    /// segment of its own, sized to fit. [`AUTO_SEGMENT_BYTES`] (0) sizes
+    /// each segment to the records (see [`segment_bytes_for`]).
     pub segment_bytes: u64,
     /// What to delete after each durable append.
     pub retention: Retention,
@@ -164,7 +199,12 @@ enum RetentionPoint {
     /// next append will write (in a new segment), keep the segment of the
     /// record recovery chose, and delete segments newer than the newest
     /// record (rotated ahead by the previous writer, never written).
-    AtOpen { recovered_segment: Option<u64> },
+    AtOpen {
+        recovered_segment: Option<u64>,
+        /// Span of the recovered record: sizes the next segment under
+        /// `segment_bytes = "auto"`.
+        recovered_span: u64,
+    },
 }
 
 /// Shared "this log is closed" flag: set by a failed sync on any thread.
@@ -339,7 +379,14 @@ impl Log {
         // Make room before the first new segment is needed: a restart on a
         // full disk must be able to checkpoint as the run before it could.
         let recovered_segment = recovery.record.as_ref().map(|r| r.header().segment_no);
-        let report = log.apply_retention(RetentionPoint::AtOpen { recovered_segment })?;
+        let recovered_span = recovery
+            .record
+            .as_ref()
+            .map_or(PAGE, |r| record_span(r.header().payload_len));
+        let report = log.apply_retention(RetentionPoint::AtOpen {
+            recovered_segment,
+            recovered_span,
+        })?;
         if !report.deleted.is_empty() {
             tracing::info!(
                 dir = %log.dir.display(),
@@ -489,7 +536,7 @@ impl Log {
     /// Creates, preallocates, syncs and maps a new segment able to hold a
     /// record spanning `span` bytes.
     fn rotate(&mut self, span: u64) -> Result<()> {
-        let bytes = page_align(self.options.segment_bytes.max(MIN_SEGMENT_BYTES)).max(PAGE + span);
+        let bytes = segment_bytes_for(self.options.segment_bytes, span);
         let n = self.next_segment_no;
         let name = segment_file_name(n);
         let path = self.dir.join(&name);
@@ -608,6 +655,48 @@ impl Log {
         self.apply_retention(RetentionPoint::AfterAppend)
     }
 
+    /// Undoes a run that never wrote a record: deletes this log's segments if
+    /// none of them holds a record header, then `COMMIT` and `LOCK` (the
+    /// lock stays held until the writer is dropped), and finally the
+    /// directory itself if `remove_dir` and nothing else is left in it.
+    /// Returns false, deleting nothing, if any segment holds a record. The
+    /// writer refuses appends afterwards.
+    pub fn discard_if_empty(&mut self, remove_dir: bool) -> Result<bool> {
+        if self.in_flight || self.inventory.iter().any(|s| !s.records.is_empty()) {
+            return Ok(false);
+        }
+        self.active = None;
+        if let Ok(mut p) = self.poison.lock() {
+            p.get_or_insert_with(|| "the empty log was discarded".to_string());
+        }
+        for seg in std::mem::take(&mut self.inventory) {
+            match std::fs::remove_file(&seg.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(WalError::io(&seg.path, "deleting an empty segment", e))
+                }
+                _ => {}
+            }
+        }
+        for name in [format::COMMIT_FILE, format::LOCK_FILE] {
+            let _ = std::fs::remove_file(self.dir.join(name));
+        }
+        if remove_dir {
+            // Fails, harmlessly, if anything else is in the directory.
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+        Ok(true)
+    }
+
+    /// Creates the segment the first record of `state`'s size will go to, so
+    /// that a full disk, a read-only or immutable directory or a segment size
+    /// larger than the disk is found before training instead of at the first
+    /// checkpoint. Returns the size of the segment.
+    pub fn reserve_for(&mut self, state: &TrainState) -> Result<u64> {
+        self.last_span = record_span(archived_len(state)?);
+        self.prepare_next_append()?;
+        Ok(self.active.as_ref().map_or(0, |s| s.len))
+    }
+
     /// Gets the space for the next record ready, off the training thread:
     /// rotates now if a record as large as the last one would not fit, and
     /// write-faults the pages it will be written to (one store per page of
@@ -662,7 +751,10 @@ impl Log {
         // will need, so only what that append's retention would delete goes.
         let (mut records_seen, mut bytes_seen) = match point {
             RetentionPoint::AfterAppend => (0u64, 0u64),
-            RetentionPoint::AtOpen { recovered_segment } => {
+            RetentionPoint::AtOpen {
+                recovered_segment,
+                recovered_span,
+            } => {
                 let Some(recovered) = recovered_segment else {
                     // No intact record: keep everything for inspection.
                     return Ok(RetentionReport::default());
@@ -678,7 +770,7 @@ impl Log {
                 }
                 (
                     1,
-                    page_align(self.options.segment_bytes.max(MIN_SEGMENT_BYTES)),
+                    segment_bytes_for(self.options.segment_bytes, recovered_span),
                 )
             }
         };
@@ -722,7 +814,11 @@ impl Log {
         let mut kept = Vec::with_capacity(self.inventory.len());
         for (seg, keep) in std::mem::take(&mut self.inventory).into_iter().zip(keep) {
             let newer = seg.segment_no > newest_segment;
-            if keep || seg.segment_no == newest_segment || (newer && keep_newer) {
+            // After an append, a newer (empty) segment stays only if it is
+            // where the next record goes; others were left by an earlier
+            // writer that stopped before its first record.
+            let spare = newer && keep_newer && Some(seg.segment_no) == active_no;
+            if keep || seg.segment_no == newest_segment || spare {
                 kept.push(seg);
                 continue;
             }

@@ -1,0 +1,215 @@
+//! Checks made before training starts, so that a run that cannot work fails
+//! at once with a message naming the cause, instead of after an interval of
+//! training (or with SIGABRT): memory, foreign files in the data directory,
+//! free disk space.
+
+use std::path::{Path, PathBuf};
+
+use crate::tools::human_bytes;
+use crate::train::MemoryPlan;
+
+/// The most memory this process can use, and where that limit comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryLimit {
+    /// Bytes.
+    pub bytes: u64,
+    /// `MemAvailable in /proc/meminfo`, `cgroup memory.max`, ...
+    pub source: String,
+}
+
+fn meminfo_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
+/// Physical memory from sysinfo(2): used when /proc/meminfo is hidden (the
+/// shipped unit's `ProcSubset=pid`). It does not say how much of it is free,
+/// so only a run larger than the machine is refused then.
+fn total_ram() -> Option<u64> {
+    // SAFETY: sysinfo fills the zeroed struct it is given and keeps no
+    // pointer to it.
+    unsafe {
+        let mut info: libc::sysinfo = std::mem::zeroed();
+        if libc::sysinfo(&mut info) != 0 {
+            return None;
+        }
+        Some((info.totalram as u64).saturating_mul(u64::from(info.mem_unit.max(1))))
+    }
+}
+
+/// Room left under the cgroup v2 `memory.max` of this process, if any.
+fn cgroup_room() -> Option<(u64, PathBuf)> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
+    let max_path = dir.join("memory.max");
+    let max: u64 = std::fs::read_to_string(&max_path)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let current: u64 = std::fs::read_to_string(dir.join("memory.current"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    Some((max.saturating_sub(current), max_path))
+}
+
+fn address_space_limit() -> Option<u64> {
+    // SAFETY: getrlimit fills the struct it is given.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_AS, &mut r) != 0 || r.rlim_cur == libc::RLIM_INFINITY {
+            return None;
+        }
+        Some(r.rlim_cur)
+    }
+}
+
+/// The tightest of: `MemAvailable` (or physical memory when /proc/meminfo
+/// cannot be read), the room under the cgroup's `memory.max`, and
+/// `RLIMIT_AS`.
+pub fn memory_limit() -> Option<MemoryLimit> {
+    let mut limits = Vec::new();
+    match meminfo_available() {
+        Some(b) => limits.push((b, "MemAvailable in /proc/meminfo".to_string())),
+        None => {
+            if let Some(b) = total_ram() {
+                limits.push((b, "physical memory (sysinfo)".to_string()))
+            }
+        }
+    }
+    if let Some((b, path)) = cgroup_room() {
+        limits.push((b, format!("room under the cgroup limit {}", path.display())));
+    }
+    if let Some(b) = address_space_limit() {
+        limits.push((b, "RLIMIT_AS (ulimit -v)".to_string()));
+    }
+    limits
+        .into_iter()
+        .min_by_key(|(b, _)| *b)
+        .map(|(bytes, source)| MemoryLimit { bytes, source })
+}
+
+/// Refuses a plan that does not fit under `limit`, naming the model's widths
+/// and the bytes needed against the bytes available.
+pub fn check_memory(plan: &MemoryPlan, limit: Option<&MemoryLimit>) -> Result<(), String> {
+    let Some(limit) = limit else { return Ok(()) };
+    let need = plan.total_bytes();
+    if need <= u128::from(limit.bytes) {
+        return Ok(());
+    }
+    let h = |b: u128| human_bytes(u64::try_from(b).unwrap_or(u64::MAX));
+    Err(format!(
+        "the model does not fit in memory: widths {} (`model.hidden` = {:?}) have {} parameters, \
+         so the training state takes {} (weights and two Adam moments) and training needs {} more \
+         (gradients, activations for `batch_size`, the dataset): {} in all, but {} are available \
+         ({}); make `model.hidden` smaller",
+        plan.widths_text(),
+        &plan.widths[1..plan.widths.len() - 1],
+        plan.parameters,
+        h(plan.state_bytes),
+        h(plan.working_bytes),
+        h(need),
+        human_bytes(limit.bytes),
+        limit.source
+    ))
+}
+
+/// Is this a name epochwal writes into a log directory (or `lost+found`,
+/// which a fresh file system has)?
+fn is_ours(name: &str) -> bool {
+    let seg = name.strip_suffix(".tmp").unwrap_or(name);
+    crate::wal::format::parse_segment_file_name(seg).is_some()
+        || matches!(name, "LOCK" | "COMMIT" | "COMMIT.tmp" | "lost+found")
+}
+
+/// What is in `dir` that epochwal did not put there, when `dir` holds no
+/// segment file at all (no log). Empty when the directory is missing, empty,
+/// or holds a log.
+pub fn foreign_files(dir: &Path) -> std::io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut foreign = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if crate::wal::format::parse_segment_file_name(&name).is_some() {
+            return Ok(Vec::new());
+        }
+        if !is_ours(&name) {
+            foreign.push(name);
+        }
+    }
+    foreign.sort();
+    Ok(foreign)
+}
+
+/// Bytes available to an unprivileged user on the file system of `dir`.
+pub fn disk_available(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs reads the NUL-terminated path and fills the zeroed
+    // struct; neither pointer is kept.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_epochwal_writes_are_not_foreign() {
+        for n in [
+            "LOCK",
+            "COMMIT",
+            "COMMIT.tmp",
+            "00000000000000000001.wal.tmp",
+            "lost+found",
+        ] {
+            assert!(is_ours(n), "{n}");
+        }
+        for n in ["notes.txt", "1.wal", "LOCK2"] {
+            assert!(!is_ours(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn a_plan_larger_than_the_limit_is_refused_naming_widths_and_bytes() {
+        let cfg = crate::train::TrainConfig {
+            dataset: crate::train::DatasetConfig::Seed {
+                n: 10,
+                noise_std: 0.0,
+            },
+            model: crate::train::ModelConfig {
+                hidden: vec![1000, 1000],
+                ..Default::default()
+            },
+            optimizer: Default::default(),
+            batch_size: 4,
+            seed: 0,
+        };
+        let plan = MemoryPlan::new(&cfg, 10, 1, 1);
+        assert_eq!(plan.parameters, 2000 + 1_001_000 + 1001);
+        let limit = MemoryLimit {
+            bytes: 1 << 20,
+            source: "test".into(),
+        };
+        let err = check_memory(&plan, Some(&limit)).unwrap_err();
+        assert!(
+            err.contains("1-1000-1000-1") && err.contains("1.0 MiB"),
+            "{err}"
+        );
+        assert!(check_memory(&plan, None).is_ok());
+    }
+}
