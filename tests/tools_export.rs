@@ -245,7 +245,11 @@ fn export_replaces_an_existing_file_and_rejects_unknown_records() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 
     let out = export(&log.path().join("missing"), &other, &[]);
-    assert_eq!(out.status.code(), Some(1), "a missing log is an error, not a usage error");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a missing log is an error, not a usage error"
+    );
 }
 
 #[test]
