@@ -16,28 +16,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::daemon::*;
+use common::Mount;
 
 const LONG: Duration = Duration::from_secs(120);
-
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .ok()?;
-        out.status.success().then(|| Mount(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 /// Collects every datagram on `sock` from a background thread (the daemon
 /// drops notifications when the queue is full, as it must never block).

@@ -435,6 +435,45 @@ fn an_unwritable_data_directory_fails_at_start() {
 }
 
 #[test]
+fn a_disk_smaller_than_what_retention_keeps_is_warned_about_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    let Some(_mount) = common::Mount::tmpfs(&mnt, "4m") else {
+        println!("skipped: cannot mount a tmpfs (needs root; CI runs as root)");
+        return;
+    };
+    let data = mnt.join("data");
+    // ~260 KiB records; keeping 100 of them needs ~27 MiB, the disk has 4.
+    let cfg = write_config(
+        tmp.path(),
+        "c.toml",
+        &synthetic_config(&data, 1, "every_epochs = 1\nkeep_records = 100"),
+    );
+    let (status, lines) = Daemon::spawn(&cfg, &[], &[]).wait(LONG);
+    let all = lines.join("\n");
+    assert!(status.success(), "{all}");
+    let warning = lines
+        .iter()
+        .find(|l| l.contains("less free space than retention keeps"))
+        .unwrap_or_else(|| panic!("{all}"));
+    assert!(warning.contains(data.to_str().unwrap()), "{warning}");
+    // Keeping 2 fits: no warning.
+    let data2 = mnt.join("data2");
+    let cfg = write_config(
+        tmp.path(),
+        "c2.toml",
+        &synthetic_config(&data2, 1, "every_epochs = 1\nkeep_records = 2"),
+    );
+    let (status, lines) = Daemon::spawn(&cfg, &[], &[]).wait(LONG);
+    assert!(status.success());
+    assert!(
+        !lines.iter().any(|l| l.contains("less free space")),
+        "{}",
+        lines.join("\n")
+    );
+}
+
+#[test]
 fn settings_that_defeat_the_product_are_warned_about_at_start() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

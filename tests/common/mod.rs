@@ -3,6 +3,33 @@
 
 pub mod daemon;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A size-limited tmpfs mounted for a test (needs root), unmounted when
+/// dropped.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    /// Mounts a tmpfs of `size` (`4m`) on `dir`; `None` if that fails (not
+    /// root).
+    pub fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .ok()?;
+        out.status.success().then(|| Mount(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 use epochwal::state::{
     AdamParamState, AdamState, DataState, ModelState, Tensor, TrainState, SCHEMA_VERSION,
 };
