@@ -401,3 +401,37 @@ fn an_idle_follower_does_not_spin() {
         "tail -f used {used} ticks of CPU in 2 s while idle"
     );
 }
+
+#[test]
+fn a_log_directory_the_user_may_not_read_is_reported_once_naming_it() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("log");
+    write_log(&dir, 1..=1, small_segments());
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("tail").arg(&dir);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Root reads everything: ask as nobody.
+        cmd.uid(65534).gid(65534);
+    } else {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let out = cmd.output().unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains(dir.to_str().unwrap()),
+        "names the directory: {err}"
+    );
+    assert_eq!(
+        err.matches("Permission denied").count(),
+        1,
+        "said once: {err}"
+    );
+}

@@ -264,6 +264,9 @@ fn verify_runs_next_to_a_busy_writer() {
     while !writer.is_finished() || runs < 3 {
         let (code, v) = verify_json(dir.path());
         assert_eq!(code, Some(0), "{v:#}");
+        // One snapshot: the record recovery would resume from is the newest
+        // one counted, not one the writer appended after the count.
+        assert_eq!(v["recovery"]["sequence"], v["last_sequence"], "{v:#}");
         runs += 1;
     }
     writer.join().unwrap();

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::{file_name, format_unix_ns, human_bytes, open_reader};
 use crate::wal::format::{RecordHeader as Rh, PAGE, RECORD_HEADER_LEN};
-use crate::wal::{recover, LogScan, SegmentScan, WalError};
+use crate::wal::{LogScan, SegmentScan, WalError};
 
 /// Payload volume above which a progress bar is shown (on a terminal only).
 const PROGRESS_THRESHOLD: u64 = 256 << 20;
@@ -331,10 +331,17 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
         }
         bar
     });
+    // What recovery would do *in this snapshot*: the last record, in segment
+    // and offset order, that is intact (it resumes from it) or written by a
+    // newer schema (it refuses to fall back past it); FORMAT.md §5.4–5.
+    // Taken from the records checked here rather than from a second look at
+    // the directory, which a running writer may have extended in between.
+    let mut choice: Option<(&SegmentScan, crate::wal::RecordHeader, Option<String>)> = None;
     for seg in &ours {
         for rec in &seg.records {
             match reader.load(&seg.path, rec) {
                 Ok(_mapped) => {
+                    choice = Some((seg, *rec, None));
                     report.records_good += 1;
                     report.payload_bytes_checked += rec.payload_len;
                     report.first_sequence = Some(
@@ -361,6 +368,7 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
                     ));
                 }
                 Err(e @ WalError::UnsupportedSchema { .. }) => {
+                    choice = Some((seg, *rec, Some(e.to_string())));
                     report.unsupported.push(Item::new(
                         &seg.path,
                         rec.offset,
@@ -389,28 +397,34 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
         bar.finish_and_clear();
     }
 
-    // What recovery would do.
-    match recover(dir) {
-        Ok(r) => {
-            report.recovery_skipped = r.skipped.len();
-            report.recovery = r.record.map(|m| {
-                let h = m.header();
-                Choice {
+    // What recovery would do, and what it would pass over on the way.
+    if let Some((seg, h, refused)) = choice {
+        report.recovery_skipped = report
+            .damage
+            .iter()
+            .filter(|d| {
+                let no = Path::new(&d.file)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(crate::wal::format::parse_segment_file_name);
+                no.is_some_and(|n| {
+                    n > seg.segment_no || (n == seg.segment_no && d.offset > h.offset)
+                })
+            })
+            .count();
+        match refused {
+            Some(why) => report.recovery_refused = Some(why),
+            None => {
+                report.recovery = Some(Choice {
                     sequence: h.sequence,
                     epoch: h.epoch,
                     step: h.step,
-                    segment: m.path().display().to_string(),
+                    segment: seg.path.display().to_string(),
                     offset: h.offset,
                     time: format_unix_ns(h.unix_ns),
-                }
-            });
+                })
+            }
         }
-        Err(e @ WalError::UnsupportedSchema { .. }) => {
-            report.recovery_refused = Some(e.to_string());
-        }
-        Err(e) => report
-            .damage
-            .push(Item::new(dir, 0, format!("recovery failed: {e}"))),
     }
     report.clean = report.damage.is_empty() && report.unsupported.is_empty();
     report

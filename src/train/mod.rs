@@ -47,7 +47,7 @@ pub mod rng;
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::state::{
     AdamParamState, AdamState, ArchivedTrainState, DataState, ModelState, TrainState,
@@ -88,7 +88,7 @@ fn default_batch_size() -> usize {
 }
 
 /// Which data to train on, selected by `kind`.
-#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DatasetConfig {
     /// The tutorial data: `y = 10 x + 1 + noise` with `x` uniform in
@@ -172,7 +172,7 @@ fn default_synthetic_output_dim() -> usize {
 }
 
 /// Naming scheme of the parameters.
-#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum TensorNames {
     /// `layers.0.weight`, `layers.0.bias`, `layers.1.weight`, ...
@@ -184,7 +184,7 @@ pub enum TensorNames {
 
 /// The network: Linear layers of widths `[input, hidden..., output]`, where
 /// input and output widths come from the dataset.
-#[derive(Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Widths of the hidden layers. Default `[]` (a single Linear layer).
@@ -202,7 +202,7 @@ pub struct ModelConfig {
 }
 
 /// `torch.optim.Adam` hyperparameters.
-#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
     /// Learning rate. Default 1e-3.
@@ -554,10 +554,18 @@ impl Trainer {
         canon.push_str(&data.signature());
         canon.push('\n');
         let sizes: Vec<String> = spec.sizes.iter().map(|s| s.to_string()).collect();
+        // The activation goes between Linear layers: with no hidden layer
+        // there is none, whatever the configuration says (the fingerprint
+        // above keeps the configured name, so existing logs still resume).
+        let activation = if spec.layers() > 1 {
+            spec.activation.name()
+        } else {
+            "linear"
+        };
         let description = format!(
             "mlp {} {} {}, {} tensors, {} parameters",
             sizes.join("-"),
-            spec.activation.name(),
+            activation,
             spec.loss.name(),
             2 * spec.layers(),
             spec.parameter_count()
@@ -574,7 +582,8 @@ impl Trainer {
     }
 
     /// Human-readable architecture, e.g.
-    /// `mlp 1-1 identity mse, 2 tensors, 2 parameters`.
+    /// `mlp 1-1 linear mse, 2 tensors, 2 parameters` (no hidden layer, so no
+    /// activation) or `mlp 10-64-1 relu mse, 4 tensors, 769 parameters`.
     pub fn describe(&self) -> String {
         self.description.clone()
     }

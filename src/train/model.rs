@@ -12,13 +12,13 @@
 //! `layers.1.weight`, ...). This module owns only scratch buffers and the
 //! gradients.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::rng::Xoshiro256;
 use crate::state::Tensor;
 
 /// Activation applied after every Linear layer except the last.
-#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     /// `max(0, x)`.
@@ -43,7 +43,7 @@ impl Activation {
 }
 
 /// Training loss.
-#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Loss {
     /// Mean squared error over every output of the batch, like

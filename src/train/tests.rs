@@ -247,13 +247,25 @@ fn restore_refuses_foreign_records() {
 }
 
 #[test]
+fn a_model_without_hidden_layers_is_described_as_linear_whatever_the_activation() {
+    let mut cfg = TrainConfig::seed_tutorial();
+    cfg.model.activation = Activation::Relu;
+    let relu = Trainer::new(&cfg).unwrap();
+    assert_eq!(
+        relu.describe(),
+        "mlp 1-1 linear mse, 2 tensors, 2 parameters"
+    );
+    // The fingerprint still includes the configured activation, so logs
+    // written before this description change resume unchanged.
+    let identity = Trainer::new(&TrainConfig::seed_tutorial()).unwrap();
+    assert_ne!(relu.fingerprint(), identity.fingerprint());
+}
+
+#[test]
 fn seed_tutorial_starts_at_10_and_1_and_stays_there() {
     let cfg = TrainConfig::seed_tutorial();
     let mut t = Trainer::new(&cfg).unwrap();
-    assert_eq!(
-        t.describe(),
-        "mlp 1-1 identity mse, 2 tensors, 2 parameters"
-    );
+    assert_eq!(t.describe(), "mlp 1-1 linear mse, 2 tensors, 2 parameters");
     let s = t.state();
     assert_eq!(s.model.description, t.describe());
     assert_eq!(s.model.fingerprint, t.fingerprint());
