@@ -4,16 +4,22 @@
 //! `config/epochwal.toml`), unknown keys are errors that name the key, and
 //! command-line flags override the file. Only the `[checkpoint]` table can
 //! change at run time (SIGHUP); everything else needs a restart.
+//!
+//! The daemon writes the configuration it runs with to
+//! [`RUNNING_CONFIG_FILE`] in its log directory, so that
+//! `epochwal check-config --running` can name the keys a reload would not
+//! apply.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::train::{DatasetConfig, ModelConfig, OptimizerConfig, TrainConfig};
+use crate::wal::format::RUNNING_CONFIG_FILE;
 use crate::wal::{LogOptions, Retention};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Directory of the checkpoint log (created if missing). A relative path
@@ -46,7 +52,7 @@ pub struct Config {
 }
 
 /// `on_nonfinite`: what a diverging run does.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OnNonFinite {
     /// Write no record of the bad state and exit with
@@ -61,7 +67,7 @@ pub enum OnNonFinite {
 }
 
 /// Checkpoint triggers, segment size and retention; reloadable with SIGHUP.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
     /// Checkpoint after every N completed epochs; 0 disables. Default 1.
@@ -126,6 +132,15 @@ impl std::fmt::Display for SegmentBytes {
         match self {
             SegmentBytes::Auto => f.write_str("\"auto\""),
             SegmentBytes::Bytes(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Serialize for SegmentBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SegmentBytes::Auto => s.serialize_str("auto"),
+            SegmentBytes::Bytes(n) => s.serialize_u64(*n),
         }
     }
 }
@@ -257,9 +272,21 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            // toml's message names the key ("unknown field `x`", "invalid
-            // type ... for key `y`") and shows the line.
-            message: e.to_string().trim_end().replace('\n', "\n  "),
+            // One line, as a journal shows it: the line number and its text
+            // (which names the key when toml's message does not, as for
+            // "invalid type"), then toml's message ("unknown field `x`").
+            message: match e.span() {
+                Some(span) => {
+                    let start = span.start.min(text.len());
+                    let line_no = text[..start].matches('\n').count() + 1;
+                    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                    format!(
+                        "line {line_no} (`{line}`): {}",
+                        e.message().trim_end().replace('\n', " ")
+                    )
+                }
+                None => e.message().trim_end().replace('\n', " "),
+            },
         })?;
         config.validate(path)?;
         Ok(config)
@@ -301,6 +328,102 @@ impl Config {
     pub fn log_options(&self) -> LogOptions {
         self.checkpoint.log_options()
     }
+}
+
+impl Config {
+    /// Keys outside `[checkpoint]` whose values differ between `running` and
+    /// this configuration (`batch_size 32 -> 64`): a reload does not apply
+    /// them, only a restart does.
+    pub fn restart_only_changes(&self, running: &Config) -> Vec<String> {
+        differences(running, self)
+            .into_iter()
+            .filter(|c| !c.starts_with("checkpoint."))
+            .collect()
+    }
+
+    /// Path of the running configuration in the log directory `data_dir`.
+    pub fn running_path(data_dir: &Path) -> PathBuf {
+        data_dir.join(RUNNING_CONFIG_FILE)
+    }
+
+    /// Writes this configuration as the one the daemon runs with into
+    /// `data_dir` (replaced atomically; not fsynced: it is a note for
+    /// `check-config --running`, not part of recovery).
+    pub fn write_running(&self, data_dir: &Path) -> std::io::Result<()> {
+        let mut config = self.clone();
+        config.make_paths_absolute();
+        let body = toml::to_string(&config).map_err(std::io::Error::other)?;
+        let text = format!(
+            "# The configuration epochwal is running with (file plus command-line\n\
+             # flags, [checkpoint] as last reloaded). Written by the daemon for\n\
+             # `epochwal check-config --running`; editing it changes nothing.\n{body}"
+        );
+        let path = Config::running_path(data_dir);
+        let tmp = data_dir.join(format!("{RUNNING_CONFIG_FILE}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Reads the configuration a daemon wrote into `data_dir` (its paths
+    /// are absolute).
+    pub fn read_running(data_dir: &Path) -> Result<Config, ConfigError> {
+        let path = Config::running_path(data_dir);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Config::parse(&text, &path)
+    }
+
+    /// Makes the paths absolute against the working directory, so that two
+    /// processes started in different directories compare them correctly.
+    pub fn make_paths_absolute(&mut self) {
+        let absolute = |p: &mut PathBuf| {
+            if let Ok(a) = std::path::absolute(&*p) {
+                *p = a;
+            }
+        };
+        absolute(&mut self.data_dir);
+        if let DatasetConfig::Csv { path, .. } = &mut self.dataset {
+            absolute(path);
+        }
+    }
+}
+
+/// Dotted keys whose values differ between `old` and `new`, each as
+/// `key old -> new` (`(unset)` for a key one side lacks).
+fn differences(old: &Config, new: &Config) -> Vec<String> {
+    fn walk(
+        prefix: &str,
+        old: Option<&toml::Value>,
+        new: Option<&toml::Value>,
+        out: &mut Vec<String>,
+    ) {
+        match (old, new) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, a.get(k), b.get(k), out);
+                }
+            }
+            (a, b) if a != b => {
+                let show =
+                    |v: Option<&toml::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
+                out.push(format!("{prefix} {} -> {}", show(a), show(b)));
+            }
+            _ => {}
+        }
+    }
+    let as_value =
+        |c: &Config| toml::Value::try_from(c).expect("a configuration serializes to TOML");
+    let mut out = Vec::new();
+    walk("", Some(&as_value(old)), Some(&as_value(new)), &mut out);
+    out
 }
 
 impl CheckpointConfig {
@@ -376,6 +499,8 @@ mod tests {
             .to_string();
         assert!(err.contains("c.toml"), "{err}");
         assert!(err.contains("every_epoch"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
     }
 
     #[test]
@@ -417,6 +542,58 @@ mod tests {
                 .to_string();
             assert!(err.contains("segment_bytes"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn restart_only_changes_name_every_key_outside_checkpoint() {
+        let running = Config::default();
+        let mut new = running.clone();
+        new.batch_size = 64;
+        new.model.hidden = vec![8];
+        new.checkpoint.every_steps = 5;
+        assert_eq!(
+            new.restart_only_changes(&running),
+            vec!["batch_size 32 -> 64", "model.hidden [] -> [8]"]
+        );
+        assert!(running.restart_only_changes(&running).is_empty());
+    }
+
+    #[test]
+    fn a_changed_dataset_kind_names_the_keys_it_adds_and_removes() {
+        let running = Config::default();
+        let new = Config::parse("[dataset]\nkind = \"seed\"\n", Path::new("c.toml")).unwrap();
+        let changes = new.restart_only_changes(&running);
+        assert!(
+            changes.contains(&"dataset.kind \"diabetes\" -> \"seed\"".to_string()),
+            "{changes:?}"
+        );
+        assert!(
+            changes.contains(&"dataset.n (unset) -> 256".to_string()),
+            "{changes:?}"
+        );
+        assert!(
+            changes.contains(&"dataset.standardize_targets true -> (unset)".to_string()),
+            "{changes:?}"
+        );
+    }
+
+    #[test]
+    fn the_running_configuration_round_trips_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::parse(
+            "epochs = 3\n[dataset]\nkind = \"synthetic\"\n[model]\nhidden = [4]\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        c.data_dir = PathBuf::from("relative/dir");
+        c.write_running(dir.path()).unwrap();
+        let back = Config::read_running(dir.path()).unwrap();
+        assert_eq!(
+            back.data_dir,
+            std::env::current_dir().unwrap().join("relative/dir")
+        );
+        c.make_paths_absolute();
+        assert_eq!(back, c);
     }
 
     #[test]

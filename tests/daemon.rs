@@ -178,6 +178,21 @@ fn sd_notify_messages_arrive_in_order() {
         "{messages:?}"
     );
     assert!(messages[ready].contains("STATUS=training: epoch 0"));
+    // From STOPPING=1 on, the status never reads "training" again, also when
+    // the final checkpoint becomes durable.
+    let after_stop = &messages[stopping..];
+    assert!(
+        !after_stop.iter().any(|m| m.contains("STATUS=training")),
+        "{after_stop:?}"
+    );
+    if lines.iter().any(|l| l.contains("reason=shutdown")) {
+        assert!(
+            after_stop
+                .iter()
+                .any(|m| m.contains("STATUS=stopping: epoch") && m.contains("last durable seq")),
+            "the final checkpoint is reported as stopping: {after_stop:?}"
+        );
+    }
 }
 
 #[test]
@@ -258,10 +273,12 @@ fn sigusr1_checkpoints_now_and_sighup_applies_new_triggers() {
         .expect("SIGUSR1 checkpoint");
     assert_eq!(field(&line, "seq"), Some(1));
 
+    // A new trigger, and a batch size, which needs a restart.
     write_config(
         tmp.path(),
         "c.toml",
-        &synthetic_config(&data, 0, "every_epochs = 0\nevery_steps = 3"),
+        &synthetic_config(&data, 0, "every_epochs = 0\nevery_steps = 3")
+            .replace("batch_size = 32", "batch_size = 64"),
     );
     d.signal(libc::SIGHUP);
     let applied = d.wait_for("SIGHUP: reloaded", LONG).expect("reload line");
@@ -269,8 +286,17 @@ fn sigusr1_checkpoints_now_and_sighup_applies_new_triggers() {
         applied.contains("checkpoint.every_steps 0 -> 3"),
         "{applied}"
     );
+    let warned = d
+        .wait_for("take effect only after a restart", LONG)
+        .expect("a WARN line for the restart-only key");
+    assert!(warned.contains("WARN"), "{warned}");
+    assert!(warned.contains("batch_size 32 -> 64"), "{warned}");
+    assert!(!warned.contains("every_steps"), "{warned}");
     d.wait_for("reason=\"steps\"", LONG)
         .expect("the new trigger fires");
+    let running = std::fs::read_to_string(data.join("RUNNING.toml")).unwrap();
+    assert!(running.contains("every_steps = 3"), "{running}");
+    assert!(running.contains("batch_size = 32"), "{running}");
 
     std::fs::write(&cfg, "this is not toml").unwrap();
     d.signal(libc::SIGHUP);

@@ -51,7 +51,8 @@ fn unit_pointing_at_built_binary() -> (tempfile::TempDir, PathBuf) {
         unit.contains(INSTALLED_EXEC_START),
         "{UNIT_NAME} should start {INSTALLED_EXEC_START:?}"
     );
-    let rewritten = unit.replace(INSTALLED_EXEC_START, &format!("ExecStart={bin} "));
+    // ExecStart= and the check-config ExecReload= both run the binary.
+    let rewritten = unit.replace("=/usr/local/bin/epochwal ", &format!("={bin} "));
     let dir = tempfile::tempdir().expect("tempdir");
     // The file name is the unit name: keep it.
     let path = dir.path().join(UNIT_NAME);
@@ -110,6 +111,18 @@ fn shipped_unit_is_type_notify_with_watchdog_and_state_directory() {
         unit.contains("--data-dir ${STATE_DIRECTORY}"),
         "ExecStart should pass the StateDirectory= as --data-dir"
     );
+    // A reload checks the file before signalling: the check comes first.
+    let reloads: Vec<&str> = directives
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("ExecReload="))
+        .collect();
+    assert_eq!(reloads.len(), 2, "{reloads:?}");
+    assert!(
+        reloads[0].starts_with("ExecReload=/usr/local/bin/epochwal check-config --running"),
+        "{reloads:?}"
+    );
+    assert_eq!(reloads[1], "ExecReload=/bin/kill -HUP $MAINPID");
 }
 
 #[test]

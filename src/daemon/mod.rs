@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use tracing::{error, info, warn};
 
-use crate::config::{CheckpointConfig, Config};
+use crate::config::Config;
 use crate::train::Trainer;
 use crate::wal::Log;
 use crate::wal::WalError;
@@ -214,6 +214,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
         return Err(e);
     }
+    write_running(&config);
     let control = Arc::new(Control::new(config.checkpoint, durable));
     let log = Arc::new(Mutex::new(log));
     let handles = pipeline::spawn(
@@ -238,14 +239,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         remove_dir: !dir_existed,
     };
     runtime.block_on(supervise(
-        signals,
-        control,
-        log,
-        handles,
-        notify,
-        config,
-        args.config,
-        cleanup,
+        signals, control, log, handles, notify, config, args, cleanup,
     ))
 }
 
@@ -253,6 +247,18 @@ fn config_name(args: &RunArgs) -> String {
     args.config
         .as_ref()
         .map_or("built-in defaults".to_string(), |p| p.display().to_string())
+}
+
+/// Writes the configuration in force for `epochwal check-config --running`;
+/// a failure (a full disk) is logged and changes nothing else.
+fn write_running(config: &Config) {
+    if let Err(e) = config.write_running(&config.data_dir) {
+        warn!(
+            file = %Config::running_path(&config.data_dir).display(),
+            error = %e,
+            "cannot record the running configuration; `epochwal check-config --running` will not see it"
+        );
+    }
 }
 
 /// Creates the segment of the first checkpoint before training, so that a
@@ -442,7 +448,7 @@ async fn supervise(
     mut handles: pipeline::Handles,
     notify: Notify,
     config: Config,
-    config_path: Option<PathBuf>,
+    args: RunArgs,
     cleanup: Cleanup,
 ) -> anyhow::Result<i32> {
     let watchdog = sd_notify::watchdog_interval_from_env();
@@ -450,7 +456,7 @@ async fn supervise(
     let mut last_heartbeat = u64::MAX;
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let mut deadline: Option<tokio::time::Instant> = None;
-    let mut checkpoint = config.checkpoint;
+    let mut running = config;
     loop {
         let sleep_until =
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
@@ -463,6 +469,7 @@ async fn supervise(
                     // only LOCK and an empty segment behind.
                     let _ = control.wait_idle();
                     let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = std::fs::remove_file(Config::running_path(log.dir()));
                     let _ = log.discard_if_empty(cleanup.remove_dir);
                 }
                 return finish(outcome, &notify);
@@ -476,13 +483,14 @@ async fn supervise(
                             std::process::exit(128 + sig);
                         }
                         info!(signal = sig, "stop requested: finishing the current step and writing a final checkpoint");
-                        control.request_stop();
-                        notify.send("STOPPING=1\nSTATUS=stopping: writing the final checkpoint");
+                        control.request_stop(|| {
+                            notify.send("STOPPING=1\nSTATUS=stopping: writing the final checkpoint");
+                        });
                         notify.send(&format!("EXTEND_TIMEOUT_USEC={}", grace.as_micros()));
                         deadline = Some(tokio::time::Instant::now() + grace);
                     }
                     SIGHUP => {
-                        checkpoint = reload(config_path.as_deref(), checkpoint, &control, &log, &notify);
+                        reload(&args, &mut running, &control, &log, &notify);
                     }
                     SIGUSR1 => {
                         info!("SIGUSR1: checkpoint requested");
@@ -536,29 +544,39 @@ fn finish(outcome: Outcome, notify: &Notify) -> anyhow::Result<i32> {
     }
 }
 
-/// SIGHUP: re-reads the file and applies what can change at run time.
+/// SIGHUP: re-reads the file (with the command line's overrides) and applies
+/// what can change at run time: the `[checkpoint]` table. Keys that need a
+/// restart are named in a WARN line and keep their running values.
 fn reload(
-    path: Option<&std::path::Path>,
-    current: CheckpointConfig,
+    args: &RunArgs,
+    running: &mut Config,
     control: &Control,
     log: &Mutex<Log>,
     notify: &Notify,
-) -> CheckpointConfig {
-    let Some(path) = path else {
+) {
+    let Some(path) = args.config.as_deref() else {
         warn!("SIGHUP: started without --config, nothing to reload");
-        return current;
+        return;
     };
     notify.send("RELOADING=1");
-    let result = Config::load(path);
+    let result = load_config(args);
     notify.send("READY=1");
     let new = match result {
         Ok(c) => c,
         Err(e) => {
             error!(error = %e, "SIGHUP: configuration not reloaded, keeping the current settings");
-            return current;
+            return;
         }
     };
-    let changes = new.checkpoint.changes_from(&current);
+    let restart_only = new.restart_only_changes(running);
+    if !restart_only.is_empty() {
+        warn!(
+            file = %path.display(),
+            keys = %restart_only.join(", "),
+            "SIGHUP: changed keys take effect only after a restart; keeping the running values"
+        );
+    }
+    let changes = new.checkpoint.changes_from(&running.checkpoint);
     if changes.is_empty() {
         info!(file = %path.display(), "SIGHUP: reloaded, no run-time setting changed (only [checkpoint] can change without a restart)");
     } else {
@@ -568,5 +586,6 @@ fn reload(
     log.lock()
         .unwrap_or_else(|e| e.into_inner())
         .set_options(new.log_options());
-    new.checkpoint
+    running.checkpoint = new.checkpoint;
+    write_running(running);
 }

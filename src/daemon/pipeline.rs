@@ -34,6 +34,10 @@ pub(crate) struct Control {
     fatal: Mutex<Option<String>>,
     /// Checkpoints that failed for lack of space since the last durable one.
     failed_since_durable: AtomicU64,
+    /// Held while reading `stop` and sending the STATUS that depends on it,
+    /// and while requesting a stop and announcing it, so that no "training"
+    /// status can follow STOPPING=1.
+    status: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -54,11 +58,26 @@ impl Control {
             idle: Condvar::new(),
             fatal: Mutex::new(None),
             failed_since_durable: AtomicU64::new(0),
+            status: Mutex::new(()),
         }
     }
 
-    pub(crate) fn request_stop(&self) {
+    /// Requests a stop and runs `announce` (STOPPING=1) before any status
+    /// sent after it can be computed.
+    pub(crate) fn request_stop(&self, announce: impl FnOnce()) {
+        let _status = lock(&self.status);
         self.stop.store(true, Ordering::SeqCst);
+        announce();
+    }
+
+    /// "stopping" once a stop was requested, else "training"; the caller
+    /// holds `status` until its message is sent.
+    fn activity(&self) -> &'static str {
+        if self.stop.load(Ordering::SeqCst) {
+            "stopping"
+        } else {
+            "training"
+        }
     }
 
     pub(crate) fn request_checkpoint(&self) {
@@ -210,9 +229,16 @@ fn persist_loop(jobs: mpsc::Receiver<Job>, log: &Mutex<Log>, control: &Control, 
                     segment = %d.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
                     "checkpoint durable"
                 );
+                // Once a stop is requested the status stays "stopping" until
+                // the supervisor says "stopped": a checkpoint that becomes
+                // durable meanwhile must not make it read "training" again.
+                let _status = lock(&control.status);
                 notify.send(&format!(
-                    "STATUS=training: epoch {}, step {}, last durable seq {}",
-                    d.header.epoch, d.header.step, d.header.sequence
+                    "STATUS={}: epoch {}, step {}, last durable seq {}",
+                    control.activity(),
+                    d.header.epoch,
+                    d.header.step,
+                    d.header.sequence
                 ));
             }
             Err(e) => {
@@ -419,8 +445,10 @@ impl TrainLoop {
                     .fetch_add(1, Ordering::SeqCst);
                 let state = self.trainer.state();
                 error!(epoch = state.epoch, step = state.global_step, error = %e, "checkpoint failed; training goes on and the next trigger retries");
+                let _status = lock(&self.control.status);
                 self.notify.send(&format!(
-                    "STATUS=training: epoch {}, step {}, last durable seq {}; checkpoint failed: no space left",
+                    "STATUS={}: epoch {}, step {}, last durable seq {}; checkpoint failed: no space left",
+                    self.control.activity(),
                     state.epoch,
                     state.global_step,
                     self.control.last_durable_seq.load(Ordering::SeqCst)

@@ -124,6 +124,7 @@ fn is_ours(name: &str) -> bool {
     let seg = name.strip_suffix(".tmp").unwrap_or(name);
     crate::wal::format::parse_segment_file_name(seg).is_some()
         || matches!(name, "LOCK" | "COMMIT" | "COMMIT.tmp" | "lost+found")
+        || name.strip_suffix(".tmp").unwrap_or(name) == crate::wal::format::RUNNING_CONFIG_FILE
 }
 
 /// What is in `dir` that epochwal did not put there, when `dir` holds no

@@ -1,4 +1,5 @@
-//! Operator commands: `tail`, `inspect`, `verify`, `export`.
+//! Operator commands: `tail`, `inspect`, `verify`, `export`, and
+//! `check-config` (which reads a configuration file, not a log).
 //!
 //! Every command here is a *reader*: it never takes the writer's lock, never
 //! creates or modifies a file in the log directory (so it works on a
@@ -15,6 +16,7 @@
 //! A closed output pipe (`epochwal tail -f DIR | head -n 2`) ends any command
 //! quietly with exit code 0.
 
+mod check_config;
 mod export;
 mod inspect;
 mod tail;
@@ -27,6 +29,7 @@ use anyhow::Context;
 
 use crate::wal::{recover, LogReader, MappedRecord, RecordHeader, WalError};
 
+pub use check_config::CheckConfigArgs;
 pub use export::{
     load_safetensors_weights, WeightTensor, OPTIMIZER_PREFIX, OPTIMIZER_SUFFIX_EXP_AVG,
     OPTIMIZER_SUFFIX_EXP_AVG_SQ, OPTIMIZER_SUFFIX_STEP,
@@ -44,6 +47,8 @@ pub enum ToolCommand {
     Verify(verify::VerifyArgs),
     /// Write one record's model (and optionally Adam state) as .safetensors.
     Export(export::ExportArgs),
+    /// Check a configuration file; exit 0 when valid, 1 naming the bad key.
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 /// Runs a tool; returns the process exit code.
@@ -53,6 +58,7 @@ pub fn run(cmd: ToolCommand) -> anyhow::Result<i32> {
         ToolCommand::Inspect(args) => inspect::run(&args),
         ToolCommand::Verify(args) => verify::run(&args),
         ToolCommand::Export(args) => export::run(&args),
+        ToolCommand::CheckConfig(args) => check_config::run(&args),
     };
     match result {
         Ok(code) => Ok(code),

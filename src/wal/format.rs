@@ -36,6 +36,9 @@ pub const SEGMENT_SUFFIX: &str = ".wal";
 pub const COMMIT_FILE: &str = "COMMIT";
 /// Name of the writer's lock file.
 pub const LOCK_FILE: &str = "LOCK";
+/// The configuration a running daemon uses, written by `epochwal run` for
+/// `epochwal check-config --running`; not part of the log.
+pub const RUNNING_CONFIG_FILE: &str = "RUNNING.toml";
 
 /// The checksum used everywhere: XXH3-64 with seed 0.
 pub fn checksum(bytes: &[u8]) -> u64 {

@@ -215,6 +215,8 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
         } else if name == format::LOCK_FILE
             || name == format::COMMIT_FILE
             || name == format!("{}.tmp", format::COMMIT_FILE)
+            || name == format::RUNNING_CONFIG_FILE
+            || name == format!("{}.tmp", format::RUNNING_CONFIG_FILE)
         {
             continue;
         } else if name.ends_with(".tmp") {
