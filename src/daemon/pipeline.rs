@@ -310,28 +310,19 @@ impl TrainLoop {
         if self.on_nonfinite == OnNonFinite::Continue && out.loss.is_finite() {
             return None;
         }
-        let bad = if out.loss.is_finite() {
-            self.trainer.first_non_finite()?.to_string()
-        } else {
+        // Weights only under "stop" (a third of the scan; a non-finite
+        // moment is caught before the next checkpoint, see `diverged_before`),
+        // everything under "skip" (the step that broke it is the one undone).
+        let bad = if !out.loss.is_finite() {
             format!("loss = {}", out.loss)
+        } else if self.on_nonfinite == OnNonFinite::Stop {
+            self.trainer.first_non_finite_weight()?.to_string()
+        } else {
+            self.trainer.first_non_finite()?.to_string()
         };
         let (epoch, step_in_epoch) = before;
         match self.on_nonfinite {
-            OnNonFinite::Stop => {
-                // The in-flight checkpoint, if any, is of an earlier state
-                // that was checked: let it become durable.
-                let _ = self.control.wait_idle();
-                let newest = match self.control.last_durable_seq.load(Ordering::SeqCst) {
-                    0 => "the log holds no record yet".to_string(),
-                    seq => format!("the newest durable record is still sequence {seq}"),
-                };
-                Some(Outcome::Diverged(format!(
-                    "training diverged at global step {} (epoch {epoch}, step {step_in_epoch} of the epoch): \
-                     {bad} is not finite; no record of this state was written and {newest}; \
-                     lower optimizer.lr, or set on_nonfinite = \"skip\" or \"continue\"",
-                    out.global_step
-                )))
-            }
+            OnNonFinite::Stop => Some(self.diverged(&bad, out.global_step, epoch, step_in_epoch)),
             OnNonFinite::Skip => {
                 self.trainer.restore_numbers(&self.saved);
                 self.warn_nonfinite(
@@ -352,6 +343,33 @@ impl TrainLoop {
                 None
             }
         }
+    }
+
+    /// The outcome of a run stopped by `on_nonfinite = "stop"`.
+    fn diverged(&self, bad: &str, global_step: u64, epoch: u64, step_in_epoch: u64) -> Outcome {
+        // The in-flight checkpoint, if any, is of an earlier state that was
+        // checked: let it become durable.
+        let _ = self.control.wait_idle();
+        let newest = match self.control.last_durable_seq.load(Ordering::SeqCst) {
+            0 => "the log holds no record yet".to_string(),
+            seq => format!("the newest durable record is still sequence {seq}"),
+        };
+        Outcome::Diverged(format!(
+            "training diverged at global step {global_step} (epoch {epoch}, step {step_in_epoch} of the epoch): \
+             {bad} is not finite; no record of this state was written and {newest}; \
+             lower optimizer.lr, or set on_nonfinite = \"skip\" or \"continue\""
+        ))
+    }
+
+    /// Under "stop", the full scan (weights and moments) before a state is
+    /// written; `Some` ends the run without writing it.
+    fn diverged_before_checkpoint(&self) -> Option<Outcome> {
+        if self.on_nonfinite != OnNonFinite::Stop {
+            return None;
+        }
+        let bad = self.trainer.first_non_finite()?;
+        let s = self.trainer.state();
+        Some(self.diverged(&bad.to_string(), s.global_step, s.epoch, s.step_in_epoch))
     }
 
     fn run(&mut self) -> Outcome {
@@ -401,6 +419,9 @@ impl TrainLoop {
                 None
             };
             if let Some(reason) = reason {
+                if let Some(end) = self.diverged_before_checkpoint() {
+                    return end;
+                }
                 match self.checkpoint(reason) {
                     Ok(_) => last_checkpoint = Instant::now(),
                     Err(e) => return Outcome::Failed(e),
@@ -467,6 +488,9 @@ impl TrainLoop {
         }
         let step = self.trainer.state().global_step;
         if self.control.durable_step() != Some(step) {
+            if let Some(end) = self.diverged_before_checkpoint() {
+                return end;
+            }
             match self.checkpoint("shutdown") {
                 Ok(true) => {}
                 Ok(false) => {
