@@ -205,10 +205,7 @@ mod tests {
         t.state.optimizer.params[1].exp_avg_sq[0] = f32::INFINITY;
         assert_eq!(t.first_non_finite_weight(), None, "weights are finite");
         let bad = t.first_non_finite().unwrap();
-        assert_eq!(
-            (bad.tensor.as_str(), bad.index),
-            ("fc.bias.exp_avg_sq", 0)
-        );
+        assert_eq!((bad.tensor.as_str(), bad.index), ("fc.bias.exp_avg_sq", 0));
         t.state.model.tensors[0].data[0] = f32::NAN;
         let bad = t.first_non_finite_weight().unwrap();
         assert_eq!((bad.tensor.as_str(), bad.index), ("fc.weight", 0));
