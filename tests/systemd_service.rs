@@ -105,14 +105,7 @@ fn start_sends_ready_then_a_status_naming_a_durable_sequence() {
     // Type=notify: `systemctl start` returns once READY=1 arrived.
     s.ok(&format!("systemctl start {UNIT}"));
     assert_eq!(s.prop(UNIT, "ActiveState"), "active");
-    // READY came after recovery: the start-up lines precede it.
-    let lines = s.journal(UNIT, &cursor);
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("no checkpoint found: fresh run")),
-        "{lines:?}"
-    );
+    s.wait_journal(UNIT, &cursor, &["no checkpoint found: fresh run"], LONG);
     let seq = durable_seq_in_status(&s);
     assert!(seq >= 1);
     assert!(
@@ -125,6 +118,12 @@ fn start_sends_ready_then_a_status_naming_a_durable_sequence() {
         s.ok(&format!("stat -c %a {STATE}/RUNNING.toml")).trim(),
         "600"
     );
+    s.ok(&format!("systemctl stop {UNIT}"));
+    // Started again, it resumes from the log.
+    let cursor = s.cursor();
+    s.ok(&format!("systemctl start {UNIT}"));
+    let recovered = s.wait_journal(UNIT, &cursor, &["recovered", "seq="], LONG);
+    assert!(field(&recovered, "seq").unwrap() >= seq, "{recovered}");
     s.ok(&format!("systemctl stop {UNIT}"));
 }
 
