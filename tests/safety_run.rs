@@ -474,6 +474,31 @@ fn a_disk_smaller_than_what_retention_keeps_is_warned_about_at_start() {
 }
 
 #[test]
+fn a_full_disk_with_oversized_segments_hints_at_segment_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    let Some(_mount) = common::Mount::tmpfs(&mnt, "3m") else {
+        println!("skipped: cannot mount a tmpfs (needs root; CI runs as root)");
+        return;
+    };
+    let data = mnt.join("data");
+    // 8 KiB records in 2 MiB segments: the first fits the 3 MiB disk, the
+    // second cannot be created, and the segment size is what to lower.
+    let body = small_config(&data, 0, "", "").replace(
+        "every_epochs = 1\nkeep_records = 0",
+        "every_epochs = 0\nevery_steps = 1\nsegment_bytes = 2097152\nkeep_records = 1",
+    );
+    let cfg = write_config(tmp.path(), "c.toml", &body);
+    let d = Daemon::spawn(&cfg, &[], &[]);
+    let line = d
+        .wait_for("checkpoint failed; training goes on", LONG)
+        .unwrap_or_else(|| panic!("{}", d.lines().join("\n")));
+    assert!(line.contains("lower checkpoint.segment_bytes"), "{line}");
+    d.signal(libc::SIGTERM);
+    let _ = d.wait(LONG);
+}
+
+#[test]
 fn settings_that_defeat_the_product_are_warned_about_at_start() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

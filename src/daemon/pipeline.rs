@@ -345,6 +345,11 @@ impl TrainLoop {
         }
     }
 
+    /// Bytes the current state's record takes on disk (0 if unknown).
+    fn last_span(&self) -> u64 {
+        crate::wal::archived_len(self.trainer.state()).map_or(0, crate::wal::format::record_span)
+    }
+
     /// The outcome of a run stopped by `on_nonfinite = "stop"`.
     fn diverged(&self, bad: &str, global_step: u64, epoch: u64, step_in_epoch: u64) -> Outcome {
         // The in-flight checkpoint, if any, is of an earlier state that was
@@ -465,7 +470,17 @@ impl TrainLoop {
                     .failed_since_durable
                     .fetch_add(1, Ordering::SeqCst);
                 let state = self.trainer.state();
-                error!(epoch = state.epoch, step = state.global_step, error = %e, "checkpoint failed; training goes on and the next trigger retries");
+                // A fixed segment much larger than a record is the first
+                // thing to lower; "auto" sizes segments to the records.
+                let hint = match lock(&self.control.checkpoint).segment_bytes {
+                    crate::config::SegmentBytes::Bytes(n)
+                        if n > 2 * crate::wal::AUTO_RECORDS_PER_SEGMENT * self.last_span() =>
+                    {
+                        "lower checkpoint.segment_bytes (\"auto\" sizes segments to the records) or free space"
+                    }
+                    _ => "free space or lower retention",
+                };
+                error!(epoch = state.epoch, step = state.global_step, error = %e, hint, "checkpoint failed; training goes on and the next trigger retries");
                 let _status = lock(&self.control.status);
                 self.notify.send(&format!(
                     "STATUS={}: epoch {}, step {}, last durable seq {}; checkpoint failed: no space left",
