@@ -183,6 +183,7 @@ impl Default for Config {
             shutdown_grace_seconds: 300,
             on_nonfinite: OnNonFinite::Stop,
             dataset: DatasetConfig::Diabetes {
+                standardize_inputs: true,
                 standardize_targets: true,
             },
             model: ModelConfig::default(),

@@ -28,8 +28,10 @@
 //!
 //! # How to bump the schema
 //!
-//! 1. Copy the newest module (`src/state/vN.rs`) to `src/state/vN+1.rs`, set
-//!    its `VERSION`, change the types there. Never edit `vN.rs` again.
+//! 1. Create `src/state/vN+1.rs` with its `VERSION` and the types that
+//!    change (copied from `vN.rs`, then changed); re-export the unchanged
+//!    ones from `vN` (as `v2.rs` does with version 1's `Tensor`). Never edit
+//!    `vN.rs` again.
 //! 2. In `vN+1.rs`, write `impl From<vN::TrainState> for TrainState` (the
 //!    upgrade), giving every new field a default documented in FORMAT.md.
 //! 3. Here: re-export `vN+1` instead of `vN`; in [`decode`], add the arm
@@ -43,16 +45,17 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 pub mod v1;
+pub mod v2;
 
-pub use v1::{
+pub use v2::{
     AdamParamState, AdamState, ArchivedAdamParamState, ArchivedAdamState, ArchivedDataState,
-    ArchivedModelState, ArchivedTensor, ArchivedTrainState, DataState, ModelState, Tensor,
-    TrainState,
+    ArchivedImport, ArchivedModelState, ArchivedScaling, ArchivedTensor, ArchivedTrainState,
+    DataState, Import, ModelState, Scaling, Tensor, TrainState,
 };
 
 /// Version of the current schema (the types re-exported above). Written in
 /// every record's header and in its payload's `schema_version`.
-pub const SCHEMA_VERSION: u32 = v1::VERSION;
+pub const SCHEMA_VERSION: u32 = v2::VERSION;
 
 /// The oldest schema version this build reads (and upgrades).
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
@@ -92,12 +95,30 @@ const _: () = {
     assert!(std::mem::align_of::<rkyv::rend::f32_le>() == std::mem::align_of::<f32>());
 };
 
-fn as_f32_slice(archived: &[rkyv::rend::f32_le]) -> &[f32] {
+/// Views archived little-endian f32s as `&[f32]` without copying.
+pub fn as_f32_slice(archived: &[rkyv::rend::f32_le]) -> &[f32] {
     // SAFETY: on a little-endian target (checked at compile time above)
     // `f32_le` is a transparent wrapper over the bytes of an `f32` with the
     // same size and alignment (asserted above), so the slice can be viewed as
     // `[f32]`; every bit pattern is a valid f32, and the lifetime is kept.
     unsafe { std::slice::from_raw_parts(archived.as_ptr().cast::<f32>(), archived.len()) }
+}
+
+/// FNV-1a 64 of `text`: the model fingerprint is this hash of
+/// [`ModelState::architecture`]. Written out here (not a crate) because the
+/// function is part of the format and must never change.
+pub fn fingerprint_of(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in text.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The line of [`ModelState::architecture`] that describes one tensor.
+pub fn architecture_tensor_line(name: &str, shape: &[u64]) -> String {
+    format!("tensor={name}:{shape:?}")
 }
 
 impl ArchivedTrainState {
@@ -125,6 +146,38 @@ impl ArchivedTrainState {
             }
             if !names.insert(name) {
                 return Err(format!("tensor name {name} appears twice"));
+            }
+        }
+        let architecture = self.model.architecture.as_str();
+        if !architecture.is_empty() {
+            let fingerprint = self.model.fingerprint.to_native();
+            let computed = fingerprint_of(architecture);
+            if computed != fingerprint {
+                return Err(format!(
+                    "model fingerprint {fingerprint:016x} is not the hash of its architecture \
+                     ({computed:016x})"
+                ));
+            }
+            let listed = architecture.lines().filter(|l| l.starts_with("tensor="));
+            let mut listed_count = 0;
+            for (line, t) in listed.zip(tensors) {
+                listed_count += 1;
+                let want = architecture_tensor_line(t.name.as_str(), &t.dims());
+                if line != want {
+                    return Err(format!(
+                        "the architecture lists `{line}` where the tensors have `{want}`"
+                    ));
+                }
+            }
+            let total = architecture
+                .lines()
+                .filter(|l| l.starts_with("tensor="))
+                .count();
+            if total != tensors.len() || listed_count != tensors.len() {
+                return Err(format!(
+                    "the architecture lists {total} tensors, the model has {}",
+                    tensors.len()
+                ));
             }
         }
         let params = self.optimizer.params.as_slice();
@@ -295,8 +348,8 @@ pub fn decode(version: u32, payload: &[u8]) -> Result<Decoded<'_>, DecodeError> 
             s.check_consistency().map_err(DecodeError::Invalid)?;
             Ok(Decoded::Current(s))
         }
-        // Older versions go here, newest first, e.g. when v2 is current:
-        // 1 => upgrade_from::<v1::TrainState>(payload, 1).map(Decoded::Upgraded),
+        // Older versions: validated with their own types, then upgraded.
+        1 => upgrade_from::<v1::TrainState>(payload, 1).map(Decoded::Upgraded),
         found => Err(DecodeError::Unsupported { found }),
     }
 }
@@ -324,10 +377,15 @@ impl StoredVersion for v1::ArchivedTrainState {
     }
 }
 
+impl StoredVersion for v2::ArchivedTrainState {
+    fn stored_version(&self) -> u32 {
+        self.schema_version.to_native()
+    }
+}
+
 /// Validates `payload` as an archive of the old schema type `T` (of schema
 /// `version`), deserializes it, upgrades it with `From` and archives the
 /// result in the current schema.
-#[cfg_attr(not(test), allow(dead_code))] // used by `decode` once a second version exists
 fn upgrade_from<T>(payload: &[u8], version: u32) -> Result<Upgraded, DecodeError>
 where
     T: rkyv::Archive + Into<TrainState>,
@@ -358,13 +416,13 @@ where
 mod tests {
     use super::*;
 
-    fn sample() -> TrainState {
-        TrainState {
-            schema_version: SCHEMA_VERSION,
+    fn sample_v1() -> v1::TrainState {
+        v1::TrainState {
+            schema_version: 1,
             epoch: 3,
             global_step: 24,
             step_in_epoch: 0,
-            model: ModelState {
+            model: v1::ModelState {
                 fingerprint: 0xfeed,
                 description: "mlp 2-1 relu mse".into(),
                 tensors: vec![Tensor {
@@ -395,6 +453,17 @@ mod tests {
             wall_clock_unix_ns: 1,
             train_time_ms: 2,
         }
+    }
+
+    fn sample() -> TrainState {
+        let mut s: TrainState = sample_v1().into();
+        s.model.architecture = "loss=mse\ntensor=fc.weight:[1, 2]\n".into();
+        s.model.fingerprint = fingerprint_of(&s.model.architecture);
+        s.scaling.input_mean = vec![1.0, 2.0];
+        s.scaling.input_std = vec![0.5, 4.0];
+        s.import.sha256 = [7; 32];
+        s.import.source = "w.safetensors".into();
+        s
     }
 
     fn archive(s: &TrainState) -> AlignedVec {
@@ -493,16 +562,46 @@ mod tests {
         assert!(invalid(&s).contains("state for 0 parameters"));
     }
 
-    /// The upgrade path used for older versions, exercised with the
-    /// identity upgrade of the current schema: validates with the old types,
-    /// deserializes, upgrades, archives again.
     #[test]
-    fn upgrade_path_reencodes_into_the_current_schema() {
-        let bytes = archive(&sample());
-        let up = upgrade_from::<v1::TrainState>(&bytes, v1::VERSION).unwrap();
-        assert_eq!(up.from_version(), v1::VERSION);
-        assert_eq!(owned(up.state()), sample());
-        let e = upgrade_from::<v1::TrainState>(&bytes, v1::VERSION + 1).unwrap_err();
+    fn fingerprint_must_be_the_hash_of_an_architecture_matching_the_tensors() {
+        let mut s = sample();
+        s.model.fingerprint ^= 1;
+        assert!(invalid(&s).contains("is not the hash of its architecture"));
+        let mut s = sample();
+        s.model.architecture = "loss=mse\ntensor=fc.weight:[2, 1]\n".into();
+        s.model.fingerprint = fingerprint_of(&s.model.architecture);
+        assert!(invalid(&s).contains("lists `tensor=fc.weight:[2, 1]`"));
+        let mut s = sample();
+        s.model.architecture.push_str("tensor=fc.bias:[1]\n");
+        s.model.fingerprint = fingerprint_of(&s.model.architecture);
+        assert!(invalid(&s).contains("lists 2 tensors, the model has 1"));
+    }
+
+    /// A version-1 payload is validated with version 1's types and upgraded
+    /// with the documented defaults.
+    #[test]
+    fn a_version_1_payload_is_upgraded_with_the_documented_defaults() {
+        let bytes = rkyv::to_bytes::<rancor::Error>(&sample_v1()).unwrap();
+        let d = decode(1, &bytes).unwrap();
+        let Decoded::Upgraded(up) = &d else {
+            panic!("not upgraded")
+        };
+        assert_eq!(up.from_version(), 1);
+        let s = owned(&d);
+        assert_eq!(s.schema_version, SCHEMA_VERSION);
+        assert_eq!(s.model.architecture, "");
+        assert_eq!(s.scaling, Scaling::default());
+        assert_eq!(s.import, Import::default());
+        let v1 = sample_v1();
+        assert_eq!(s.model.tensors, v1.model.tensors);
+        assert_eq!(s.optimizer, v1.optimizer);
+        assert_eq!((s.epoch, s.data.rng), (v1.epoch, v1.data.rng));
+        // A version-1 payload under a version-2 header is not valid, and
+        // the other way round.
+        assert!(matches!(decode(2, &bytes), Err(DecodeError::Invalid(_))));
+        let v2 = archive(&sample());
+        assert!(matches!(decode(1, &v2), Err(DecodeError::Invalid(_))));
+        let e = upgrade_from::<v1::TrainState>(&bytes, 3).unwrap_err();
         assert!(matches!(e, DecodeError::Invalid(_)), "{e}");
     }
 }

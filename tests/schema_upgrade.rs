@@ -54,11 +54,25 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|f| f.to_bits()).collect()
 }
 
-/// The fixture's records decode, through the version dispatch, to exactly
-/// the tensors the schema-1 binary itself exported from them.
+/// Every released schema version with a fixture under tests/fixtures.
+const VERSIONS: [u32; 2] = [1, 2];
+
 #[test]
-fn schema_v1_fixture_decodes_to_what_the_v1_binary_exported() {
-    let dir = fixture(1);
+fn the_newest_fixture_is_of_the_current_schema() {
+    assert_eq!(*VERSIONS.last().unwrap(), SCHEMA_VERSION);
+}
+
+/// The fixture's records decode, through the version dispatch, to exactly
+/// the tensors the binary of that version itself exported from them.
+#[test]
+fn fixtures_decode_to_what_their_binaries_exported() {
+    for v in VERSIONS {
+        decodes_to_what_its_binary_exported(v);
+    }
+}
+
+fn decodes_to_what_its_binary_exported(version: u32) {
+    let dir = fixture(version);
     let reader = LogReader::open(dir.join("log")).unwrap();
     let scan = reader.scan().unwrap();
     let (path, header) = scan
@@ -67,9 +81,9 @@ fn schema_v1_fixture_decodes_to_what_the_v1_binary_exported() {
         .flat_map(|s| s.records.iter().map(move |r| (s.path.clone(), *r)))
         .find(|(_, r)| r.epoch == 3)
         .expect("fixture has a record of epoch 3");
-    assert_eq!(header.schema_version, 1);
+    assert_eq!(header.schema_version, version);
     let rec = reader.load(&path, &header).unwrap();
-    assert_eq!(rec.schema_version(), 1);
+    assert_eq!(rec.schema_version(), version);
     let state: TrainState = rec.to_owned_state().unwrap();
     assert_eq!(state.schema_version, SCHEMA_VERSION);
     assert_eq!(state.epoch, 3);
@@ -102,13 +116,19 @@ fn schema_v1_fixture_decodes_to_what_the_v1_binary_exported() {
     }
 }
 
-/// Today's binary resumes a log the schema-1 binary wrote and continues it:
-/// it reaches the state the schema-1 binary reached by continuing the same
-/// log (bit for bit, as long as the training arithmetic is unchanged).
+/// Today's binary resumes a log an older binary wrote and continues it: it
+/// reaches the state that binary reached by continuing the same log (bit
+/// for bit, as long as the training arithmetic is unchanged).
 #[test]
-fn resumes_a_schema_v1_log_and_continues_it() {
+fn resumes_every_fixture_log_and_continues_it() {
+    for v in VERSIONS {
+        resumes_and_continues(v);
+    }
+}
+
+fn resumes_and_continues(version: u32) {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = fixture(1);
+    let dir = fixture(version);
     let config = dir.join("config.toml");
     let data = tmp.path().join("log");
     copy_log(&dir.join("log"), &data);
@@ -154,7 +174,9 @@ fn resumes_a_schema_v1_log_and_continues_it() {
         // The trainer's arithmetic changed since schema 1 (a different
         // summation order, say): the continuation cannot be bitwise the
         // old binary's, but it must be the same run to rounding.
-        eprintln!("note: training arithmetic differs from schema 1's; comparing to rounding");
+        eprintln!(
+            "note: training arithmetic differs from schema {version}'s; comparing to rounding"
+        );
         for (a, b) in resumed.model.tensors.iter().zip(&reference.model.tensors) {
             for (x, y) in a.data.iter().zip(&b.data) {
                 assert!(
@@ -167,10 +189,16 @@ fn resumes_a_schema_v1_log_and_continues_it() {
     }
 }
 
-/// `verify` and `inspect` read the schema-1 fixture as it is.
+/// `verify` and `inspect` read every fixture as it is.
 #[test]
-fn verify_and_inspect_read_the_schema_v1_fixture() {
-    let dir = fixture(1).join("log");
+fn verify_and_inspect_read_every_fixture() {
+    for v in VERSIONS {
+        verify_and_inspect(v);
+    }
+}
+
+fn verify_and_inspect(version: u32) {
+    let dir = fixture(version).join("log");
     let out = Command::new(binary())
         .args(["verify", dir.to_str().unwrap()])
         .output()
@@ -184,7 +212,7 @@ fn verify_and_inspect_read_the_schema_v1_fixture() {
         .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["schema_version"], version);
     assert_eq!(v["epoch"], 3);
 }
 

@@ -1,4 +1,4 @@
-//! `epochwal export` and `load_safetensors_weights`: the real binary, real
+//! `epochwal export` and `read_import`: the real binary, real
 //! files, read back with the safetensors crate (and with Python's
 //! safetensors + numpy when they are installed).
 
@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use epochwal::state::{AdamParamState, Tensor, TrainState};
-use epochwal::tools::load_safetensors_weights;
+use epochwal::tools::{read_import, ParamKey};
 use epochwal::wal::{Log, LogOptions, LogReader};
 use safetensors::{Dtype, SafeTensors};
 
@@ -156,21 +156,28 @@ fn model_tensors_round_trip_bit_for_bit_with_metadata() {
     for (k, v) in expect {
         assert_eq!(meta.get(k).map(String::as_str), Some(v), "metadata {k}");
     }
-    let src = meta.get("source_log_dir").unwrap();
-    assert_eq!(
-        Path::new(src),
-        std::fs::canonicalize(log.path()).unwrap(),
-        "source_log_dir"
-    );
+    for k in ["source_log_dir", "source_segment", "source_offset"] {
+        assert!(!meta.contains_key(k), "no paths in the export: {k}");
+    }
 }
 
 #[test]
-fn with_optimizer_adds_adam_state_under_documented_names() {
+fn with_optimizer_names_layout_adds_adam_state_under_parameter_names() {
     let log = tempfile::tempdir().unwrap();
     write_log(log.path(), &[1, 2, 2, 3]);
     let outdir = tempfile::tempdir().unwrap();
     let file = outdir.path().join("full.safetensors");
-    let out = export(log.path(), &file, &["--epoch", "2", "--with-optimizer"]);
+    let out = export(
+        log.path(),
+        &file,
+        &[
+            "--epoch",
+            "2",
+            "--with-optimizer",
+            "--optimizer-layout",
+            "names",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -199,9 +206,19 @@ fn with_optimizer_adds_adam_state_under_documented_names() {
     let meta = meta.metadata().clone().unwrap();
     assert_eq!(meta["sequence"], "3");
     assert_eq!(meta["epoch"], "2");
+    assert!(!meta.contains_key("optimizer.param_groups"));
 
-    // The loader returns the weights only, in file order, bit-equal.
-    let weights = load_safetensors_weights(&file).unwrap();
+    // The loader returns the weights apart, in file order, bit-equal, and
+    // the Adam state keyed by name.
+    let import = read_import(&file).unwrap();
+    for (t, p) in want.model.tensors.iter().zip(&want.optimizer.params) {
+        let e = &import.adam[&ParamKey::Name(t.name.clone())];
+        assert_eq!(e.step, p.step);
+        assert_eq!(e.exp_avg.0, t.shape);
+        assert_eq!(bits(&e.exp_avg.1), bits(&p.exp_avg));
+        assert_eq!(bits(&e.exp_avg_sq.1), bits(&p.exp_avg_sq));
+    }
+    let weights = import.weights;
     let got: HashMap<_, _> = weights
         .iter()
         .map(|(n, s, v)| (n.as_str(), (s.clone(), bits(v))))
@@ -259,19 +276,19 @@ fn loader_rejects_other_dtypes_and_unreadable_files() {
     let data: Vec<u8> = [1.0f64, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(Dtype::F64, vec![2], &data).unwrap();
     safetensors::serialize_to_file([("fc.weight", view)], None, &f64_file).unwrap();
-    let err = load_safetensors_weights(&f64_file).unwrap_err().to_string();
+    let err = read_import(&f64_file).unwrap_err().to_string();
     assert!(
         err.contains("f64.safetensors") && err.contains("F64"),
         "{err}"
     );
 
     let missing = dir.path().join("missing.safetensors");
-    let err = format!("{:#}", load_safetensors_weights(&missing).unwrap_err());
+    let err = format!("{:#}", read_import(&missing).unwrap_err());
     assert!(err.contains("missing.safetensors"), "{err}");
 
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"definitely not safetensors").unwrap();
-    let err = load_safetensors_weights(&junk).unwrap_err().to_string();
+    let err = read_import(&junk).unwrap_err().to_string();
     assert!(
         err.contains("junk.safetensors") && err.contains("not a valid"),
         "{err}"
@@ -347,4 +364,177 @@ fn python_safetensors_reads_the_export() {
     let inspect_path = outdir.path().join("inspect.json");
     std::fs::write(&inspect_path, &inspect.stdout).unwrap();
     run(&inspect_path);
+}
+
+/// The default optimizer layout is torch's: `optimizer.state.<i>.*` with
+/// the structure `torch.optim.Adam.state_dict()` has (pinned in
+/// tests/fixtures/torch-adam-state-dict.json), and `param_groups` in the
+/// metadata equal to torch's, numbers as numbers.
+#[test]
+fn torch_layout_has_the_structure_of_torch_adam_state_dict() {
+    let log = tempfile::tempdir().unwrap();
+    write_log(log.path(), &[1]);
+    let file = log.path().join("opt.safetensors");
+    let out = export(log.path(), &file, &["--with-optimizer"]);
+    assert!(out.status.success());
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch-adam-state-dict.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+
+    let bytes = std::fs::read(&file).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut state = serde_json::Map::new();
+    for (name, view) in st.tensors() {
+        let Some(rest) = name.strip_prefix("optimizer.state.") else {
+            continue;
+        };
+        let (index, field) = rest.split_once('.').unwrap();
+        assert_eq!(view.dtype(), Dtype::F32);
+        let entry = state
+            .entry(index.to_string())
+            .or_insert_with(|| serde_json::json!({}));
+        entry[field] = serde_json::json!(["float32", view.shape()]);
+    }
+    assert_eq!(serde_json::Value::Object(state), fixture["state"]);
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let groups: serde_json::Value =
+        serde_json::from_str(&meta.metadata().as_ref().unwrap()["optimizer.param_groups"]).unwrap();
+    let want = &fixture["param_groups"];
+    assert_eq!(groups.as_array().unwrap().len(), 1);
+    let (got, want) = (&groups[0], &want[0]);
+    let mut got_keys: Vec<&String> = got.as_object().unwrap().keys().collect();
+    let mut want_keys: Vec<&String> = want.as_object().unwrap().keys().collect();
+    got_keys.sort();
+    want_keys.sort();
+    assert_eq!(got_keys, want_keys);
+    for k in want_keys {
+        let (g, w) = (&got[k], &want[k]);
+        if w.is_number() {
+            assert_eq!(g.as_f64(), w.as_f64(), "{k}");
+        } else {
+            assert_eq!(g, w, "{k}");
+        }
+    }
+}
+
+/// The same record always gives the same bytes, wherever the log lives and
+/// whenever the export runs.
+#[test]
+fn exports_are_reproducible() {
+    let log = tempfile::tempdir().unwrap();
+    write_log(log.path(), &[1, 2]);
+    let elsewhere = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(log.path()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), elsewhere.path().join(e.file_name())).unwrap();
+    }
+    let outdir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (i, dir) in [
+        log.path(),
+        elsewhere.path(),
+        log.path(),
+        log.path(),
+        log.path(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let f = outdir.path().join(format!("{i}.safetensors"));
+        let out = export(dir, &f, &["--seq", "1", "--with-optimizer"]);
+        assert!(out.status.success());
+        files.push(std::fs::read(&f).unwrap());
+    }
+    for f in &files[1..] {
+        assert!(f == &files[0], "exports differ");
+    }
+}
+
+/// A CSV run with `names = "sequential"`: the export's model keys are those
+/// of `nn.Sequential(Linear, ReLU, Linear)`, and `--with-input-norm` adds
+/// the input standardisation the record keeps (the file's population mean
+/// and std); with `standardize_inputs = false` there is none.
+#[test]
+fn sequential_names_and_input_norm_from_a_csv_run() {
+    use common::daemon::{write_config, Daemon};
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("data.csv");
+    let rows: Vec<(f64, f64, f64)> = (0..64)
+        .map(|i| {
+            let a = i as f64 * 0.5 + 3.0;
+            let b = ((i * 7) % 11) as f64 * 10.0 - 20.0;
+            (a, b, 2.0 * a - 0.1 * b)
+        })
+        .collect();
+    let mut text = String::from("a,b,y\n");
+    for (a, b, y) in &rows {
+        text.push_str(&format!("{a},{b},{y}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let config = |data: &Path, standardize: bool| {
+        format!(
+            r#"data_dir = "{}"
+epochs = 1
+[dataset]
+kind = "csv"
+path = "{}"
+targets = ["y"]
+standardize_inputs = {standardize}
+[model]
+hidden = [4]
+names = "sequential"
+"#,
+            data.display(),
+            csv.display()
+        )
+    };
+    let population = |col: &dyn Fn(&(f64, f64, f64)) -> f64| {
+        let n = rows.len() as f64;
+        let mean = rows.iter().map(col).sum::<f64>() / n;
+        let var = rows.iter().map(|r| (col(r) - mean).powi(2)).sum::<f64>() / n;
+        (mean as f32, var.sqrt() as f32)
+    };
+    let (ma, sa) = population(&|r| r.0);
+    let (mb, sb) = population(&|r| r.1);
+
+    for standardize in [true, false] {
+        let data = tmp.path().join(format!("log-{standardize}"));
+        let cfg = write_config(tmp.path(), "csv.toml", &config(&data, standardize));
+        let (status, lines) =
+            Daemon::spawn(&cfg, &[], &[]).wait(std::time::Duration::from_secs(120));
+        assert!(status.success(), "{}", lines.join("\n"));
+        let file = tmp.path().join(format!("m-{standardize}.safetensors"));
+
+        // Without the flag: model keys only, and a note when scaled.
+        let out = export(&data, &file, &[]);
+        assert!(out.status.success());
+        let note = String::from_utf8_lossy(&out.stderr).contains("--with-input-norm");
+        assert_eq!(note, standardize);
+        let bytes = std::fs::read(&file).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut names = st.names();
+        names.sort();
+        assert_eq!(names, ["0.bias", "0.weight", "2.bias", "2.weight"]);
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let want = if standardize { "standardized" } else { "none" };
+        assert_eq!(meta.metadata().as_ref().unwrap()["input_norm"], want);
+
+        let out = export(&data, &file, &["--with-input-norm"]);
+        assert!(out.status.success());
+        let bytes = std::fs::read(&file).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        if standardize {
+            let mean = f32s(st.tensor("input_norm.mean").unwrap().data());
+            let std = f32s(st.tensor("input_norm.std").unwrap().data());
+            assert_eq!(mean, [ma, mb]);
+            assert_eq!(std, [sa, sb]);
+        } else {
+            assert!(st.tensor("input_norm.mean").is_err());
+        }
+        assert!(st.tensor("target_norm.mean").is_err(), "targets not scaled");
+    }
 }

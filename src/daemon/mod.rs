@@ -17,7 +17,7 @@ mod pipeline;
 pub mod preflight;
 pub mod sd_notify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -335,6 +335,92 @@ struct Cleanup {
     remove_dir: bool,
 }
 
+/// Loads an `--init-from` file into a fresh trainer: weights, and Adam's
+/// state when the file has one.
+fn import_into(
+    trainer: &mut Trainer,
+    path: &Path,
+    file: crate::tools::ImportFile,
+) -> anyhow::Result<()> {
+    let context = || format!("{}: cannot initialise the model", path.display());
+    for (name, _, values) in &file.weights {
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: refusing --init-from: tensor {name} holds {} at index {i}; \
+                 the weights must be finite",
+                path.display(),
+                values[i]
+            );
+        }
+    }
+    trainer.init_from(&file.weights).with_context(context)?;
+    let names: Vec<String> = trainer
+        .state()
+        .model
+        .tensors
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    let adam_entries = file.adam.len();
+    if adam_entries > 0 {
+        let mut slots: Vec<Option<crate::train::AdamInit>> = vec![None; names.len()];
+        let mut extra = Vec::new();
+        for (key, e) in file.adam {
+            let index = match &key {
+                crate::tools::ParamKey::Index(i) => Some(*i).filter(|i| *i < names.len()),
+                crate::tools::ParamKey::Name(n) => names.iter().position(|m| m == n),
+            };
+            match index {
+                Some(i) => {
+                    slots[i] = Some(crate::train::AdamInit {
+                        step: e.step,
+                        exp_avg: e.exp_avg,
+                        exp_avg_sq: e.exp_avg_sq,
+                    })
+                }
+                None => extra.push(key.to_string()),
+            }
+        }
+        let missing: Vec<&str> = slots
+            .iter()
+            .zip(&names)
+            .filter(|(s, _)| s.is_none())
+            .map(|(_, n)| n.as_str())
+            .collect();
+        if !extra.is_empty() || !missing.is_empty() {
+            bail!(
+                "{}: the Adam state does not fit the model: {}{}",
+                path.display(),
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!("no state for {}", missing.join(", "))
+                },
+                if extra.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "{}state for unknown parameters {}",
+                        if missing.is_empty() { "" } else { "; " },
+                        extra.join(", ")
+                    )
+                }
+            );
+        }
+        let adam: Vec<crate::train::AdamInit> = slots.into_iter().flatten().collect();
+        trainer.init_adam(&adam).with_context(context)?;
+    }
+    trainer.set_import(file.sha256, path.display().to_string());
+    info!(
+        file = %path.display(),
+        sha256 = %crate::tools::sha256_hex(&file.sha256),
+        tensors = file.weights.len(),
+        adam = adam_entries > 0,
+        "fresh run, initialised from safetensors"
+    );
+    Ok(())
+}
+
 /// Recovers the log and builds the trainer from the newest good record (or
 /// fresh, or from `--init-from`).
 #[allow(clippy::type_complexity)]
@@ -357,8 +443,15 @@ fn start(
         }
     };
     info!(model = %trainer.describe(), fingerprint = format!("{:016x}", trainer.fingerprint()), "model built");
+    let import = match &args.init_from {
+        Some(path) => Some(
+            crate::tools::read_import(path)
+                .with_context(|| format!("reading --init-from {}", path.display()))?,
+        ),
+        None => None,
+    };
     let (mut log, recovery) = Log::open(&config.data_dir, config.log_options())?;
-    match restore(&mut trainer, &recovery, config, args) {
+    match restore(&mut trainer, &mut log, &recovery, import, config, args) {
         Ok(durable) => Ok((trainer, log, durable)),
         Err(e) => {
             if recovery.record.is_none() {
@@ -370,10 +463,12 @@ fn start(
 }
 
 /// Continues from the recovered record, or initialises a fresh run (from
-/// `--init-from` if given).
+/// `--init-from` if given, writing the imported state as the first record).
 fn restore(
     trainer: &mut Trainer,
+    log: &mut Log,
     recovery: &crate::wal::Recovery,
+    import: Option<crate::tools::ImportFile>,
     config: &Config,
     args: &RunArgs,
 ) -> anyhow::Result<Option<(u64, u64)>> {
@@ -384,17 +479,41 @@ fn restore(
         .record
         .as_ref()
         .map(|r| (r.header().sequence, r.header().step));
+    let mut durable = durable;
     match &recovery.record {
         Some(record) => {
-            if let Some(path) = &args.init_from {
-                bail!(
-                    "{}: refusing --init-from {}: the log already holds record {} (epoch {}); \
-                     use an empty --data-dir for a warm start",
-                    config.data_dir.display(),
-                    path.display(),
-                    record.header().sequence,
-                    record.header().epoch
-                );
+            if let (Some(path), Some(file)) = (&args.init_from, &import) {
+                // Idempotent import: the run this log holds was started from
+                // exactly this file, so the flag is satisfied; resume.
+                let st = record.state();
+                let theirs = st.import.sha256;
+                let h = record.header();
+                if theirs == [0; 32] {
+                    bail!(
+                        "{}: refusing --init-from {} (sha256 {}): the log already holds record {} (epoch {}) \
+                         of a run that was not imported from a file; use an empty --data-dir for a warm start",
+                        config.data_dir.display(),
+                        path.display(),
+                        crate::tools::sha256_hex(&file.sha256),
+                        h.sequence,
+                        h.epoch
+                    );
+                }
+                if theirs != file.sha256 {
+                    bail!(
+                        "{}: refusing --init-from {}: its sha256 is {}, but the run in this log was imported \
+                         from {} with sha256 {} (record {}, epoch {}); pass that file (or no --init-from) to \
+                         resume, or use an empty --data-dir to start another run",
+                        config.data_dir.display(),
+                        path.display(),
+                        crate::tools::sha256_hex(&file.sha256),
+                        st.import.source,
+                        crate::tools::sha256_hex(&theirs),
+                        h.sequence,
+                        h.epoch
+                    );
+                }
+                info!(file = %path.display(), sha256 = %crate::tools::sha256_hex(&theirs), "--init-from was already imported into this log; resuming from the log");
             }
             trainer.restore(record.state()).with_context(|| {
                 format!(
@@ -415,22 +534,23 @@ fn restore(
             );
         }
         None => {
-            if let Some(path) = &args.init_from {
-                let tensors = crate::tools::load_safetensors_weights(path)?;
-                for (name, _, values) in &tensors {
-                    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                        bail!(
-                            "{}: refusing --init-from: tensor {name} holds {} at index {i}; \
-                             the weights must be finite",
-                            path.display(),
-                            values[i]
-                        );
-                    }
-                }
-                trainer
-                    .init_from(&tensors)
-                    .with_context(|| format!("{}: cannot initialise the model", path.display()))?;
-                info!(file = %path.display(), tensors = tensors.len(), "fresh run, weights initialised from safetensors");
+            if let (Some(path), Some(file)) = (&args.init_from, import) {
+                import_into(trainer, path, file)?;
+                // Record 0: the imported state is durable before the first
+                // step, so a crash from now on resumes from it, with or
+                // without the flag, instead of starting from random weights.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                trainer.set_wall_clock(now, 0);
+                let d = log.append(trainer.state()).with_context(|| {
+                    format!(
+                        "{}: writing the imported state as the first record",
+                        config.data_dir.display()
+                    )
+                })?;
+                info!(seq = d.header.sequence, epoch = 0, step = 0, reason = "import", segment = %d.path.display(), "checkpoint durable");
+                durable = Some((d.header.sequence, 0));
             } else {
                 info!(dir = %config.data_dir.display(), "no checkpoint found: fresh run");
             }

@@ -1,30 +1,42 @@
 //! `epochwal export DIR [--seq N | --epoch E] -o FILE.safetensors
-//! [--with-optimizer]`: one record as a safetensors file PyTorch loads
-//! directly, and [`load_safetensors_weights`], its inverse for
-//! `epochwal run --init-from FILE.safetensors`.
+//! [--with-optimizer [--optimizer-layout torch|names]] [--with-input-norm]`:
+//! one record as a safetensors file PyTorch loads directly.
+//! `--init-from` reads such files back (`super::import`).
 //!
 //! # Names in the exported file
 //!
 //! Every tensor is dtype `F32`, little-endian, row-major, with the shape it
 //! has in the record.
 //!
-//! | tensor name                                  | shape            | what |
-//! |----------------------------------------------|------------------|------|
-//! | `<param>` (e.g. `layers.0.weight`)           | as in the model  | the parameter, under its PyTorch `state_dict` name |
-//! | `optimizer.state.<param>.exp_avg`            | same as `<param>`| Adam first moment (only with `--with-optimizer`) |
-//! | `optimizer.state.<param>.exp_avg_sq`         | same as `<param>`| Adam second moment (only with `--with-optimizer`) |
-//! | `optimizer.state.<param>.step`               | `[]` (0-dim)     | Adam step count as F32, like torch's `step` tensor (only with `--with-optimizer`) |
+//! | tensor name                           | shape             | what |
+//! |---------------------------------------|-------------------|------|
+//! | `<param>` (e.g. `0.weight`)           | as in the model   | the parameter, under its PyTorch `state_dict` name |
+//! | `optimizer.state.<i>.exp_avg`         | same as param `i` | Adam first moment of the `i`-th parameter in `state_dict` order (`--with-optimizer`, torch layout, the default) |
+//! | `optimizer.state.<i>.exp_avg_sq`      | same as param `i` | Adam second moment |
+//! | `optimizer.state.<i>.step`            | `[]` (0-dim)      | Adam step count as F32, like torch's `step` tensor |
+//! | `optimizer.state.<param>.…`           | as above          | the same, keyed by name (`--optimizer-layout names`) |
+//! | `input_norm.mean`, `input_norm.std`   | `[input_dim]`     | the standardisation of the inputs (`--with-input-norm`, when the record has one): the model expects `(x - mean) / std` |
+//! | `target_norm.mean`, `target_norm.std` | `[output_dim]`    | the standardisation of regression targets: the model predicts `(y - mean) / std` |
 //!
-//! So `model.load_state_dict(safetensors.torch.load_file(FILE))` works on a
-//! file exported without `--with-optimizer` (with it, filter out the keys
-//! starting with `optimizer.state.` first, or pass `strict=False`).
+//! Without the `--with-*` flags the file holds the model's keys only, so
+//! `model.load_state_dict(safetensors.torch.load_file(FILE), strict=True)`
+//! works as is. The torch layout is the default because it is what
+//! `optimizer.load_state_dict` takes: torch keys the state by the
+//! parameter's position, and with `param_groups` below nothing needs
+//! re-keying (README, "PyTorch").
 //!
-//! Metadata (the safetensors `__metadata__` string map):
-//! `format` (`pt`), `epoch`, `global_step`, `step_in_epoch`, `sequence`,
-//! `loss`, `lr`, `betas` (`"<beta1>,<beta2>"`), `eps`, `weight_decay`,
-//! `fingerprint` (16 hex digits), `description`, `schema_version`,
-//! `source_log_dir`, `source_segment`, `source_offset`. Numbers are written
-//! with Rust's shortest round-trip formatting.
+//! Metadata (the safetensors `__metadata__` string map): `format` (`pt`),
+//! `epoch`, `global_step`, `step_in_epoch`, `sequence`, `loss`, `lr`, `betas`
+//! (`"<beta1>,<beta2>"`), `eps`, `weight_decay`, `fingerprint` (16 hex
+//! digits), `description`, `schema_version`, `input_norm` (`standardized` or
+//! `none`), `import_sha256` (when the run was imported); with
+//! `--with-optimizer`, `optimizer.param_groups`: torch's `param_groups` as
+//! JSON with numeric hyperparameters. Numbers are written with Rust's
+//! shortest round-trip formatting.
+//!
+//! The same record always gives the same bytes: no paths or times of the
+//! export are written, tensors are sorted by name and the header's keys
+//! (metadata included) are written in sorted order.
 //!
 //! The file is written atomically: to `FILE.tmp-<pid>` in the same
 //! directory, fsynced, renamed onto `FILE`, then the directory is fsynced. An
@@ -34,9 +46,9 @@
 //! refused (the rename would replace it, turning `/dev/null` into a file);
 //! `-o -` writes the file to standard output instead, for pipes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -53,6 +65,21 @@ pub const OPTIMIZER_SUFFIX_EXP_AVG: &str = ".exp_avg";
 pub const OPTIMIZER_SUFFIX_EXP_AVG_SQ: &str = ".exp_avg_sq";
 /// Suffix of the (0-dim, F32) Adam step tensor of a parameter.
 pub const OPTIMIZER_SUFFIX_STEP: &str = ".step";
+/// Prefixes of the dataset-scaling tensors (not weights).
+pub const NORM_PREFIXES: [&str; 2] = ["input_norm.", "target_norm."];
+/// Metadata key of torch's `param_groups` (JSON).
+pub const PARAM_GROUPS_KEY: &str = "optimizer.param_groups";
+
+/// How the Adam state is keyed in an exported file.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OptimizerLayout {
+    /// `optimizer.state.<index>.*`, plus `param_groups` in the metadata:
+    /// what `torch.optim.Adam.load_state_dict` takes.
+    #[default]
+    Torch,
+    /// `optimizer.state.<param name>.*`.
+    Names,
+}
 
 /// Arguments of `epochwal export`.
 #[derive(clap::Args, Debug)]
@@ -76,10 +103,19 @@ pub struct ExportArgs {
         allow_hyphen_values = true
     )]
     pub output: PathBuf,
-    /// Also export the Adam state as `optimizer.state.<param>.exp_avg`,
-    /// `.exp_avg_sq` and `.step`.
+    /// Also export the Adam state as `optimizer.state.<i>.exp_avg`,
+    /// `.exp_avg_sq` and `.step` (see --optimizer-layout).
     #[arg(long)]
     pub with_optimizer: bool,
+    /// How the Adam state is keyed: `torch` (by parameter index, with
+    /// `param_groups` in the metadata; what `optimizer.load_state_dict`
+    /// takes) or `names` (by parameter name).
+    #[arg(long, value_enum, default_value_t = OptimizerLayout::Torch, requires = "with_optimizer")]
+    pub optimizer_layout: OptimizerLayout,
+    /// Also export the dataset's standardisation as `input_norm.mean`,
+    /// `input_norm.std` (and `target_norm.*` for standardised targets).
+    #[arg(long)]
+    pub with_input_norm: bool,
 }
 
 /// Runs `epochwal export`.
@@ -128,8 +164,12 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<i32> {
         views.push((t.name.to_string(), view));
     }
     if args.with_optimizer {
-        for (p, step) in opt.params.iter().zip(&steps) {
+        for (i, (p, step)) in opt.params.iter().zip(&steps).enumerate() {
             let name = p.name.as_str();
+            let key = match args.optimizer_layout {
+                OptimizerLayout::Torch => i.to_string(),
+                OptimizerLayout::Names => name.to_string(),
+            };
             // A moment has the shape of its parameter; one without a
             // parameter of that name (not written by epochwal) stays flat.
             let shape = shapes
@@ -140,7 +180,7 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<i32> {
                 (OPTIMIZER_SUFFIX_EXP_AVG, p.exp_avg()),
                 (OPTIMIZER_SUFFIX_EXP_AVG_SQ, p.exp_avg_sq()),
             ] {
-                let full = format!("{OPTIMIZER_PREFIX}{name}{suffix}");
+                let full = format!("{OPTIMIZER_PREFIX}{key}{suffix}");
                 let view = TensorView::new(Dtype::F32, shape.clone(), f32_bytes(values))
                     .with_context(|| {
                         format!(
@@ -152,9 +192,36 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<i32> {
                     })?;
                 views.push((full, view));
             }
-            let full = format!("{OPTIMIZER_PREFIX}{name}{OPTIMIZER_SUFFIX_STEP}");
+            let full = format!("{OPTIMIZER_PREFIX}{key}{OPTIMIZER_SUFFIX_STEP}");
             views.push((full, TensorView::new(Dtype::F32, Vec::new(), step)?));
         }
+    }
+    let sc = &st.scaling;
+    let standardized = !sc.input_mean.is_empty() || !sc.target_mean.is_empty();
+    if args.with_input_norm {
+        for (name, values) in [
+            ("input_norm.mean", &sc.input_mean),
+            ("input_norm.std", &sc.input_std),
+            ("target_norm.mean", &sc.target_mean),
+            ("target_norm.std", &sc.target_std),
+        ] {
+            if values.is_empty() {
+                continue;
+            }
+            let values = crate::state::as_f32_slice(values.as_slice());
+            let view = TensorView::new(Dtype::F32, vec![values.len()], f32_bytes(values))?;
+            views.push((name.to_string(), view));
+        }
+    } else if standardized {
+        eprintln!(
+            "epochwal: note: the model was trained on standardised data (input_norm.mean/std{}); \
+             add --with-input-norm to export the scaling, and apply (x - mean) / std to raw inputs",
+            if sc.target_mean.is_empty() {
+                ""
+            } else {
+                ", target_norm.mean/std"
+            }
+        );
     }
     let mut seen = std::collections::HashSet::new();
     for (name, _) in &views {
@@ -167,8 +234,7 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<i32> {
         }
     }
 
-    let source_dir = std::fs::canonicalize(&args.dir).unwrap_or_else(|_| args.dir.clone());
-    let metadata: HashMap<String, String> = [
+    let mut metadata: HashMap<String, String> = [
         ("format", "pt".to_string()),
         ("epoch", h.epoch.to_string()),
         ("global_step", st.global_step.to_native().to_string()),
@@ -188,26 +254,42 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<i32> {
         ),
         ("description", st.model.description.to_string()),
         ("schema_version", rec.schema_version().to_string()),
-        ("source_log_dir", source_dir.display().to_string()),
-        ("source_segment", rec.path().display().to_string()),
-        ("source_offset", h.offset.to_string()),
+        (
+            "input_norm",
+            if sc.input_mean.is_empty() {
+                "none"
+            } else {
+                "standardized"
+            }
+            .to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    if st.import.sha256 != [0; 32] {
+        metadata.insert(
+            "import_sha256".into(),
+            super::import::hex(&st.import.sha256),
+        );
+    }
+    if args.with_optimizer && args.optimizer_layout == OptimizerLayout::Torch {
+        metadata.insert(PARAM_GROUPS_KEY.into(), param_groups_json(opt));
+    }
 
     let n = views.len();
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| anyhow::anyhow!("{}: encoding safetensors: {e}", args.output.display()))?;
+    let bytes = with_sorted_header(bytes)?;
     if to_stdout {
-        let bytes = safetensors::serialize(views, Some(metadata))
-            .map_err(|e| anyhow::anyhow!("-o -: encoding safetensors: {e}"))?;
         let mut out = std::io::stdout().lock();
         out.write_all(&bytes)
             .and_then(|_| out.flush())
             .context("-o -: writing to standard output")?;
     } else {
         write_atomically(&args.output, |tmp| {
-            safetensors::serialize_to_file(views, Some(metadata), tmp)
-                .map_err(|e| anyhow::anyhow!("{}: writing the export: {e}", args.output.display()))
+            std::fs::write(tmp, &bytes)
+                .with_context(|| format!("{}: writing the export", args.output.display()))
         })?;
     }
     eprintln!(
@@ -253,6 +335,64 @@ fn check_target(dest: &Path) -> anyhow::Result<()> {
             Err(e).with_context(|| format!("{}: cannot check the export target", dest.display()))
         }
     }
+}
+
+/// torch's `Adam.state_dict()["param_groups"]` for one group holding every
+/// parameter, as JSON (keys sorted). The flags torch adds with their
+/// defaults are included so that the dict equals what torch itself saves
+/// for `Adam(model.parameters(), lr=..., betas=..., eps=..., weight_decay=...)`.
+pub fn param_groups_json(opt: &crate::state::ArchivedAdamState) -> String {
+    let group = serde_json::json!({
+        "lr": opt.lr.to_native(),
+        "betas": [opt.beta1.to_native(), opt.beta2.to_native()],
+        "eps": opt.eps.to_native(),
+        "weight_decay": opt.weight_decay.to_native(),
+        "amsgrad": false,
+        "maximize": false,
+        "foreach": null,
+        "capturable": false,
+        "differentiable": false,
+        "fused": null,
+        "decoupled_weight_decay": false,
+        "params": (0..opt.params.len()).collect::<Vec<_>>(),
+    });
+    serde_json::to_string(&[group]).expect("JSON of numbers")
+}
+
+/// Rewrites a safetensors file's JSON header with its keys (and the
+/// metadata's keys) in sorted order: the crate writes the metadata from a
+/// `HashMap`, whose order changes from run to run. The header keeps its
+/// length (the same entries, reordered), so the data offsets stay valid.
+fn with_sorted_header(mut bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header = &bytes[8..8 + n];
+    let parsed: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).context("re-reading the safetensors header")?;
+    let mut sorted = String::from("{");
+    for (i, (key, value)) in parsed.iter().enumerate() {
+        if i > 0 {
+            sorted.push(',');
+        }
+        sorted.push_str(&serde_json::to_string(key)?);
+        sorted.push(':');
+        let value = if key == "__metadata__" {
+            let meta: BTreeMap<String, String> = serde_json::from_value(value.clone())?;
+            serde_json::to_string(&meta)?
+        } else {
+            serde_json::to_string(value)?
+        };
+        sorted.push_str(&value);
+    }
+    sorted.push('}');
+    anyhow::ensure!(
+        sorted.len() <= n,
+        "sorted safetensors header is longer than the original ({} > {n})",
+        sorted.len()
+    );
+    let out = &mut bytes[8..8 + n];
+    out[..sorted.len()].copy_from_slice(sorted.as_bytes());
+    out[sorted.len()..].fill(b' ');
+    Ok(bytes)
 }
 
 fn usize_shape(dims: &[u64], name: &str) -> anyhow::Result<Vec<usize>> {
@@ -307,46 +447,3 @@ fn write_atomically(
 /// One weight tensor read from a file: name, shape (outermost first), values
 /// in row-major order.
 pub type WeightTensor = (String, Vec<u64>, Vec<f32>);
-
-/// Reads the model weights of a safetensors file (for example one written by
-/// `epochwal export`) as `(name, shape, values)` in file order.
-///
-/// Tensors named `optimizer.state.*` (the Adam state `export
-/// --with-optimizer` adds) are left out: they are not weights. Every other
-/// tensor must be dtype `F32`; any other dtype, an unreadable file or a file
-/// that is not valid safetensors is an error naming the file and the cause.
-/// Names and shapes are not checked against any model here (the trainer's
-/// `init_from` does that).
-pub fn load_safetensors_weights(path: &Path) -> anyhow::Result<Vec<WeightTensor>> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .with_context(|| format!("{}: cannot read the weights file", path.display()))?;
-    let invalid = |e: safetensors::SafeTensorError| {
-        anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display())
-    };
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(invalid)?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(invalid)?;
-    let mut out = Vec::new();
-    for name in meta.offset_keys() {
-        let view = st.tensor(&name).map_err(invalid)?;
-        if name.starts_with(OPTIMIZER_PREFIX) {
-            continue;
-        }
-        if view.dtype() != Dtype::F32 {
-            bail!(
-                "{}: tensor {name} has dtype {:?}; only F32 weights can be loaded (convert with `tensor.float()` before saving)",
-                path.display(),
-                view.dtype()
-            );
-        }
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        let shape = view.shape().iter().map(|&d| d as u64).collect();
-        out.push((name.to_string(), shape, values));
-    }
-    Ok(out)
-}

@@ -18,6 +18,7 @@
 
 mod check_config;
 mod export;
+mod import;
 mod inspect;
 mod tail;
 mod verify;
@@ -31,9 +32,10 @@ use crate::wal::{recover, LogReader, MappedRecord, RecordHeader, WalError};
 
 pub use check_config::CheckConfigArgs;
 pub use export::{
-    load_safetensors_weights, WeightTensor, OPTIMIZER_PREFIX, OPTIMIZER_SUFFIX_EXP_AVG,
-    OPTIMIZER_SUFFIX_EXP_AVG_SQ, OPTIMIZER_SUFFIX_STEP,
+    param_groups_json, OptimizerLayout, WeightTensor, NORM_PREFIXES, OPTIMIZER_PREFIX,
+    OPTIMIZER_SUFFIX_EXP_AVG, OPTIMIZER_SUFFIX_EXP_AVG_SQ, OPTIMIZER_SUFFIX_STEP, PARAM_GROUPS_KEY,
 };
+pub use import::{hex as sha256_hex, read_import, AdamEntry, ImportFile, ParamKey};
 pub use verify::{check as verify_log, Choice, Item, Report as VerifyReport};
 
 /// The operator subcommands (flattened into the `epochwal` command line).

@@ -11,6 +11,7 @@ use std::path::Path;
 use super::model::Loss;
 use super::rng::{stream, Xoshiro256};
 use super::{DatasetConfig, TrainError};
+use crate::state::Scaling;
 
 /// What the model is trained to produce for each example.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +45,9 @@ pub struct Dataset {
     pub inputs: Vec<f32>,
     /// Targets.
     pub targets: Targets,
+    /// The standardisation applied to the raw inputs and targets (empty
+    /// where none was).
+    pub scaling: Scaling,
 }
 
 impl Dataset {
@@ -112,19 +116,24 @@ pub fn build(cfg: &DatasetConfig, loss: Loss, seed: u64) -> Result<Dataset, Trai
             targets,
             inputs,
             classes,
+            standardize_inputs,
             standardize_targets,
         } => load_csv(
             path,
             targets,
             inputs.as_deref(),
             *classes,
+            *standardize_inputs,
             *standardize_targets,
             loss,
         )?,
         DatasetConfig::Diabetes {
+            standardize_inputs,
             standardize_targets,
-        } => diabetes(loss, *standardize_targets)?,
-        DatasetConfig::Winequality {} => winequality(loss)?,
+        } => diabetes(loss, *standardize_inputs, *standardize_targets)?,
+        DatasetConfig::Winequality { standardize_inputs } => {
+            winequality(loss, *standardize_inputs)?
+        }
     };
     if ds.n == 0 {
         return Err(dataset_error(ds.kind, "the dataset has no examples"));
@@ -170,6 +179,7 @@ fn seed_line(n: usize, noise_std: f32, loss: Loss, seed: u64) -> Result<Dataset,
         input_dim: 1,
         inputs,
         targets: Targets::Values { dim: 1, data },
+        scaling: Scaling::default(),
     })
 }
 
@@ -260,6 +270,7 @@ fn synthetic(
         input_dim,
         inputs,
         targets,
+        scaling: Scaling::default(),
     })
 }
 
@@ -275,8 +286,9 @@ fn argmax(v: &[f32]) -> usize {
 
 /// Standardises each column of `raw` (`[n, d]`) to zero mean and unit
 /// (population) variance with the statistics of the data itself; a constant
-/// column is only centred. Sums are taken in f64 in row order.
-fn standardize(raw: &[f64], d: usize) -> Vec<f32> {
+/// column is only centred (its std is taken as 1). Sums are taken in f64 in
+/// row order. Returns the data and each column's mean and std.
+fn standardize(raw: &[f64], d: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = raw.len() / d.max(1);
     let mut mean = vec![0.0f64; d];
     let mut var = vec![0.0f64; d];
@@ -302,14 +314,30 @@ fn standardize(raw: &[f64], d: usize) -> Vec<f32> {
             }
         })
         .collect();
-    raw.chunks_exact(d)
+    let data = raw
+        .chunks_exact(d)
         .flat_map(|row| {
             row.iter()
                 .zip(&mean)
                 .zip(&std)
                 .map(|((x, m), s)| ((x - m) / s) as f32)
         })
-        .collect()
+        .collect();
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect();
+    (data, f32s(&mean), f32s(&std))
+}
+
+/// The inputs, standardised when `on` (with their statistics), else as f32.
+fn scale_inputs(raw: &[f64], d: usize, on: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    if on {
+        standardize(raw, d)
+    } else {
+        (
+            raw.iter().map(|&x| x as f32).collect(),
+            Vec::new(),
+            Vec::new(),
+        )
+    }
 }
 
 /// Turns raw f64 targets into [`Targets`]: values for MSE (optionally
@@ -321,15 +349,14 @@ fn make_targets(
     loss: Loss,
     classes: Option<usize>,
     standardize_targets: bool,
+    scaling: &mut Scaling,
     locate: &dyn Fn(usize, usize, String) -> TrainError,
 ) -> Result<Targets, TrainError> {
     match loss {
         Loss::Mse => {
-            let data = if standardize_targets {
-                standardize(raw, k)
-            } else {
-                raw.iter().map(|&v| v as f32).collect()
-            };
+            let (data, mean, std) = scale_inputs(raw, k, standardize_targets);
+            scaling.target_mean = mean;
+            scaling.target_std = std;
             Ok(Targets::Values { dim: k, data })
         }
         Loss::CrossEntropy => {
@@ -438,6 +465,7 @@ fn load_csv(
     target_names: &[String],
     input_names: Option<&[String]>,
     classes: Option<usize>,
+    standardize_inputs: bool,
     standardize_targets: bool,
     loss: Loss,
 ) -> Result<Dataset, TrainError> {
@@ -584,19 +612,36 @@ fn load_csv(
         };
         csv_err(line, column, message)
     };
-    let targets = make_targets(&raw_y, k, loss, classes, standardize_targets, &locate)?;
+    let mut scaling = Scaling::default();
+    let targets = make_targets(
+        &raw_y,
+        k,
+        loss,
+        classes,
+        standardize_targets,
+        &mut scaling,
+        &locate,
+    )?;
+    let (inputs, input_mean, input_std) = scale_inputs(&raw_x, d, standardize_inputs);
+    scaling.input_mean = input_mean;
+    scaling.input_std = input_std;
     Ok(Dataset {
         kind: "csv",
         n,
         input_dim: d,
-        inputs: standardize(&raw_x, d),
+        inputs,
         targets,
+        scaling,
     })
 }
 
 /// The diabetes regression dataset (442 patients, 10 features, disease
 /// progression after one year) shipped with `linfa-datasets`.
-fn diabetes(loss: Loss, standardize_targets: bool) -> Result<Dataset, TrainError> {
+fn diabetes(
+    loss: Loss,
+    standardize_inputs: bool,
+    standardize_targets: bool,
+) -> Result<Dataset, TrainError> {
     if loss != Loss::Mse {
         return Err(dataset_error(
             "diabetes",
@@ -610,20 +655,33 @@ fn diabetes(loss: Loss, standardize_targets: bool) -> Result<Dataset, TrainError
     let locate = |row: usize, _col: usize, message: String| {
         dataset_error("diabetes", format!("example {row}: {message}"))
     };
-    let targets = make_targets(&raw_y, 1, loss, None, standardize_targets, &locate)?;
+    let mut scaling = Scaling::default();
+    let targets = make_targets(
+        &raw_y,
+        1,
+        loss,
+        None,
+        standardize_targets,
+        &mut scaling,
+        &locate,
+    )?;
+    let (inputs, input_mean, input_std) = scale_inputs(&raw_x, d, standardize_inputs);
+    scaling.input_mean = input_mean;
+    scaling.input_std = input_std;
     Ok(Dataset {
         kind: "diabetes",
         n,
         input_dim: d,
-        inputs: standardize(&raw_x, d),
+        inputs,
         targets,
+        scaling,
     })
 }
 
 /// The red wine quality dataset (1599 wines, 11 features, quality score 3–8)
 /// shipped with `linfa-datasets`: the score is the class for cross-entropy
 /// (classes `0..=8`, of which 3–8 occur) or the value for MSE.
-fn winequality(loss: Loss) -> Result<Dataset, TrainError> {
+fn winequality(loss: Loss, standardize_inputs: bool) -> Result<Dataset, TrainError> {
     let ds = linfa_datasets::winequality();
     let (n, d) = (ds.records.nrows(), ds.records.ncols());
     let raw_x: Vec<f64> = ds.records.iter().copied().collect();
@@ -631,13 +689,18 @@ fn winequality(loss: Loss) -> Result<Dataset, TrainError> {
     let locate = |row: usize, _col: usize, message: String| {
         dataset_error("winequality", format!("example {row}: {message}"))
     };
-    let targets = make_targets(&raw_y, 1, loss, None, false, &locate)?;
+    let mut scaling = Scaling::default();
+    let targets = make_targets(&raw_y, 1, loss, None, false, &mut scaling, &locate)?;
+    let (inputs, input_mean, input_std) = scale_inputs(&raw_x, d, standardize_inputs);
+    scaling.input_mean = input_mean;
+    scaling.input_std = input_std;
     Ok(Dataset {
         kind: "winequality",
         n,
         input_dim: d,
-        inputs: standardize(&raw_x, d),
+        inputs,
         targets,
+        scaling,
     })
 }
 
@@ -661,6 +724,7 @@ mod tests {
             targets: targets.iter().map(|s| s.to_string()).collect(),
             inputs: None,
             classes: None,
+            standardize_inputs: true,
             standardize_targets: false,
         }
     }
@@ -792,6 +856,7 @@ mod tests {
     fn linfa_datasets_load() {
         let d = build(
             &DatasetConfig::Diabetes {
+                standardize_inputs: true,
                 standardize_targets: false,
             },
             Loss::Mse,
@@ -800,10 +865,18 @@ mod tests {
         .unwrap();
         assert_eq!((d.input_dim, d.output_dim()), (10, 1));
         assert!(d.n > 400);
-        let w = build(&DatasetConfig::Winequality {}, Loss::CrossEntropy, 0).unwrap();
+        let w = build(
+            &DatasetConfig::Winequality {
+                standardize_inputs: true,
+            },
+            Loss::CrossEntropy,
+            0,
+        )
+        .unwrap();
         assert_eq!((w.n, w.input_dim, w.output_dim()), (1599, 11, 9));
         assert!(build(
             &DatasetConfig::Diabetes {
+                standardize_inputs: true,
                 standardize_targets: false
             },
             Loss::CrossEntropy,

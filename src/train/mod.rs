@@ -50,7 +50,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::state::{
-    AdamParamState, AdamState, ArchivedTrainState, DataState, ModelState, TrainState,
+    AdamParamState, AdamState, ArchivedTrainState, DataState, Import, ModelState, TrainState,
     SCHEMA_VERSION,
 };
 use adam::{adam_step, AdamHyper};
@@ -102,9 +102,10 @@ pub enum DatasetConfig {
         #[serde(default = "default_seed_noise")]
         noise_std: f32,
     },
-    /// A CSV file with a header row and numeric columns. Inputs are
-    /// standardised to zero mean and unit variance with the file's own
-    /// statistics.
+    /// A CSV file with a header row and numeric columns. By default the
+    /// inputs are standardised to zero mean and unit (population) variance
+    /// with the file's own statistics, which the records keep and `export`
+    /// writes as `input_norm.mean` / `input_norm.std`.
     Csv {
         /// The file (required).
         path: PathBuf,
@@ -117,6 +118,9 @@ pub enum DatasetConfig {
         /// Number of classes for cross-entropy. Default: largest label + 1.
         #[serde(default)]
         classes: Option<usize>,
+        /// Standardise the input columns. Default true.
+        #[serde(default = "yes")]
+        standardize_inputs: bool,
         /// Standardise regression targets too. Default false.
         #[serde(default)]
         standardize_targets: bool,
@@ -144,15 +148,26 @@ pub enum DatasetConfig {
         data_seed: Option<u64>,
     },
     /// The diabetes regression dataset shipped with `linfa-datasets` (10
-    /// standardised features, disease progression as target; MSE only).
+    /// features, disease progression as target; MSE only).
     Diabetes {
+        /// Standardise the input columns. Default true.
+        #[serde(default = "yes")]
+        standardize_inputs: bool,
         /// Standardise the target. Default false.
         #[serde(default)]
         standardize_targets: bool,
     },
     /// The red wine quality dataset shipped with `linfa-datasets` (11
     /// features, quality 3–8 as class for cross-entropy or value for MSE).
-    Winequality {},
+    Winequality {
+        /// Standardise the input columns. Default true.
+        #[serde(default = "yes")]
+        standardize_inputs: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_seed_n() -> usize {
@@ -180,6 +195,11 @@ pub enum TensorNames {
     Layers,
     /// `fc.weight`, `fc.bias`: the tutorial's single Linear layer.
     Fc,
+    /// `0.weight`, `0.bias`, `2.weight`, ...: the names of
+    /// `nn.Sequential(Linear, activation, Linear, ..., Linear)`, whose
+    /// Linear layers are modules 0, 2, 4, ... (the activations between them
+    /// have no parameters).
+    Sequential,
 }
 
 /// The network: Linear layers of widths `[input, hidden..., output]`, where
@@ -410,17 +430,6 @@ impl std::fmt::Debug for Trainer {
     }
 }
 
-/// 64-bit FNV-1a: tiny, dependency-free and fixed forever, which is what a
-/// fingerprint stored in old records needs.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 impl Trainer {
     /// Starts a fresh run (epoch 0, step 0): builds the dataset and the
     /// model, initialises the weights from the seed (the `fc` tutorial model
@@ -474,12 +483,12 @@ impl Trainer {
             sizes,
             activation: m.activation,
             loss: m.loss,
-            fc_names: m.names == TensorNames::Fc,
+            names: m.names,
         };
 
         let mut init_rng = Xoshiro256::derive(cfg.seed, stream::INIT, 0);
         let mut tensors = spec.init_tensors(&mut init_rng);
-        if is_seed && spec.fc_names && spec.sizes == [1, 1] {
+        if is_seed && spec.names == TensorNames::Fc && spec.sizes == [1, 1] {
             // The tutorial's recognisable start: y = 10 x + 1. Any other
             // model on the seed data gets the ordinary random start.
             tensors[0].data[0] = 10.0;
@@ -495,7 +504,7 @@ impl Trainer {
             })
             .collect();
 
-        let (fingerprint, description) = Self::identity(&spec, &data);
+        let (fingerprint, description, architecture) = Self::identity(&spec, &data);
         let state = TrainState {
             schema_version: SCHEMA_VERSION,
             epoch: 0,
@@ -505,6 +514,7 @@ impl Trainer {
                 fingerprint,
                 description: description.clone(),
                 tensors,
+                architecture,
             },
             optimizer: AdamState {
                 lr: hyper.lr,
@@ -522,6 +532,8 @@ impl Trainer {
             last_loss: f32::NAN,
             wall_clock_unix_ns: 0,
             train_time_ms: 0,
+            scaling: data.scaling.clone(),
+            import: Import::default(),
         };
         let perm = rng::epoch_permutation(cfg.seed, 0, data.n);
         Ok(Trainer {
@@ -540,8 +552,9 @@ impl Trainer {
         })
     }
 
-    /// Fingerprint and description of an architecture on a dataset shape.
-    fn identity(spec: &MlpSpec, data: &Dataset) -> (u64, String) {
+    /// Fingerprint, description and canonical text (the fingerprint is its
+    /// hash) of an architecture on a dataset shape.
+    fn identity(spec: &MlpSpec, data: &Dataset) -> (u64, String, String) {
         let mut canon = String::from("epochwal-mlp-v1\n");
         canon.push_str(&format!(
             "activation={}\nloss={}\n",
@@ -549,7 +562,8 @@ impl Trainer {
             spec.loss.name()
         ));
         for (name, shape) in spec.tensor_specs() {
-            canon.push_str(&format!("tensor={name}:{shape:?}\n"));
+            canon.push_str(&crate::state::architecture_tensor_line(&name, &shape));
+            canon.push('\n');
         }
         canon.push_str(&data.signature());
         canon.push('\n');
@@ -570,7 +584,7 @@ impl Trainer {
             2 * spec.layers(),
             spec.parameter_count()
         );
-        (fnv1a64(canon.as_bytes()), description)
+        (crate::state::fingerprint_of(&canon), description, canon)
     }
 
     /// Fingerprint of the architecture: parameter names and shapes,
@@ -602,6 +616,12 @@ impl Trainer {
     /// Mini-batches per epoch: `ceil(n / batch_size)`.
     pub fn steps_per_epoch(&self) -> u64 {
         self.data.n.div_ceil(self.cfg.batch_size) as u64
+    }
+
+    /// Records that the run's initial state was imported from a file with
+    /// this SHA-256 (kept in every record from now on).
+    pub fn set_import(&mut self, sha256: [u8; 32], source: String) {
+        self.state.import = Import { sha256, source };
     }
 
     /// Records the wall-clock time of a snapshot (ns since the Unix epoch)
@@ -796,8 +816,41 @@ impl Trainer {
             }
         }
 
+        // Scaling: a record that kept it must have been trained on data
+        // scaled the same way (records upgraded from schema 1 did not keep it).
+        let sc = &s.scaling;
+        let kept = !(sc.input_mean.is_empty()
+            && sc.input_std.is_empty()
+            && sc.target_mean.is_empty()
+            && sc.target_std.is_empty());
+        if kept {
+            let ours = &self.state.scaling;
+            let same = |a: &rkyv::vec::ArchivedVec<rkyv::rend::f32_le>, b: &[f32]| {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|(x, y)| x.to_native().to_bits() == y.to_bits())
+            };
+            if !(same(&sc.input_mean, &ours.input_mean)
+                && same(&sc.input_std, &ours.input_std)
+                && same(&sc.target_mean, &ours.target_mean)
+                && same(&sc.target_std, &ours.target_std))
+            {
+                return Err(TrainError::StateMismatch(
+                    "the dataset's standardisation (column means and stds) differs from the \
+                     record's: the data or the dataset.standardize_* options changed since the \
+                     run was started"
+                        .to_string(),
+                ));
+            }
+        }
+
         // Everything checked: copy.
         let st = &mut self.state;
+        st.import = Import {
+            sha256: s.import.sha256,
+            source: s.import.source.as_str().to_string(),
+        };
         for ((rt, rp), (t, p)) in s.model.tensors.iter().zip(s.optimizer.params.iter()).zip(
             st.model
                 .tensors
@@ -880,6 +933,55 @@ impl Trainer {
         }
         Ok(())
     }
+
+    /// Warm start of the optimizer: sets Adam's step and moments of every
+    /// parameter, `adam[i]` for the `i`-th parameter in `state_dict` order.
+    /// Each moment must have its parameter's shape; a missing entry, an
+    /// extra one or a wrong shape is an error listing every problem, and
+    /// nothing is changed.
+    pub fn init_adam(&mut self, adam: &[AdamInit]) -> Result<(), TrainError> {
+        let ours = &self.state.model.tensors;
+        let mut problems = Vec::new();
+        if adam.len() != ours.len() {
+            problems.push(format!(
+                "the file has Adam state for {} parameters, the model has {}",
+                adam.len(),
+                ours.len()
+            ));
+        }
+        for (i, (a, t)) in adam.iter().zip(ours).enumerate() {
+            for (what, (shape, values)) in [("exp_avg", &a.exp_avg), ("exp_avg_sq", &a.exp_avg_sq)]
+            {
+                if shape != &t.shape || values.len() != t.data.len() {
+                    problems.push(format!(
+                        "Adam {what} of parameter {i} ({}) has shape {shape:?}, the parameter {:?}",
+                        t.name, t.shape
+                    ));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(TrainError::InitFrom(problems.join("; ")));
+        }
+        for (a, p) in adam.iter().zip(self.state.optimizer.params.iter_mut()) {
+            p.step = a.step;
+            p.exp_avg.copy_from_slice(&a.exp_avg.1);
+            p.exp_avg_sq.copy_from_slice(&a.exp_avg_sq.1);
+        }
+        Ok(())
+    }
+}
+
+/// Adam state of one parameter for [`Trainer::init_adam`]: the step and the
+/// two moments as `(shape, values)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdamInit {
+    /// Steps taken.
+    pub step: u64,
+    /// First moment.
+    pub exp_avg: (Vec<u64>, Vec<f32>),
+    /// Second moment.
+    pub exp_avg_sq: (Vec<u64>, Vec<f32>),
 }
 
 #[cfg(test)]

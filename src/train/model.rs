@@ -15,6 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::rng::Xoshiro256;
+use super::TensorNames;
 use crate::state::Tensor;
 
 /// Activation applied after every Linear layer except the last.
@@ -83,8 +84,8 @@ pub struct MlpSpec {
     pub activation: Activation,
     /// Loss function.
     pub loss: Loss,
-    /// `true` for the tutorial naming `fc.weight`/`fc.bias` (one layer only).
-    pub fc_names: bool,
+    /// How the parameters are named.
+    pub names: TensorNames,
 }
 
 impl MlpSpec {
@@ -97,10 +98,12 @@ impl MlpSpec {
     pub fn tensor_specs(&self) -> Vec<(String, Vec<u64>)> {
         let mut out = Vec::with_capacity(2 * self.layers());
         for l in 0..self.layers() {
-            let prefix = if self.fc_names {
-                "fc".to_string()
-            } else {
-                format!("layers.{l}")
+            let prefix = match self.names {
+                TensorNames::Fc => "fc".to_string(),
+                TensorNames::Layers => format!("layers.{l}"),
+                // nn.Sequential(Linear, act, Linear, act, ..., Linear): the
+                // Linear layers are modules 0, 2, 4, ...
+                TensorNames::Sequential => format!("{}", 2 * l),
             };
             let (n_in, n_out) = (self.sizes[l] as u64, self.sizes[l + 1] as u64);
             out.push((format!("{prefix}.weight"), vec![n_out, n_in]));
@@ -430,7 +433,7 @@ mod tests {
             sizes: sizes.to_vec(),
             activation: act,
             loss,
-            fc_names: false,
+            names: TensorNames::Layers,
         }
     }
 

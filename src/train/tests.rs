@@ -325,6 +325,7 @@ fn training_reduces_the_loss() {
 fn diabetes_trains() {
     let cfg = TrainConfig {
         dataset: DatasetConfig::Diabetes {
+            standardize_inputs: true,
             standardize_targets: true,
         },
         model: ModelConfig {

@@ -56,6 +56,8 @@ pub fn sample_state(tensor_bytes: usize, epoch: u64) -> TrainState {
         model: ModelState {
             fingerprint: 0xfeed,
             description: "test state".into(),
+            // Empty: the fingerprint is not the hash of a known architecture.
+            architecture: String::new(),
             tensors: vec![Tensor {
                 name: "fc.weight".into(),
                 shape: vec![per_tensor as u64],
@@ -83,5 +85,7 @@ pub fn sample_state(tensor_bytes: usize, epoch: u64) -> TrainState {
         last_loss: 1.0 / (epoch as f32 + 1.0),
         wall_clock_unix_ns: 1_700_000_000_000_000_000 + epoch,
         train_time_ms: epoch,
+        scaling: Default::default(),
+        import: Default::default(),
     }
 }
