@@ -377,6 +377,105 @@ fn a_model_too_large_for_memory_is_refused_at_start_naming_widths_and_bytes() {
     );
 }
 
+/// A child memory cgroup (v2 or v1) with `limit` bytes, removed on drop.
+struct MemoryCgroup {
+    dir: PathBuf,
+    procs: std::ffi::CString,
+}
+
+impl MemoryCgroup {
+    fn new(limit: u64) -> Option<MemoryCgroup> {
+        let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let name = format!("epochwal-test-{}", std::process::id());
+        for line in text.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, rel) = (parts.next()?, parts.next()?, parts.next()?);
+            let rel = rel.trim_start_matches('/');
+            let (dir, file) = if controllers.is_empty() {
+                (
+                    Path::new("/sys/fs/cgroup").join(rel).join(&name),
+                    "memory.max",
+                )
+            } else if controllers.split(',').any(|c| c == "memory") {
+                (
+                    Path::new("/sys/fs/cgroup/memory").join(rel).join(&name),
+                    "memory.limit_in_bytes",
+                )
+            } else {
+                continue;
+            };
+            if std::fs::create_dir(&dir).is_err() {
+                continue;
+            }
+            if std::fs::write(dir.join(file), limit.to_string()).is_ok() {
+                let procs =
+                    std::ffi::CString::new(dir.join("cgroup.procs").to_str().unwrap().as_bytes())
+                        .unwrap();
+                return Some(MemoryCgroup { dir, procs });
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        None
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn a_model_larger_than_the_cgroup_memory_limit_is_refused_naming_it() {
+    let Some(cg) = MemoryCgroup::new(512 << 20) else {
+        println!("skipped: cannot create a memory cgroup (needs root and a writable cgroup fs)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // 6.7·10⁷ parameters: about 1 GiB with training, over the 512 MiB limit.
+    let body = small_config(&data, 1, "", "").replace("hidden = [16]", "hidden = [8192, 8192]");
+    let cfg = write_config(tmp.path(), "c.toml", &body);
+    let mut cmd = std::process::Command::new(binary());
+    cmd.arg("run").arg("--config").arg(&cfg);
+    let procs = cg.procs.clone();
+    // SAFETY: only async-signal-safe calls (open, write, close, getpid)
+    // between fork and exec; the pid is formatted into a stack buffer.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            let mut buf = [0u8; 24];
+            let mut pid = libc::getpid() as u64;
+            let mut i = buf.len();
+            loop {
+                i -= 1;
+                buf[i] = b'0' + (pid % 10) as u8;
+                pid /= 10;
+                if pid == 0 {
+                    break;
+                }
+            }
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = libc::write(fd, buf[i..].as_ptr().cast(), buf.len() - i);
+            libc::close(fd);
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (status, lines) = Daemon::spawn_command(cmd).wait(LONG);
+    let all = lines.join("\n");
+    assert_eq!(status.code(), Some(epochwal::daemon::EXIT_REFUSED), "{all}");
+    assert!(
+        all.contains("cgroup") && all.contains("8-8192-8192-2"),
+        "{all}"
+    );
+    assert!(!data.exists(), "{all}");
+}
+
 #[test]
 fn a_segment_larger_than_the_disk_fails_at_start_naming_segment_bytes() {
     let tmp = tempfile::tempdir().unwrap();

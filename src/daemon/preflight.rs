@@ -39,22 +39,70 @@ fn total_ram() -> Option<u64> {
     }
 }
 
-/// Room left under the cgroup v2 `memory.max` of this process, if any.
+/// Limits at or above this mean "no limit" (cgroup v1 reports 2⁶³ − 4096).
+const UNLIMITED: u64 = 1 << 62;
+
+/// Room left under this process's cgroup memory limit, if any: cgroup v2
+/// `memory.max` − (`memory.current` − page cache), or v1
+/// `memory.limit_in_bytes` − (`memory.usage_in_bytes` − page cache).
+/// Returns the room and the limit file.
 fn cgroup_room() -> Option<(u64, PathBuf)> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let dir = Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
-    let max_path = dir.join("memory.max");
-    let max: u64 = std::fs::read_to_string(&max_path)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let current: u64 = std::fs::read_to_string(dir.join("memory.current"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    Some((max.saturating_sub(current), max_path))
+    let read = |p: &Path| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    // Page cache counts as used in a cgroup but is reclaimed under pressure
+    // (MemAvailable counts it as available): leave it out, so that a busy
+    // disk never makes a run look too large.
+    let cache = |dir: &Path, key: &str| -> u64 {
+        std::fs::read_to_string(dir.join("memory.stat"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let room = |dir: &Path, max: &str, current: &str, cache_key: &str| -> Option<(u64, PathBuf)> {
+        let max_path = dir.join(max);
+        let limit = read(&max_path)?;
+        if limit >= UNLIMITED {
+            return None;
+        }
+        let used = read(&dir.join(current))
+            .unwrap_or(0)
+            .saturating_sub(cache(dir, cache_key));
+        Some((limit.saturating_sub(used), max_path))
+    };
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, rel) = (parts.next()?, parts.next()?, parts.next()?);
+        let rel = rel.trim_start_matches('/');
+        if controllers.is_empty() {
+            // v2 ("0::/path"); "max" does not parse, so no limit gives None.
+            if let Some(r) = room(
+                &Path::new("/sys/fs/cgroup").join(rel),
+                "memory.max",
+                "memory.current",
+                "file",
+            ) {
+                return Some(r);
+            }
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let base = Path::new("/sys/fs/cgroup/memory");
+            // The path as seen from the root, or (in a cgroup namespace)
+            // the mount is the process's own cgroup.
+            for dir in [base.join(rel), base.to_path_buf()] {
+                if let Some(r) = room(
+                    &dir,
+                    "memory.limit_in_bytes",
+                    "memory.usage_in_bytes",
+                    "total_cache",
+                ) {
+                    return Some(r);
+                }
+            }
+        }
+    }
+    None
 }
 
 fn address_space_limit() -> Option<u64> {
