@@ -474,6 +474,100 @@ mod tests {
         rkyv::deserialize::<TrainState, rancor::Error>(s).unwrap()
     }
 
+    /// The layout FORMAT.md §4.3 gives, pinned: sizes, alignments and field
+    /// offsets of every archived struct of both schema versions.
+    #[test]
+    fn archived_layouts_are_the_documented_ones() {
+        use std::mem::{align_of, offset_of, size_of};
+        macro_rules! layout {
+            ($t:ty, $size:expr, [$($f:ident = $o:expr),*]) => {
+                assert_eq!((size_of::<$t>(), align_of::<$t>()), ($size, 8), stringify!($t));
+                $(assert_eq!(offset_of!($t, $f), $o, concat!(stringify!($t), ".", stringify!($f)));)*
+            };
+        }
+        layout!(rkyv::string::ArchivedString, 16, []);
+        layout!(rkyv::vec::ArchivedVec<f32>, 16, []);
+        layout!(ArchivedTensor, 48, [name = 0, shape = 16, data = 32]);
+        layout!(
+            ArchivedAdamParamState,
+            56,
+            [name = 0, step = 16, exp_avg = 24, exp_avg_sq = 40]
+        );
+        layout!(
+            ArchivedAdamState,
+            56,
+            [
+                lr = 0,
+                beta1 = 8,
+                beta2 = 16,
+                eps = 24,
+                weight_decay = 32,
+                params = 40
+            ]
+        );
+        layout!(ArchivedDataState, 48, [seed = 0, dataset_len = 8, rng = 16]);
+        layout!(
+            ArchivedScaling,
+            64,
+            [
+                input_mean = 0,
+                input_std = 16,
+                target_mean = 32,
+                target_std = 48
+            ]
+        );
+        layout!(ArchivedImport, 48, [sha256 = 0, source = 32]);
+        layout!(
+            ArchivedModelState,
+            56,
+            [
+                fingerprint = 0,
+                description = 8,
+                tensors = 24,
+                architecture = 40
+            ]
+        );
+        layout!(
+            v1::ArchivedModelState,
+            40,
+            [fingerprint = 0, description = 8, tensors = 24]
+        );
+        layout!(
+            ArchivedTrainState,
+            328,
+            [
+                schema_version = 0,
+                epoch = 8,
+                global_step = 16,
+                step_in_epoch = 24,
+                model = 32,
+                optimizer = 88,
+                data = 144,
+                last_loss = 192,
+                wall_clock_unix_ns = 200,
+                train_time_ms = 208,
+                scaling = 216,
+                import = 280
+            ]
+        );
+        layout!(
+            v1::ArchivedTrainState,
+            200,
+            [
+                schema_version = 0,
+                epoch = 8,
+                global_step = 16,
+                step_in_epoch = 24,
+                model = 32,
+                optimizer = 72,
+                data = 128,
+                last_loss = 176,
+                wall_clock_unix_ns = 184,
+                train_time_ms = 192
+            ]
+        );
+    }
+
     #[test]
     fn current_version_decodes_in_place() {
         let bytes = archive(&sample());

@@ -1,0 +1,189 @@
+//! The Python reader (`python/`, written from FORMAT.md) against logs the
+//! daemon writes, clean and damaged: it picks the same record as `verify`
+//! (and recovery), with the same tensor bytes, viewing the mapping.
+//!
+//! Needs `python3` with numpy and the package (`pip install ./python`).
+//! Without them the test is skipped, except when `CI` is set: then it fails.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::daemon::{write_config, Daemon};
+use sha2::Digest;
+
+fn reader_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import numpy, epochwal"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!("CI is set but python3 cannot import numpy and epochwal (pip install ./python)");
+    }
+    ok
+}
+
+fn python_choice(dir: &Path) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/reader_choice.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reader failed on {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn sha(values: &[f32]) -> String {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Asserts that the Python reader and `verify` (recovery) agree on `dir`.
+fn assert_same_choice(dir: &Path, case: &str) {
+    let py = python_choice(dir);
+    let report = epochwal::tools::verify_log(dir).unwrap();
+    match report.recovery {
+        None => assert!(py.is_null(), "{case}: python chose {py}, verify none"),
+        Some(c) => {
+            assert_eq!(py["sequence"], c.sequence, "{case}: {py}");
+            assert_eq!(py["epoch"], c.epoch, "{case}");
+            assert_eq!(py["step"], c.step, "{case}");
+            assert_eq!(py["zero_copy"], true, "{case}");
+            let r = epochwal::wal::recover(dir).unwrap();
+            let st = r.record.unwrap().to_owned_state().unwrap();
+            for t in &st.model.tensors {
+                assert_eq!(py["tensors"][&t.name], sha(&t.data), "{case}: {}", t.name);
+            }
+            for (i, p) in st.optimizer.params.iter().enumerate() {
+                let m = &py["moments"][i];
+                assert_eq!(m[0], p.name.as_str(), "{case}");
+                assert_eq!(m[1], p.step, "{case}");
+                assert_eq!(m[2], sha(&p.exp_avg), "{case}");
+                assert_eq!(m[3], sha(&p.exp_avg_sq), "{case}");
+            }
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn python_reader_picks_what_verify_picks_on_clean_and_damaged_logs() {
+    if !reader_available() {
+        eprintln!("skipped: python3 cannot import numpy and epochwal (pip install ./python)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("log");
+    // Long names (out-of-line strings), several tensors, input scaling.
+    let body = format!(
+        r#"data_dir = "{}"
+epochs = 6
+seed = 3
+[dataset]
+kind = "diabetes"
+[model]
+hidden = [24, 8]
+names = "sequential"
+[checkpoint]
+every_epochs = 1
+segment_bytes = 65536
+keep_records = 0
+"#,
+        data.display()
+    );
+    let cfg = write_config(tmp.path(), "run.toml", &body);
+    let (status, lines) = Daemon::spawn(&cfg, &[], &[]).wait(Duration::from_secs(120));
+    assert!(status.success(), "{}", lines.join("\n"));
+    assert_same_choice(&data, "clean");
+    for v in [1, 2] {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("tests/fixtures/log-schema-v{v}/reference"));
+        assert_same_choice(&fixture, &format!("fixture v{v}"));
+    }
+
+    let newest = epochwal::wal::recover(&data).unwrap().record.unwrap();
+    let (seg, off, len) = (
+        newest.path().to_path_buf(),
+        newest.header().offset,
+        newest.header().payload_len,
+    );
+    drop(newest);
+    let damage = |name: &str, edit: &dyn Fn(&Path)| {
+        let dir = tmp.path().join(name);
+        copy_dir(&data, &dir);
+        edit(&dir.join(seg.file_name().unwrap()));
+        assert_same_choice(&dir, name);
+    };
+    let write_at = |p: &Path, at: u64, bytes: &[u8]| {
+        let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.write_all_at(bytes, at).unwrap();
+    };
+    let flip = |p: &Path, at: u64| {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    };
+    damage("payload bit flip", &|p| flip(p, off + 4096 + len / 2));
+    damage("header bit flip", &|p| flip(p, off + 50));
+    damage("zeroed header", &|p| write_at(p, off, &[0u8; 128]));
+    damage("truncated", &|p| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_len(off + 4096 + len / 3)
+            .unwrap()
+    });
+    damage("segment header", &|p| flip(p, 20));
+    // A checksum-correct payload that fails validation: a pointer moved,
+    // with the checksum fixed up.
+    damage("bad pointer, good checksum", &|p| {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap();
+        let mut payload = vec![0u8; len as usize];
+        f.read_exact_at(&mut payload, off + 4096).unwrap();
+        // The root's model.tensors Vec offset (FORMAT.md §4.3: root at the
+        // end, model at +32, tensors at +24 in it).
+        let root = payload.len() - 328;
+        let at = root + 32 + 24;
+        let v = i64::from_le_bytes(payload[at..at + 8].try_into().unwrap());
+        payload[at..at + 8].copy_from_slice(&(v + 8).to_le_bytes());
+        f.write_all_at(&payload, off + 4096).unwrap();
+        let mut page = vec![0u8; 128];
+        f.read_exact_at(&mut page, off).unwrap();
+        let mut h = epochwal::wal::RecordHeader::decode(&page).unwrap();
+        h.payload_checksum = epochwal::wal::format::checksum(&payload);
+        h.encode(&mut page);
+        f.write_all_at(&page, off).unwrap();
+    });
+    let all_gone = tmp.path().join("empty");
+    std::fs::create_dir_all(&all_gone).unwrap();
+    assert_same_choice(&all_gone, "empty directory");
+}
