@@ -219,13 +219,16 @@ fn adam_state_comes_in_with_either_layout_and_mismatches_are_refused() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     // `edit(name, shape)` gives the new shape, or None to drop the tensor.
     type Edit<'a> = &'a dyn Fn(&str, Vec<usize>) -> Option<Vec<usize>>;
-    let rewrite = |name: &str, edit: Edit<'_>| {
+    let rewrite = |name: &str, edit: Edit<'_>, nan: bool| {
         let mut kept: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (k, v) in st.tensors() {
             if let Some(shape) = edit(&k, v.shape().to_vec()) {
                 let n: usize = shape.iter().product::<usize>().max(1);
                 let mut data = v.data().to_vec();
                 data.resize(n * 4, 0);
+                if nan && k == "optimizer.state.0.exp_avg" {
+                    data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+                }
                 kept.push((k, shape, data));
             }
         }
@@ -243,22 +246,30 @@ fn adam_state_comes_in_with_either_layout_and_mismatches_are_refused() {
         safetensors::serialize_to_file(views, None, &out).unwrap();
         out
     };
-    let missing = rewrite("missing.safetensors", &|k, s| {
-        (!k.starts_with("optimizer.state.1.")).then_some(s)
-    });
-    let reshaped = rewrite("reshaped.safetensors", &|k, s| {
-        Some(if k == "optimizer.state.0.exp_avg" {
-            vec![s.iter().product()]
-        } else {
-            s
-        })
-    });
+    let missing = rewrite(
+        "missing.safetensors",
+        &|k, s| (!k.starts_with("optimizer.state.1.")).then_some(s),
+        false,
+    );
+    let reshaped = rewrite(
+        "reshaped.safetensors",
+        &|k, s| {
+            Some(if k == "optimizer.state.0.exp_avg" {
+                vec![s.iter().product()]
+            } else {
+                s
+            })
+        },
+        false,
+    );
+    let nan = rewrite("nan.safetensors", &|_, s| Some(s), true);
     for (f, want) in [
         (&missing, "no state for layers.0.bias"),
         (
             &reshaped,
             "Adam exp_avg of parameter 0 (layers.0.weight) has shape",
         ),
+        (&nan, "the Adam exp_avg of parameter 0 holds NaN"),
     ] {
         let data = tmp.path().join("refused");
         let cfg = write_config(tmp.path(), "run.toml", &slow_config(&data, 1, 1e-3));

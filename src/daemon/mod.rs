@@ -366,6 +366,16 @@ fn import_into(
         let mut slots: Vec<Option<crate::train::AdamInit>> = vec![None; names.len()];
         let mut extra = Vec::new();
         for (key, e) in file.adam {
+            for (what, values) in [("exp_avg", &e.exp_avg.1), ("exp_avg_sq", &e.exp_avg_sq.1)] {
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    bail!(
+                        "{}: refusing --init-from: the Adam {what} of parameter {key} holds {} at \
+                         index {i}; the optimizer state must be finite",
+                        path.display(),
+                        values[i]
+                    );
+                }
+            }
             let index = match &key {
                 crate::tools::ParamKey::Index(i) => Some(*i).filter(|i| *i < names.len()),
                 crate::tools::ParamKey::Name(n) => names.iter().position(|m| m == n),
