@@ -538,3 +538,35 @@ names = "sequential"
         assert!(st.tensor("target_norm.mean").is_err(), "targets not scaled");
     }
 }
+
+/// The README's Python lines rebuild exactly the structure of torch's
+/// `Adam.state_dict()` from an export (run with numpy; CI has no torch).
+#[test]
+fn readme_python_lines_rebuild_torch_adam_state_dict() {
+    if !python_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but python3 cannot import safetensors and numpy"
+        );
+        eprintln!("NOTICE: python3 with safetensors and numpy not found; skipping");
+        return;
+    }
+    let log = tempfile::tempdir().unwrap();
+    write_log(log.path(), &[1]);
+    let file = log.path().join("opt.safetensors");
+    assert!(export(log.path(), &file, &["--with-optimizer"])
+        .status
+        .success());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(root.join("tests/python/torch_layout.py"))
+        .arg(&file)
+        .arg(root.join("tests/fixtures/torch-adam-state-dict.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
