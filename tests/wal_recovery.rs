@@ -571,10 +571,10 @@ fn a_newest_record_truncated_inside_its_payload_recovers_the_previous() {
         "{:?}",
         reasons(&r)
     );
-    // FORMAT.md §5.6: the next sequence is 1 + the highest header *walked*;
-    // the rejected header of record 3 was not walked, so 3 is given again
-    // (in a newer segment, so recovery is never ambiguous).
-    assert_appends_after_recovery(dir.path(), &w, 3);
+    // FORMAT.md §5.7: the next sequence is 1 + the highest sequence of any
+    // header that passed its checksum, taken or rejected: record 3's header
+    // is still there, so 3 is never given again.
+    assert_appends_after_recovery(dir.path(), &w, 4);
 }
 
 #[test]

@@ -483,7 +483,11 @@ fn restore(
     args: &RunArgs,
 ) -> anyhow::Result<Option<(u64, u64)>> {
     for skip in &recovery.skipped {
-        warn!(file = %skip.file.display(), offset = skip.offset, reason = %skip.reason, "recovery skipped");
+        if skip.unreadable {
+            error!(file = %skip.file.display(), offset = skip.offset, reason = %skip.reason, "recovery passed over a record that cannot be read (I/O error)");
+        } else {
+            warn!(file = %skip.file.display(), offset = skip.offset, reason = %skip.reason, "recovery skipped");
+        }
     }
     let durable = recovery
         .record

@@ -50,7 +50,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
     let selected = select_record(&reader, Selection::from_flags(args.seq, args.epoch))?;
     if !selected.skipped.is_empty() {
         eprintln!(
-            "epochwal: note: passed over {} damaged item(s) to reach this record (run `epochwal verify {}`):",
+            "epochwal: note: passed over {} damaged or unreadable item(s) to reach this record (run `epochwal verify {}`):",
             selected.skipped.len(),
             args.dir.display()
         );

@@ -296,9 +296,18 @@ pub fn select_record(reader: &LogReader, sel: Selection) -> anyhow::Result<Selec
                     describe_range(scan.segments.iter().flat_map(|s| s.records.iter()))
                 );
             };
-            let record = reader
-                .load(&path, &header)
-                .with_context(|| format!("record with sequence {seq} is damaged"))?;
+            let record = reader.load(&path, &header).map_err(|e| {
+                let what = if matches!(e, WalError::Unreadable { .. }) {
+                    "cannot be read"
+                } else {
+                    "is damaged"
+                };
+                anyhow::Error::new(e).context(format!(
+                    "record with sequence {seq} (epoch {}) in {} {what}",
+                    header.epoch,
+                    path.display()
+                ))
+            })?;
             Ok(Selected {
                 record,
                 skipped: Vec::new(),

@@ -8,14 +8,14 @@
 //! found, sequence order across segments, and segments of another log.
 //! Reported but not counted as damage: gaps in segment numbers (retention with
 //! `keep_every_epochs` deletes middle segments) and files that are not
-//! segments.
+//! segments. Reported apart from damage: I/O errors (bytes that could not be
+//! read are not known to be damaged; the check is incomplete there).
 //!
 //! Exit code: 0 clean, 1 damage found, 2 usage error (including a log
-//! directory that does not exist).
+//! directory that does not exist), 3 I/O errors (whether or not damage was
+//! found too).
 
-use std::fs::File;
 use std::io::{self, IsTerminal, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{file_name, format_unix_ns, human_bytes, open_reader};
-use crate::wal::format::{RecordHeader as Rh, PAGE, RECORD_HEADER_LEN};
+use crate::wal::format::PAGE;
 use crate::wal::{LogScan, SegmentScan, WalError};
 
 /// Payload volume above which a progress bar is shown (on a terminal only).
@@ -85,15 +85,19 @@ pub struct Choice {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub dir: String,
-    /// No damage found (warnings and notes do not count).
+    /// No damage and no I/O error found (warnings and notes do not count).
     pub clean: bool,
     pub segments: usize,
     pub records_good: u64,
     pub records_damaged: u64,
+    /// Records whose payload could not be read (I/O error).
+    pub records_unreadable: u64,
     pub payload_bytes_checked: u64,
     pub first_sequence: Option<u64>,
     pub last_sequence: Option<u64>,
     pub damage: Vec<Item>,
+    /// Reads that failed: what lies there is unknown, not known damaged.
+    pub io_errors: Vec<Item>,
     pub warnings: Vec<Item>,
     pub notes: Vec<Item>,
     /// Records of a schema version this binary does not read (written by a
@@ -105,34 +109,6 @@ pub struct Report {
     pub recovery_refused: Option<String>,
     /// How many items recovery passed over to reach its choice.
     pub recovery_skipped: usize,
-}
-
-/// Looks for record headers that decode in the pages after the point where a
-/// segment walk stopped at a damaged header: they hold records that are on
-/// disk but unreachable by readers.
-fn headers_beyond(seg: &SegmentScan, from: u64) -> Vec<Rh> {
-    let Ok(file) = File::open(&seg.path) else {
-        return Vec::new();
-    };
-    let limit = seg
-        .header
-        .map_or(seg.file_len, |h| h.segment_bytes.min(seg.file_len));
-    let mut found = Vec::new();
-    let mut buf = [0u8; RECORD_HEADER_LEN];
-    let mut offset = from + PAGE;
-    while offset + PAGE <= limit {
-        if file.read_exact_at(&mut buf, offset).is_err() {
-            break;
-        }
-        match Rh::decode(&buf) {
-            Ok(h) if h.offset == offset && h.segment_no == seg.segment_no => {
-                found.push(h);
-                offset = h.end_offset();
-            }
-            _ => offset += PAGE,
-        }
-    }
-    found
 }
 
 /// True if the newest segment's walk stopped at a damaged record header at
@@ -166,7 +142,13 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
         write_text(&mut out, &report).context("writing to stdout")?;
     }
     out.flush().context("writing to stdout")?;
-    Ok(if report.clean { 0 } else { 1 })
+    Ok(if !report.io_errors.is_empty() {
+        3
+    } else if report.clean {
+        0
+    } else {
+        1
+    })
 }
 
 /// Checks every record of every segment of the log in `dir` and says which
@@ -191,10 +173,12 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
         segments: scan.segments.len(),
         records_good: 0,
         records_damaged: 0,
+        records_unreadable: 0,
         payload_bytes_checked: 0,
         first_sequence: None,
         last_sequence: None,
         damage: Vec::new(),
+        io_errors: Vec::new(),
         warnings: Vec::new(),
         notes: scan
             .others
@@ -234,9 +218,8 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
                     ),
                 ));
                 for p in &s.problems {
-                    report
-                        .damage
-                        .push(Item::new(&p.file, p.offset, p.reason.clone()));
+                    let list = if p.unreadable { &mut report.io_errors } else { &mut report.damage };
+                    list.push(Item::new(&p.file, p.offset, p.reason.clone()));
                 }
                 false
             }
@@ -244,7 +227,8 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
         })
         .collect();
 
-    // Header-level damage, and what lies beyond a damaged header.
+    // Header-level damage (the scan has already looked past a damaged header
+    // for the records behind it, and says how many it found) and read errors.
     for seg in &ours {
         if !seg.problems.is_empty() && !seg.path.exists() {
             report.notes.push(Item::new(
@@ -255,25 +239,12 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
             continue;
         }
         for p in &seg.problems {
-            report
-                .damage
-                .push(Item::new(&p.file, p.offset, p.reason.clone()));
-            if p.offset >= PAGE && p.offset == seg.end_offset {
-                let beyond = headers_beyond(seg, p.offset);
-                if let (Some(first), Some(last)) = (beyond.first(), beyond.last()) {
-                    report.warnings.push(Item::new(
-                        &seg.path,
-                        first.offset,
-                        format!(
-                            "{} intact-looking record header(s) (sequences {}..={}) lie after the damaged header at offset {}; readers and recovery stop at the damage and do not see them",
-                            beyond.len(),
-                            first.sequence,
-                            last.sequence,
-                            p.offset
-                        ),
-                    ));
-                }
-            }
+            let list = if p.unreadable {
+                &mut report.io_errors
+            } else {
+                &mut report.damage
+            };
+            list.push(Item::new(&p.file, p.offset, p.reason.clone()));
         }
     }
 
@@ -375,6 +346,17 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
                         unsupported_reason(&e),
                     ));
                 }
+                Err(e @ WalError::Unreadable { .. }) => {
+                    report.records_unreadable += 1;
+                    report.io_errors.push(Item::new(
+                        &seg.path,
+                        rec.offset,
+                        format!(
+                            "record {} (epoch {}) cannot be read: {e}",
+                            rec.sequence, rec.epoch
+                        ),
+                    ));
+                }
                 Err(e) => {
                     report.records_damaged += 1;
                     let reason = match e {
@@ -395,6 +377,26 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
+    }
+
+    // Recovery does not guess past a header it cannot read: a read failure
+    // in the segment of its choice, or in a newer one, makes it refuse.
+    if let Some(bad) = ours.iter().rev().find(|s| {
+        s.read_failure.is_some()
+            && choice
+                .as_ref()
+                .is_none_or(|(c, _, _)| s.segment_no >= c.segment_no)
+    }) {
+        let f = bad.read_failure.as_ref().expect("just checked");
+        report.io_errors.push(Item::new(
+            &bad.path,
+            f.offset,
+            format!(
+                "recovery would refuse to start: {} failed here, and it does not guess past bytes it cannot read",
+                f.what
+            ),
+        ));
+        choice = None;
     }
 
     // What recovery would do, and what it would pass over on the way.
@@ -426,10 +428,12 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
             }
         }
     }
-    report.clean = report.damage.is_empty() && report.unsupported.is_empty();
-    report
-        .damage
-        .sort_by(|a, b| (&a.file, a.offset).cmp(&(&b.file, b.offset)));
+    report.clean =
+        report.damage.is_empty() && report.unsupported.is_empty() && report.io_errors.is_empty();
+    for list in [&mut report.damage, &mut report.io_errors] {
+        list.sort_by(|a, b| (&a.file, a.offset).cmp(&(&b.file, b.offset)));
+        list.dedup_by(|a, b| a.file == b.file && a.offset == b.offset && a.reason == b.reason);
+    }
     Ok(report)
 }
 
@@ -456,9 +460,14 @@ fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
     };
     writeln!(
         w,
-        "records      {} good, {} damaged ({} of payload checked{range})",
+        "records      {} good, {} damaged{} ({} of payload checked{range})",
         r.records_good,
         r.records_damaged,
+        if r.records_unreadable > 0 {
+            format!(", {} unreadable", r.records_unreadable)
+        } else {
+            String::new()
+        },
         human_bytes(r.payload_bytes_checked)
     )?;
     for d in &r.damage {
@@ -466,6 +475,9 @@ fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
     }
     for d in &r.unsupported {
         writeln!(w, "UNREADABLE   {d}")?;
+    }
+    for d in &r.io_errors {
+        writeln!(w, "IO ERROR     {d}")?;
     }
     for d in &r.warnings {
         writeln!(w, "warning      {d}")?;
@@ -501,6 +513,13 @@ fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
     }
     if r.clean {
         writeln!(w, "result       clean")
+    } else if !r.io_errors.is_empty() {
+        writeln!(
+            w,
+            "result       IO ERRORS ({} I/O error(s), {} damage problem(s)); the check is incomplete where reads failed",
+            r.io_errors.len(),
+            r.damage.len()
+        )
     } else if r.damage.is_empty() {
         writeln!(
             w,

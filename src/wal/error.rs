@@ -27,9 +27,55 @@ pub enum WalError {
         source: io::Error,
     },
 
-    /// Not enough space to preallocate a new segment.
-    #[error("{path}: no space left to preallocate a {bytes}-byte segment; earlier records are intact, free some space (or lower retention) and the next checkpoint will retry")]
-    NoSpace { path: PathBuf, bytes: u64 },
+    /// Not enough space (or quota, or file-size limit) to preallocate a new
+    /// segment.
+    #[error("{path}: no space left to preallocate a {bytes}-byte segment ({cause}); earlier records are intact, free some space (or lower retention) and the next checkpoint will retry")]
+    NoSpace {
+        path: PathBuf,
+        bytes: u64,
+        /// What ran out: "disk full", "disk quota exceeded", "file size limit".
+        cause: &'static str,
+    },
+
+    /// Bytes the log needs could not be read: an I/O error, which says
+    /// nothing about what the bytes hold, so it is never taken for damage or
+    /// for an empty log.
+    #[error("{path} at offset {offset}: {what} failed: {} ({source}); the bytes there could not be read, which is not the same as damaged, so recovery will not guess past them. A transient error clears on a restart; if it persists the medium is failing: copy the log elsewhere, or move {path} out of the directory to resume from the records before it", errno_name(source))]
+    Unreadable {
+        path: PathBuf,
+        offset: u64,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The pre-resume fsync failed: the bytes recovery would use may exist
+    /// only in the page cache (after an earlier failed write-back).
+    #[error("{path}: {what} before resuming failed: {} ({source}); a record is resumed from only once it is known to be on the disk, so the writer does not start. A restart retries; if it keeps failing the disk is failing", errno_name(source))]
+    NotDurable {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The directory holds a segment whose number leaves no room to go on.
+    #[error("{path}: segment number {number} is above {max}, the largest a writer creates, so no segment can follow it; move {path} out of the directory (it was not written by this log's writer) and start again")]
+    SegmentNumberTooHigh {
+        path: PathBuf,
+        number: u64,
+        max: u64,
+    },
+
+    /// A record header carries a sequence number that leaves no room to go on.
+    #[error("{path}: a record header carries sequence {sequence}, which leaves no room for another record (only a planted or foreign file can); move {path} out of the directory and start again")]
+    SequenceExhausted { path: PathBuf, sequence: u64 },
+
+    /// Another process writes to the directory although this writer holds
+    /// the lock (the LOCK file was deleted or replaced, or the file system
+    /// does not share flock between hosts).
+    #[error("{path}: {what}; another process may be writing to this log, so this writer stops appending. Make sure a single epochwal writes to the directory (a deleted LOCK file, or a network file system where flock does not reach other hosts, lets two in), then restart")]
+    Conflict { path: PathBuf, what: String },
 
     /// msync/fdatasync failed: the data may be lost and the log refuses further
     /// appends (the kernel may have dropped the dirty pages, so a retry could
@@ -92,9 +138,70 @@ pub enum WalError {
 impl WalError {
     pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: io::Error) -> WalError {
         let path = path.into();
-        if source.raw_os_error() == Some(libc::ENOSPC) {
-            return WalError::NoSpace { path, bytes: 0 };
+        if let Some(cause) = no_space_cause(&source) {
+            return WalError::NoSpace {
+                path,
+                bytes: 0,
+                cause,
+            };
         }
         WalError::Io { path, op, source }
     }
+
+    pub(crate) fn unreadable(
+        path: impl Into<PathBuf>,
+        offset: u64,
+        what: &'static str,
+        source: io::Error,
+    ) -> WalError {
+        WalError::Unreadable {
+            path: path.into(),
+            offset,
+            what,
+            source,
+        }
+    }
+}
+
+/// What ran out, if `e` says space ran out: a full disk, a quota (the same
+/// situation for the log: nothing can be allocated) or RLIMIT_FSIZE.
+pub(crate) fn no_space_cause(e: &io::Error) -> Option<&'static str> {
+    match e.raw_os_error()? {
+        libc::ENOSPC => Some("disk full"),
+        libc::EDQUOT => Some("disk quota exceeded"),
+        libc::EFBIG => Some("file size limit"),
+        _ => None,
+    }
+}
+
+/// The symbolic name of an I/O error's errno (`EIO`), for messages that an
+/// operator greps for; "errno N" for the uncommon ones.
+pub fn errno_name(e: &io::Error) -> String {
+    let Some(n) = e.raw_os_error() else {
+        return "no errno".to_string();
+    };
+    let name = match n {
+        libc::EIO => "EIO",
+        libc::ENOSPC => "ENOSPC",
+        libc::EDQUOT => "EDQUOT",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::EMFILE => "EMFILE",
+        libc::ENFILE => "ENFILE",
+        libc::ENOMEM => "ENOMEM",
+        libc::EROFS => "EROFS",
+        libc::ENOENT => "ENOENT",
+        libc::EEXIST => "EEXIST",
+        libc::EBADMSG => "EBADMSG",
+        libc::EUCLEAN => "EUCLEAN",
+        libc::ENODATA => "ENODATA",
+        libc::ESTALE => "ESTALE",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EINTR => "EINTR",
+        libc::EAGAIN => "EAGAIN",
+        libc::EFBIG => "EFBIG",
+        libc::EINVAL => "EINVAL",
+        _ => return format!("errno {n}"),
+    };
+    name.to_string()
 }

@@ -45,6 +45,33 @@ pub fn checksum(bytes: &[u8]) -> u64 {
     xxh3_64(bytes)
 }
 
+/// [`checksum`] of bytes that arrive in pieces (a payload read with
+/// `pread`, chunk by chunk): the same value as `checksum` of the whole.
+#[derive(Default)]
+pub struct ChecksumStream(xxhash_rust::xxh3::Xxh3Default);
+
+impl ChecksumStream {
+    /// An empty stream.
+    pub fn new() -> ChecksumStream {
+        ChecksumStream::default()
+    }
+
+    /// Feeds the next bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The checksum of everything fed so far.
+    pub fn finish(&self) -> u64 {
+        self.0.digest()
+    }
+}
+
+/// The largest segment number a writer creates: a file named with a larger
+/// number (only a foreign or planted file can be) leaves no room to go on,
+/// and the writer refuses to open the directory until it is moved away.
+pub const MAX_SEGMENT_NO: u64 = (1 << 63) - 1;
+
 /// Rounds `n` up to the next multiple of [`PAGE`].
 pub fn page_align(n: u64) -> u64 {
     n.div_ceil(PAGE) * PAGE
@@ -321,6 +348,16 @@ mod tests {
         v7.encode(&mut page);
         assert_eq!(u32_at(&page, 104), 7);
         assert_eq!(RecordHeader::decode(&page).unwrap(), v7);
+    }
+
+    #[test]
+    fn the_streamed_checksum_equals_the_one_shot_checksum() {
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut s = ChecksumStream::new();
+        for chunk in bytes.chunks(4096 + 17) {
+            s.update(chunk);
+        }
+        assert_eq!(s.finish(), checksum(&bytes));
     }
 
     #[test]

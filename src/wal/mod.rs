@@ -25,10 +25,11 @@ mod reader;
 mod sys;
 mod writer;
 
-pub use error::WalError;
+pub use error::{errno_name, WalError};
 pub use format::{RecordHeader, SegmentHeader};
 pub use reader::{
-    recover, validate_payload, LogReader, LogScan, MappedRecord, Recovery, SegmentScan, Skip,
+    recover, validate_payload, LogReader, LogScan, MappedRecord, ReadFailure, Recovery,
+    SegmentScan, Skip,
 };
 pub use writer::{
     archived_len, segment_bytes_for, Durable, Log, LogOptions, PendingAppend, Retention,

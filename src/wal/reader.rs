@@ -9,7 +9,14 @@
 //!
 //! Headers are read with `pread`, bounded by the file's real size, so a short
 //! or truncated file gives a clean error rather than a SIGBUS; a payload is
-//! mapped only after its whole range has been checked to lie inside the file.
+//! checksummed with `pread` too (an unreadable sector is then an error
+//! naming the record, not a SIGBUS), and mapped only after that.
+//!
+//! An I/O error is never taken for damage: damage is bytes that were read
+//! and found wrong, while a failed read says nothing about the bytes. A
+//! header that cannot be read makes recovery fail (it cannot know what lies
+//! behind it); a payload that cannot be read makes recovery pass over that
+//! record, since its header already says what it was.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -17,10 +24,10 @@ use std::path::{Path, PathBuf};
 use memmap2::{Mmap, MmapOptions};
 
 use super::format::{
-    self, parse_segment_file_name, HeaderError, RecordHeader, SegmentHeader, PAGE,
-    RECORD_HEADER_LEN,
+    self, page_align, parse_segment_file_name, ChecksumStream, HeaderError, RecordHeader,
+    SegmentHeader, PAGE, RECORD_HEADER_LEN,
 };
-use super::sys::{read_at_most, system_page_size};
+use super::sys::{self, next_data, read_at_most, system_page_size};
 use super::{Result, WalError};
 use crate::state::{self, ArchivedTrainState, Decoded, TrainState, Upgraded};
 
@@ -33,6 +40,9 @@ pub struct Skip {
     pub offset: u64,
     /// What is wrong.
     pub reason: String,
+    /// The bytes could not be read (an I/O error), as opposed to read and
+    /// found wrong.
+    pub unreadable: bool,
 }
 
 impl std::fmt::Display for Skip {
@@ -52,6 +62,40 @@ fn skip(file: &Path, offset: u64, reason: impl Into<String>) -> Skip {
         file: file.to_path_buf(),
         offset,
         reason: reason.into(),
+        unreadable: false,
+    }
+}
+
+/// A read that failed while scanning a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadFailure {
+    /// Where in the file.
+    pub offset: u64,
+    /// What was being read.
+    pub what: &'static str,
+    /// The errno, if the error carried one.
+    pub errno: Option<i32>,
+    /// The error as the system described it.
+    pub message: String,
+}
+
+impl ReadFailure {
+    fn new(offset: u64, what: &'static str, e: &std::io::Error) -> ReadFailure {
+        ReadFailure {
+            offset,
+            what,
+            errno: e.raw_os_error(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The failure as an error naming `path`.
+    pub fn to_error(&self, path: &Path) -> WalError {
+        let source = match self.errno {
+            Some(n) => std::io::Error::from_raw_os_error(n),
+            None => std::io::Error::other(self.message.clone()),
+        };
+        WalError::unreadable(path, self.offset, self.what, source)
     }
 }
 
@@ -66,13 +110,21 @@ pub struct SegmentScan {
     pub header: Option<SegmentHeader>,
     /// The file's size when it was scanned.
     pub file_len: u64,
-    /// Record headers that decoded, in file order.
+    /// Record headers that decoded, in file order, including those found
+    /// past a damaged or zeroed header by scanning the following pages.
     pub records: Vec<RecordHeader>,
-    /// Damage found in this segment.
+    /// Damage found in this segment (and the read failure, if any).
     pub problems: Vec<Skip>,
-    /// Offset where the walk stopped (the first zero header page, the first
-    /// damaged header, or the end of the file).
+    /// Where the next record header would go: just past the last record
+    /// found (4096 if none), bounded by the file.
     pub end_offset: u64,
+    /// A read of the segment failed: what lies at and after that offset is
+    /// unknown. The scan stopped there.
+    pub read_failure: Option<ReadFailure>,
+    /// The highest sequence number of any record header of this segment
+    /// whose checksum matched, taken or rejected (0 if none). The writer
+    /// never gives a number that exists anywhere in the directory.
+    pub highest_sequence: u64,
 }
 
 /// All segments of a directory, header-level.
@@ -170,13 +222,27 @@ pub fn validate_payload<'a>(
             header.payload_len
         ));
     }
-    let sum = format::checksum(payload);
+    check_payload_checksum(format::checksum(payload), header)?;
+    validate_archive(payload, header)
+}
+
+fn check_payload_checksum(sum: u64, header: &RecordHeader) -> std::result::Result<(), String> {
     if sum != header.payload_checksum {
         return Err(format!(
             "payload checksum mismatch (stored {:016x}, computed {sum:016x})",
             header.payload_checksum
         ));
     }
+    Ok(())
+}
+
+/// The checks of [`validate_payload`] after the checksum: validation with
+/// the archived types of the header's schema version, agreement with the
+/// header.
+fn validate_archive<'a>(
+    payload: &'a [u8],
+    header: &RecordHeader,
+) -> std::result::Result<Decoded<'a>, String> {
     let decoded = state::decode(header.schema_version, payload).map_err(|e| e.to_string())?;
     let state = decoded.state();
     if state.epoch.to_native() != header.epoch || state.global_step.to_native() != header.step {
@@ -235,6 +301,13 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
 
 /// Reads the headers of one segment. Problems are reported in the result,
 /// not as errors, so that one bad file never hides the others.
+///
+/// The walk goes from record to record (FORMAT.md §5.3). Where it finds no
+/// record header where one could start (a damaged header, or a zero page),
+/// it reads the first bytes of every later page that holds data: a header
+/// that passes every check there is a record that the damage would
+/// otherwise hide, and the walk goes on after it. A zero page followed by
+/// no record is the normal end of a segment and is not reported.
 pub fn scan_segment(path: &Path, segment_no: u64) -> SegmentScan {
     let mut scan = SegmentScan {
         path: path.to_path_buf(),
@@ -244,20 +317,27 @@ pub fn scan_segment(path: &Path, segment_no: u64) -> SegmentScan {
         records: Vec::new(),
         problems: Vec::new(),
         end_offset: 0,
+        read_failure: None,
+        highest_sequence: 0,
     };
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) => {
+        // Gone since the listing: retention of a running writer (the caller
+        // checks), not a read failure.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             scan.problems
                 .push(skip(path, 0, format!("cannot open segment: {e}")));
+            return scan;
+        }
+        Err(e) => {
+            scan.fail(ReadFailure::new(0, "opening the segment", &e));
             return scan;
         }
     };
     let len = match file.metadata() {
         Ok(m) => m.len(),
         Err(e) => {
-            scan.problems
-                .push(skip(path, 0, format!("cannot stat: {e}")));
+            scan.fail(ReadFailure::new(0, "stat of the segment", &e));
             return scan;
         }
     };
@@ -275,8 +355,7 @@ pub fn scan_segment(path: &Path, segment_no: u64) -> SegmentScan {
             return scan;
         }
         Err(e) => {
-            scan.problems
-                .push(skip(path, 0, format!("read failed: {e}")));
+            scan.fail(ReadFailure::new(0, "reading the segment header", &e));
             return scan;
         }
     }
@@ -313,26 +392,52 @@ pub fn scan_segment(path: &Path, segment_no: u64) -> SegmentScan {
     let limit = len.min(header.segment_bytes);
     let mut offset = PAGE;
     let mut last_seq = 0;
+    // Places where a record header should have started but none did: the
+    // offset, what was there (None: a zero page), and the records found
+    // before it (to count those found after it).
+    let mut gaps: Vec<(u64, Option<String>, usize)> = Vec::new();
+    // True while looking for a header past such a place, page by page.
+    let mut searching = false;
+    // End of the data region being searched (holes are skipped).
+    let mut data_end = 0;
     while offset + PAGE <= limit {
+        if searching && offset >= data_end {
+            match next_data(&file, offset, limit) {
+                Ok(Some((start, end))) => {
+                    offset = offset.max(page_align(start));
+                    data_end = end;
+                    continue;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    scan.fail(ReadFailure::new(offset, "looking for data (SEEK_DATA)", &e));
+                    break;
+                }
+            }
+        }
         let buf = &mut page[..RECORD_HEADER_LEN];
         match read_at_most(&file, buf, offset) {
             Ok(n) if n == RECORD_HEADER_LEN => {}
             Ok(_) => break,
             Err(e) => {
-                scan.problems
-                    .push(skip(path, offset, format!("read failed: {e}")));
+                scan.fail(ReadFailure::new(offset, "reading a record header", &e));
                 break;
             }
         }
         let rec = match RecordHeader::decode(buf) {
             Ok(r) => r,
-            Err(HeaderError::Zeroed) => break,
             Err(e) => {
-                scan.problems
-                    .push(skip(path, offset, format!("record header: {e}")));
-                break;
+                if !searching {
+                    let what = (e != HeaderError::Zeroed).then(|| format!("record header: {e}"));
+                    gaps.push((offset, what, scan.records.len()));
+                    searching = true;
+                    data_end = 0;
+                }
+                offset += PAGE;
+                continue;
             }
         };
+        scan.highest_sequence = scan.highest_sequence.max(rec.sequence);
         let bad = if rec.log_id != header.log_id {
             Some("record belongs to another log (log id differs from the segment's)".into())
         } else if rec.segment_no != segment_no {
@@ -359,15 +464,71 @@ pub fn scan_segment(path: &Path, segment_no: u64) -> SegmentScan {
             None
         };
         if let Some(reason) = bad {
-            scan.problems.push(skip(path, offset, reason));
-            break;
+            if searching {
+                // A whole header that passed its checksum, in the wrong
+                // place or order: never a record, always worth a report.
+                scan.problems.push(skip(path, offset, reason));
+            } else {
+                gaps.push((offset, Some(reason), scan.records.len()));
+                searching = true;
+                data_end = 0;
+            }
+            offset += PAGE;
+            continue;
         }
+        searching = false;
         last_seq = rec.sequence;
         offset = rec.end_offset();
         scan.records.push(rec);
     }
-    scan.end_offset = offset.min(limit);
+    scan.end_offset = scan
+        .records
+        .last()
+        .map_or(PAGE, |r| r.end_offset())
+        .min(limit);
+    for (at, what, before) in gaps {
+        let after = &scan.records[before..];
+        let found = match (after.first(), after.last()) {
+            (Some(first), Some(last)) => format!(
+                "; {} record(s) after it (sequences {}..={}) were found by scanning the following pages",
+                after.len(),
+                first.sequence,
+                last.sequence
+            ),
+            _ => String::new(),
+        };
+        match what {
+            Some(what) => scan.problems.push(skip(path, at, format!("{what}{found}"))),
+            // A zero page with nothing after it is where the segment ends.
+            None if found.is_empty() => {}
+            None => scan.problems.push(skip(
+                path,
+                at,
+                format!("zeroed record header page where a record should start{found}"),
+            )),
+        }
+    }
     scan
+}
+
+impl SegmentScan {
+    fn fail(&mut self, f: ReadFailure) {
+        self.problems.push(Skip {
+            file: self.path.clone(),
+            offset: f.offset,
+            reason: format!(
+                "{} failed: {} ({})",
+                f.what,
+                f.errno.map_or_else(
+                    || "no errno".to_string(),
+                    |n| super::error::errno_name(&std::io::Error::from_raw_os_error(n))
+                ),
+                f.message
+            ),
+            unreadable: true,
+        });
+        self.read_failure = Some(f);
+    }
 }
 
 /// Read-only access to a log directory.
@@ -415,6 +576,51 @@ impl LogReader {
     }
 }
 
+/// Bytes read per `pread` when checksumming a payload: large enough that
+/// the system call costs little, small enough to stay in the L2 cache.
+const VALIDATE_CHUNK: usize = 256 << 10;
+
+/// The checksum of `[start, start + len)` of `file`, read with `pread`. A
+/// read error is returned with the offset it happened at; a short read
+/// (the file shrank) is damage.
+fn checksum_by_pread(
+    file: &File,
+    start: u64,
+    len: u64,
+) -> std::result::Result<std::result::Result<u64, String>, (u64, std::io::Error)> {
+    let mut buf = vec![0u8; VALIDATE_CHUNK.min(len as usize)];
+    let mut sum = ChecksumStream::new();
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        let at = start + done;
+        match read_at_most(file, &mut buf[..n], at) {
+            Ok(got) if got == n => sum.update(&buf[..n]),
+            Ok(got) => {
+                return Ok(Err(format!(
+                    "the file ends at byte {} inside the payload (truncated)",
+                    at + got as u64
+                )))
+            }
+            Err(e) => {
+                // Find the first unreadable page, so the report says where.
+                let mut bad = at;
+                let mut page = [0u8; PAGE as usize];
+                while bad < at + n as u64 {
+                    let m = (PAGE - bad % PAGE).min(at + n as u64 - bad) as usize;
+                    if read_at_most(file, &mut page[..m], bad).is_err() {
+                        break;
+                    }
+                    bad += m as u64;
+                }
+                return Err((bad.min(at + n as u64 - 1), e));
+            }
+        }
+        done += n as u64;
+    }
+    Ok(Ok(sum.finish()))
+}
+
 pub(crate) fn load_record(path: &Path, header: &RecordHeader) -> Result<MappedRecord> {
     let damaged = |reason: String| WalError::Damaged {
         path: path.to_path_buf(),
@@ -443,6 +649,14 @@ pub(crate) fn load_record(path: &Path, header: &RecordHeader) -> Result<MappedRe
             "payload ends at byte {end} but the file has only {len} bytes (truncated)"
         )));
     }
+    // The checksum is computed from `pread`, not through the mapping: a
+    // sector that cannot be read is then an error naming this record, where
+    // a mapping would raise SIGBUS and kill the process. It also brings the
+    // pages into the page cache, so the mapping below reads them from memory.
+    let sum = checksum_by_pread(&file, start, header.payload_len)
+        .map_err(|(at, e)| WalError::unreadable(path, at, "reading a record's payload", e))?
+        .map_err(damaged)?;
+    check_payload_checksum(sum, header).map_err(damaged)?;
     let page = system_page_size();
     let map_start = start / page * page;
     let delta = (start - map_start) as usize;
@@ -452,10 +666,14 @@ pub(crate) fn load_record(path: &Path, header: &RecordHeader) -> Result<MappedRe
     // as it is now (checked against its size just above). The writer never
     // truncates a segment and never rewrites the bytes of a record that has a
     // header; a third party truncating the file while it is mapped could still
-    // raise SIGBUS, which FORMAT.md documents as outside the contract.
+    // raise SIGBUS, which FORMAT.md documents as outside the contract. The
+    // pages were just read successfully, so they are in the page cache.
     let map = unsafe { MmapOptions::new().offset(map_start).len(map_len).map(&file) }
         .map_err(|e| WalError::io(path, "mapping record", e))?;
-    let upgraded = match validate_payload(&map[delta..], header).map_err(damaged)? {
+    if map[delta..].len() as u64 != header.payload_len {
+        return Err(damaged("mapping is shorter than the payload".into()));
+    }
+    let upgraded = match validate_archive(&map[delta..], header).map_err(damaged)? {
         Decoded::Current(_) => None,
         Decoded::Upgraded(up) => Some(up),
     };
@@ -486,7 +704,8 @@ pub struct Recovery {
     /// Whose log this is: the id of the newest segment holding a record
     /// header, or, when no segment holds one, of the newest valid segment.
     pub log_id: Option<u128>,
-    /// One past the highest sequence number seen in any record header.
+    /// One past the highest sequence number of any record header that
+    /// passed its checksum in the segments visited (taken or rejected).
     pub next_sequence: u64,
     /// One past the highest segment number present in the directory.
     pub next_segment_no: u64,
@@ -498,8 +717,26 @@ pub struct Recovery {
 /// Finds the newest intact record in `dir`. Reads segments newest first and
 /// stops at the first that yields a record that validates, so its cost is
 /// about the size of that record, not the size of the log.
+///
+/// A record header that cannot be read (an I/O error) is an error: what lies
+/// behind it is unknown, and guessing could resume from an old record or,
+/// with no header read at all, start a new log next to the old one. A
+/// payload that cannot be read only makes recovery pass over that record,
+/// with a [`Skip`] marked `unreadable`.
 pub fn recover(dir: impl AsRef<Path>) -> Result<Recovery> {
-    let dir = dir.as_ref();
+    recover_with(dir.as_ref(), false)
+}
+
+/// [`recover`] for the writer, which resumes from what it finds and so must
+/// trust only what is on the disk: before a segment is read it is fsynced
+/// and its clean cached pages are dropped ([`sys::sync_and_forget`]), so
+/// that bytes which only the page cache holds (after a failed write-back
+/// that another process saw) are neither used nor taken for durable.
+pub(crate) fn recover_for_writer(dir: &Path) -> Result<Recovery> {
+    recover_with(dir, true)
+}
+
+fn recover_with(dir: &Path, writer: bool) -> Result<Recovery> {
     // A reader running next to a writer can list a segment that retention
     // deletes before it is read (retention deletes only after a newer record
     // is durable, in a newer segment). The listing is then stale: start over
@@ -507,7 +744,7 @@ pub fn recover(dir: impl AsRef<Path>) -> Result<Recovery> {
     // hold only records older than one already durable.
     let mut attempts = 0;
     loop {
-        let (out, vanished) = recover_once(dir)?;
+        let (out, vanished) = recover_once(dir, writer)?;
         attempts += 1;
         if !vanished || attempts >= 100 {
             return Ok(out);
@@ -516,7 +753,7 @@ pub fn recover(dir: impl AsRef<Path>) -> Result<Recovery> {
 }
 
 /// One pass of [`recover`]; the flag says a listed segment disappeared.
-fn recover_once(dir: &Path) -> Result<(Recovery, bool)> {
+fn recover_once(dir: &Path, writer: bool) -> Result<(Recovery, bool)> {
     let (segments, others) = list_dir(dir)?;
     let mut vanished = false;
     let mut out = Recovery {
@@ -533,10 +770,20 @@ fn recover_once(dir: &Path) -> Result<(Recovery, bool)> {
     // Empty segments passed before the log's id was known.
     let mut undecided: Vec<(PathBuf, u128)> = Vec::new();
     'segments: for (n, path) in segments.iter().rev() {
+        if writer {
+            sys::sync_and_forget(path).map_err(|(what, source)| WalError::NotDurable {
+                path: path.clone(),
+                what,
+                source,
+            })?;
+        }
         let scan = scan_segment(path, *n);
         if !scan.problems.is_empty() && !path.exists() {
             vanished = true;
             break 'segments;
+        }
+        if let Some(f) = &scan.read_failure {
+            return Err(f.to_error(path));
         }
         out.segments_scanned += 1;
         out.skipped.extend(scan.problems.iter().cloned());
@@ -561,9 +808,9 @@ fn recover_once(dir: &Path) -> Result<(Recovery, bool)> {
             }
             Some(_) => {}
         }
-        if let Some(max) = scan.records.iter().map(|r| r.sequence).max() {
-            out.next_sequence = out.next_sequence.max(max + 1);
-        }
+        out.next_sequence = out
+            .next_sequence
+            .max(scan.highest_sequence.saturating_add(1));
         for rec in scan.records.iter().rev() {
             match load_record(path, rec) {
                 Ok(m) => {
@@ -582,6 +829,17 @@ fn recover_once(dir: &Path) -> Result<(Recovery, bool)> {
                     rec.offset,
                     format!("record {}: {reason}", rec.sequence),
                 )),
+                Err(e @ WalError::Unreadable { .. }) => out.skipped.push(Skip {
+                    unreadable: true,
+                    ..skip(
+                        path,
+                        rec.offset,
+                        format!(
+                            "record {} (epoch {}) cannot be read: {e}",
+                            rec.sequence, rec.epoch
+                        ),
+                    )
+                }),
                 Err(e) => out.skipped.push(skip(
                     path,
                     rec.offset,

@@ -1,7 +1,10 @@
-//! The few system calls std does not wrap: fallocate, flock, directory fsync.
+//! The few system calls std does not wrap: fallocate, flock, directory
+//! fsync, renameat2, posix_fadvise, SEEK_DATA/SEEK_HOLE, statfs.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -78,5 +81,158 @@ pub fn system_page_size() -> u64 {
         n as u64
     } else {
         4096
+    }
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// Renames `from` to `to` only if `to` does not exist (`EEXIST` otherwise),
+/// atomically: two writers can never replace each other's files, whatever
+/// they believe about the lock. Uses `renameat2(RENAME_NOREPLACE)`; where the
+/// file system does not support it (`EINVAL`), `link` + `unlink`, which is
+/// just as exclusive (link fails with `EEXIST`) but leaves both names for a
+/// moment, so a crash in between leaves a `.tmp` that the writer deletes.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let (f, t) = (c_path(from)?, c_path(to)?);
+    // SAFETY: both strings are NUL-terminated and outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if !matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
+        return Err(err);
+    }
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
+}
+
+/// Makes whatever the page cache holds of `path` durable (`fsync`), then
+/// drops its clean cached pages (`POSIX_FADV_DONTNEED`), so that the next
+/// read comes from the disk. After a failed write-back, ext4 and XFS keep
+/// the unwritten bytes in a page marked clean: a later reader would see
+/// them although the disk does not hold them, and fsync cannot tell (the
+/// error was already reported to the process that saw it). Dropping the
+/// page is what makes the next read tell the truth. Pages that another
+/// process has mapped stay. On error, says which step failed.
+pub fn sync_and_forget(path: &Path) -> Result<(), (&'static str, io::Error)> {
+    let file = File::open(path).map_err(|e| ("opening for fsync", e))?;
+    file.sync_all().map_err(|e| ("fsync", e))?;
+    // SAFETY: posix_fadvise only reads its integer arguments.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(("posix_fadvise(DONTNEED)", io::Error::from_raw_os_error(rc)));
+    }
+    Ok(())
+}
+
+/// The next region holding data at or after `from`, as `[start, end)`, by
+/// `SEEK_DATA`/`SEEK_HOLE`; `None` if only holes follow. Preallocated but
+/// never written blocks count as holes on ext4 and XFS, so a scan of a
+/// segment's unused tail costs nothing there. File systems that cannot tell
+/// report everything as data, which is only slower.
+pub fn next_data(file: &File, from: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
+    if from >= len {
+        return Ok(None);
+    }
+    let fd = file.as_raw_fd();
+    let Ok(off) = libc::off_t::try_from(from) else {
+        return Ok(None);
+    };
+    // SAFETY: lseek only reads its integer arguments.
+    let start = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+    if start < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(Some((from, len))),
+            _ => Err(err),
+        };
+    }
+    // SAFETY: as above.
+    let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+    if end < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Some(((start as u64).min(len), (end as u64).min(len))))
+}
+
+/// A file system on which preallocation does not make later stores through
+/// a mapping safe, or where other hosts may write: name, and why.
+pub fn risky_file_system(dir: &Path) -> io::Result<Option<(&'static str, &'static str)>> {
+    let c = c_path(dir)?;
+    // SAFETY: an all-zero statfs is a valid value of a plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is NUL-terminated, `st` is a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(classify_file_system(st.f_type as i64))
+}
+
+/// See [`risky_file_system`]; by `statfs`'s `f_type` magic number.
+pub fn classify_file_system(magic: i64) -> Option<(&'static str, &'static str)> {
+    const COW: &str = "copy-on-write: a store into a preallocated mapping allocates new blocks, so a full disk can still end the writer with SIGBUS; keep free space well beyond the segment size";
+    const NET: &str = "a network file system: flock may not exclude a writer on another host, and write-back errors can surface late; prefer a local disk";
+    match magic as u32 {
+        0x9123_683e => Some(("btrfs", COW)),
+        0x2fc1_2fc1 => Some(("ZFS", COW)),
+        0x6969 => Some(("NFS", NET)),
+        0xff53_4d42 | 0xfe53_4d42 => Some(("SMB/CIFS", NET)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_noreplace_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "new").unwrap();
+        std::fs::write(&b, "old").unwrap();
+        let e = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(std::fs::read(&b).unwrap(), b"old");
+        assert_eq!(std::fs::read(&a).unwrap(), b"new");
+        std::fs::remove_file(&b).unwrap();
+        rename_noreplace(&a, &b).unwrap();
+        assert!(!a.exists());
+        assert_eq!(std::fs::read(&b).unwrap(), b"new");
+    }
+
+    #[test]
+    fn copy_on_write_and_network_file_systems_are_named() {
+        assert_eq!(classify_file_system(0x9123_683e).unwrap().0, "btrfs");
+        assert_eq!(classify_file_system(0x2fc1_2fc1).unwrap().0, "ZFS");
+        assert_eq!(classify_file_system(0x6969).unwrap().0, "NFS");
+        // ext4, XFS, tmpfs: preallocation holds.
+        assert_eq!(classify_file_system(0xef53), None);
+        assert_eq!(classify_file_system(0x5846_5342), None);
+        assert_eq!(classify_file_system(0x0102_1994), None);
+    }
+
+    #[test]
+    fn next_data_finds_written_bytes_and_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::create(dir.path().join("f")).unwrap();
+        f.set_len(1 << 20).unwrap();
+        f.write_at(b"x", 512 << 10).unwrap();
+        let (start, end) = next_data(&f, 0, 1 << 20).unwrap().unwrap();
+        assert!(start <= 512 << 10 && end > 512 << 10, "{start}..{end}");
+        assert_eq!(next_data(&f, 1 << 20, 1 << 20).unwrap(), None);
     }
 }

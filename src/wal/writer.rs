@@ -18,11 +18,12 @@ use memmap2::{MmapOptions, MmapRaw};
 use rkyv::rancor;
 use rkyv::ser::{Positional, Writer};
 
+use super::error::no_space_cause;
 use super::format::{
     self, page_align, record_span, segment_file_name, RecordHeader, SegmentHeader,
-    MAX_PAYLOAD_BYTES, PAGE,
+    MAX_PAYLOAD_BYTES, MAX_SEGMENT_NO, PAGE,
 };
-use super::reader::{list_dir, recover, scan_segment, Recovery};
+use super::reader::{list_dir, recover_for_writer, scan_segment, Recovery};
 use super::sys;
 use super::{Result, WalError};
 use crate::state::{TrainState, SCHEMA_VERSION};
@@ -213,7 +214,8 @@ type Poison = Arc<Mutex<Option<String>>>;
 /// The writer of one log directory.
 pub struct Log {
     dir: PathBuf,
-    _lock: File,
+    lock: File,
+    lock_path: PathBuf,
     options: LogOptions,
     log_id: u128,
     next_sequence: u64,
@@ -359,14 +361,42 @@ impl Log {
             .and_then(|_| lock.write_all(format!("{}\n", std::process::id()).as_bytes()))
             .map_err(|e| WalError::io(&lock_path, "writing the lock file", e))?;
 
-        let recovery = recover(&dir)?;
+        match sys::risky_file_system(&dir) {
+            Ok(Some((name, why))) => tracing::warn!(
+                dir = %dir.display(),
+                file_system = name,
+                "the log directory is on {name}: {why}"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "statfs failed"),
+        }
+
+        // Fsyncs and re-reads from the disk every segment it visits; a read
+        // error is an error, never "no checkpoint".
+        let recovery = recover_for_writer(&dir)?;
+        sys::sync_dir(&dir).map_err(|source| WalError::NotDurable {
+            path: dir.clone(),
+            what: "fsync of the log directory",
+            source,
+        })?;
         remove_stale_temporaries(&dir)?;
+        let (segments, _) = list_dir(&dir)?;
+        if let Some((n, path)) = segments.last().filter(|(n, _)| *n > MAX_SEGMENT_NO) {
+            return Err(WalError::SegmentNumberTooHigh {
+                path: path.clone(),
+                number: *n,
+                max: MAX_SEGMENT_NO,
+            });
+        }
         let mut log = Log {
+            // Only reached when every segment file could be read: a new id
+            // is never minted next to files that might hold the old one.
             log_id: recovery.log_id.unwrap_or_else(random_log_id),
             next_sequence: recovery.next_sequence,
             next_segment_no: recovery.next_segment_no,
             dir,
-            _lock: lock,
+            lock,
+            lock_path,
             options,
             active: None,
             write_offset: 0,
@@ -375,7 +405,17 @@ impl Log {
             in_flight: false,
             last_span: 0,
         };
-        log.take_inventory()?;
+        let (highest, holder) = log.take_inventory()?;
+        if highest == u64::MAX {
+            return Err(WalError::SequenceExhausted {
+                path: holder,
+                sequence: highest,
+            });
+        }
+        // The next number follows every sequence present anywhere in the
+        // directory: records hidden behind damage, rejected headers, older
+        // segments. A number is never given to two records.
+        log.next_sequence = log.next_sequence.max(highest + 1);
         // Make room before the first new segment is needed: a restart on a
         // full disk must be able to checkpoint as the run before it could.
         let recovered_segment = recovery.record.as_ref().map(|r| r.header().segment_no);
@@ -398,11 +438,19 @@ impl Log {
         Ok((log, recovery))
     }
 
-    /// Header-only scan of all our segments, for retention.
-    fn take_inventory(&mut self) -> Result<()> {
+    /// Header-only scan of all segments: ours are listed for retention; the
+    /// highest sequence in any header (and the file holding it) is returned.
+    fn take_inventory(&mut self) -> Result<(u64, PathBuf)> {
         let (segments, _) = list_dir(&self.dir)?;
+        let mut highest = (0, self.dir.clone());
         for (n, path) in segments {
             let scan = scan_segment(&path, n);
+            if let Some(f) = &scan.read_failure {
+                return Err(f.to_error(&path));
+            }
+            if scan.highest_sequence > highest.0 {
+                highest = (scan.highest_sequence, path.clone());
+            }
             let Some(h) = scan.header else { continue };
             if h.log_id != self.log_id {
                 continue;
@@ -414,7 +462,38 @@ impl Log {
                 records: scan.records.iter().map(|r| (r.sequence, r.epoch)).collect(),
             });
         }
-        Ok(())
+        Ok(highest)
+    }
+
+    /// Errors if the LOCK file this writer locked is no longer the one at
+    /// `LOCK` (deleted, or replaced): a second writer could then take the
+    /// lock on a new file and write next to this one.
+    fn check_lock(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let ours = self
+            .lock
+            .metadata()
+            .map_err(|e| WalError::io(&self.lock_path, "fstat of the lock file", e))?;
+        match std::fs::metadata(&self.lock_path) {
+            Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => Ok(()),
+            Ok(_) => Err(WalError::Conflict {
+                path: self.lock_path.clone(),
+                what: "the LOCK file was deleted or replaced while this writer held it (it is another file now)".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(WalError::Conflict {
+                path: self.lock_path.clone(),
+                what: "the LOCK file was deleted while this writer held it".into(),
+            }),
+            Err(e) => Err(WalError::io(&self.lock_path, "stat of the lock file", e)),
+        }
+    }
+
+    /// Closes the log for appends with `e` as the reason, and returns it.
+    fn poison_with(&self, e: WalError) -> WalError {
+        if let Ok(mut p) = self.poison.lock() {
+            p.get_or_insert_with(|| e.to_string());
+        }
+        e
     }
 
     /// The directory of the log.
@@ -462,6 +541,7 @@ impl Log {
             return Err(WalError::AppendInFlight);
         }
         let started = Instant::now();
+        self.check_lock().map_err(|e| self.poison_with(e))?;
         let payload_len = archived_len(state)?;
         if payload_len > MAX_PAYLOAD_BYTES {
             return Err(WalError::TooLarge {
@@ -541,19 +621,14 @@ impl Log {
         let name = segment_file_name(n);
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}.tmp"));
-        // Never replace an existing file (the rename below would): that only
-        // happens when segment numbers are exhausted (a file named with the
-        // largest number exists).
-        if path.exists() || n == u64::MAX {
-            return Err(WalError::io(
-                &path,
-                "creating segment",
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "segment number already in use or exhausted; move the highest-numbered segment away",
-                ),
-            ));
+        if n > MAX_SEGMENT_NO {
+            return Err(WalError::SegmentNumberTooHigh {
+                path,
+                number: n,
+                max: MAX_SEGMENT_NO,
+            });
         }
+        self.check_lock().map_err(|e| self.poison_with(e))?;
         // A leftover `.tmp` of this number can only come from a writer that
         // died mid-creation (we hold the lock): it never held a record.
         match std::fs::remove_file(&tmp) {
@@ -562,6 +637,7 @@ impl Log {
             }
             _ => {}
         }
+        let mut renamed = false;
         let created = (|| -> Result<File> {
             let mut file = OpenOptions::new()
                 .read(true)
@@ -569,15 +645,13 @@ impl Log {
                 .create_new(true)
                 .open(&tmp)
                 .map_err(|e| WalError::io(&tmp, "creating segment", e))?;
-            sys::preallocate(&file, bytes).map_err(|e| {
-                if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EFBIG) {
-                    WalError::NoSpace {
-                        path: tmp.clone(),
-                        bytes,
-                    }
-                } else {
-                    WalError::io(&tmp, "preallocating segment", e)
-                }
+            sys::preallocate(&file, bytes).map_err(|e| match no_space_cause(&e) {
+                Some(cause) => WalError::NoSpace {
+                    path: tmp.clone(),
+                    bytes,
+                    cause,
+                },
+                None => WalError::io(&tmp, "preallocating segment", e),
             })?;
             let mut page = vec![0u8; PAGE as usize];
             SegmentHeader {
@@ -593,15 +667,48 @@ impl Log {
                 path: tmp.clone(),
                 source,
             })?;
-            std::fs::rename(&tmp, &path).map_err(|e| WalError::io(&path, "renaming segment", e))?;
+            // Never replaces a file: the name may have been taken by a
+            // second writer (one that got in after LOCK was deleted, or on a
+            // file system where flock does not reach it).
+            sys::rename_noreplace(&tmp, &path).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EEXIST) {
+                    WalError::Conflict {
+                        path: path.clone(),
+                        what: "this segment appeared although this writer holds the lock and never created it".into(),
+                    }
+                } else {
+                    WalError::io(&path, "renaming segment", e)
+                }
+            })?;
+            renamed = true;
             sys::sync_dir(&self.dir).map_err(|source| WalError::SyncFailed {
                 path: self.dir.clone(),
                 source,
             })?;
             Ok(file)
         })();
+        // The number is used up once the name exists, whatever happens next:
+        // after a failed directory fsync the next rotation must not try the
+        // same name again (it would find its own empty segment there).
+        if renamed {
+            self.next_segment_no = n + 1;
+            if created.is_err() {
+                // Left behind empty; retention deletes it like any segment
+                // older than the newest record.
+                self.inventory.push(SegmentInventory {
+                    segment_no: n,
+                    path: path.clone(),
+                    bytes,
+                    records: Vec::new(),
+                });
+            }
+        }
         let file = match created {
             Ok(f) => f,
+            Err(e @ WalError::Conflict { .. }) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(self.poison_with(e));
+            }
             Err(e) => {
                 // Nothing of a half-made segment may stay behind: it would
                 // hold the space the error is about.
@@ -609,8 +716,6 @@ impl Log {
                 return Err(e);
             }
         };
-        // The segment number is used up even if mapping fails below.
-        self.next_segment_no = n + 1;
         // The raw mapping is sound to use: the file is ours (created above under the writer lock),
         // fully allocated to `bytes`, and epochwal never truncates a segment;
         // the region is only accessed through `SegmentMap`, whose users keep

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod faults;
 pub mod systemd;
 
 use std::path::{Path, PathBuf};
