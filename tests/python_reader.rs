@@ -183,6 +183,41 @@ keep_records = 0
         h.encode(&mut page);
         f.write_all_at(&page, off).unwrap();
     });
+    // A middle record's header zeroed or damaged: the records after it are
+    // found by searching the following pages (FORMAT.md §5 step 3). Four
+    // records in one segment, written by the library.
+    for (case, zero) in [
+        ("zeroed middle header", true),
+        ("damaged middle header", false),
+    ] {
+        let dir = tmp.path().join(case);
+        let (mut log, _) = epochwal::wal::Log::open(
+            &dir,
+            epochwal::wal::LogOptions {
+                segment_bytes: 1 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut offsets = Vec::new();
+        for e in 1..=4 {
+            offsets.push(
+                log.append(&common::sample_state(16 << 10, e))
+                    .unwrap()
+                    .header
+                    .offset,
+            );
+        }
+        drop(log);
+        let p = dir.join(epochwal::wal::format::segment_file_name(1));
+        if zero {
+            write_at(&p, offsets[1], &[0u8; 4096]);
+        } else {
+            flip(&p, offsets[1] + 50);
+        }
+        assert_same_choice(&dir, case);
+        assert_eq!(python_choice(&dir)["sequence"], 4, "{case}");
+    }
     let all_gone = tmp.path().join("empty");
     std::fs::create_dir_all(&all_gone).unwrap();
     assert_same_choice(&all_gone, "empty directory");

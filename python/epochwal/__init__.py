@@ -11,6 +11,7 @@ of FORMAT.md is applied; `latest()` follows the recovery rule (§5), so it
 picks the same record as `epochwal verify` and the daemon.
 """
 
+import errno
 import mmap
 import os
 import re
@@ -389,18 +390,39 @@ def _scan(path, number):
                 seg.problems.append((path, 0, "segment is not the size its header says"))
             limit = min(seg.file_len, h["segment_bytes"])
             offset, last_seq = PAGE, 0
+            # Where no valid header starts, the following pages holding data
+            # are searched for one (§5 step 3); gaps = (offset, reason or
+            # None for a zero page, records before it).
+            gaps, searching, data_end = [], False, 0
             while offset + PAGE <= limit:
-                f.seek(offset)
-                b = f.read(RECORD_HEADER_LEN)
+                if searching and offset >= data_end:
+                    try:
+                        start = os.lseek(f.fileno(), offset, os.SEEK_DATA)
+                        data_end = os.lseek(f.fileno(), start, os.SEEK_HOLE)
+                    except OSError as e:
+                        if e.errno == errno.ENXIO:
+                            break
+                        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                            raise
+                        start, data_end = offset, limit
+                    offset = max(offset, -(-start // PAGE) * PAGE)
+                    continue
+                # pread: lseek(SEEK_DATA) above moves the descriptor's offset
+                # behind the buffered reader's back.
+                b = os.pread(f.fileno(), RECORD_HEADER_LEN, offset)
                 if len(b) < RECORD_HEADER_LEN:
                     break
                 try:
                     r = decode_record_header(b)
+                    failed = None if r is not None else "zero"
                 except FormatError as e:
-                    seg.problems.append((path, offset, f"record header: {e}"))
-                    break
+                    r, failed = None, f"record header: {e}"
                 if r is None:
-                    break
+                    if not searching:
+                        gaps.append((offset, None if failed == "zero" else failed, len(seg.records)))
+                        searching, data_end = True, 0
+                    offset += PAGE
+                    continue
                 bad = None
                 if r["log_id"] != h["log_id"]:
                     bad = "record belongs to another log"
@@ -413,13 +435,27 @@ def _scan(path, number):
                 elif r["sequence"] <= last_seq:
                     bad = "sequence does not increase"
                 if bad:
-                    seg.problems.append((path, offset, bad))
-                    break
+                    if searching:
+                        seg.problems.append((path, offset, bad))
+                    else:
+                        gaps.append((offset, bad, len(seg.records)))
+                        searching, data_end = True, 0
+                    offset += PAGE
+                    continue
+                searching = False
                 last_seq = r["sequence"]
                 seg.records.append(r)
                 offset = _record_end(r)
-    except OSError as e:
+            for at, why, before in gaps:
+                after = len(seg.records) - before
+                if why is not None or after:
+                    what = why or "zeroed record header page where a record should start"
+                    if after:
+                        what += f"; {after} record(s) after it"
+                    seg.problems.append((path, at, what))
+    except FileNotFoundError as e:
         seg.problems.append((path, 0, f"cannot read: {e}"))
+    # Any other OSError propagates: a read error is not damage (§5 step 6).
     return seg
 
 
