@@ -49,6 +49,55 @@ pub struct Config {
     pub optimizer: OptimizerConfig,
     /// When to checkpoint and what to keep.
     pub checkpoint: CheckpointConfig,
+    /// Copying the log to object storage; absent = local only.
+    pub replicate: Option<ReplicateConfig>,
+}
+
+/// The `[replicate]` table: copy every durable record to object storage and
+/// restore from it on an empty machine. Needs a restart to change.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicateConfig {
+    /// Where the copy lives: `s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `az://container/prefix` or `file:///absolute/path`. Credentials,
+    /// region and endpoint come from the environment (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, ...).
+    pub url: String,
+    /// Allow plain `http://` endpoints (a local S3 server). Default false.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// When the remote cannot be reached (or refuses us) at start: `true`
+    /// refuses to start, naming the URL and the cause; `false` trains
+    /// locally with a loud warning while uploads retry. Default true.
+    #[serde(default = "default_true")]
+    pub required: bool,
+    /// Remote retention: keep at least the newest N record objects; 0 keeps
+    /// all. Default: `checkpoint.keep_records`.
+    #[serde(default)]
+    pub keep_records: Option<u64>,
+    /// Remote retention: also keep the newest record of every epoch
+    /// divisible by N; 0 = off. Default: `checkpoint.keep_every_epochs`.
+    #[serde(default)]
+    pub keep_every_epochs: Option<u64>,
+    /// Records larger than this are uploaded in parts of this size
+    /// (multipart upload); at least 5 MiB, S3's smallest part. Default 16 MiB.
+    #[serde(default = "default_part_bytes")]
+    pub part_bytes: u64,
+    /// Longest wait between two attempts of a failing upload. Default 30.
+    #[serde(default = "default_retry_max_seconds")]
+    pub retry_max_seconds: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_part_bytes() -> u64 {
+    16 << 20
+}
+
+fn default_retry_max_seconds() -> u64 {
+    30
 }
 
 /// `on_nonfinite`: what a diverging run does.
@@ -189,6 +238,7 @@ impl Default for Config {
             model: ModelConfig::default(),
             optimizer: OptimizerConfig::default(),
             checkpoint: CheckpointConfig::default(),
+            replicate: None,
         }
     }
 }
@@ -310,6 +360,24 @@ impl Config {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
+        }
+        if let Some(r) = &self.replicate {
+            if let Err(e) = crate::replicate::RemoteUrl::parse(&r.url) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key: "replicate.url",
+                    message: e,
+                });
+            }
+            if r.part_bytes < 5 << 20 {
+                return Err(invalid(
+                    "replicate.part_bytes",
+                    "must be at least 5242880 (5 MiB, the smallest part S3 accepts)",
+                ));
+            }
+            if r.retry_max_seconds == 0 {
+                return Err(invalid("replicate.retry_max_seconds", "must be at least 1"));
+            }
         }
         Ok(())
     }

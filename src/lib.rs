@@ -5,11 +5,13 @@
 //! - [`wal`]: the memory-mapped, segment-rotating, crash-safe log of records;
 //! - [`train`]: the model, Adam and the datasets;
 //! - [`daemon`]: the long-running `epochwal run` (signals, triggers, systemd);
-//! - [`tools`]: the operator commands `tail`, `inspect`, `verify`, `export`;
+//! - [`replicate`]: the copy of the log in object storage, and restores;
+//! - [`tools`]: the operator commands `tail`, `inspect`, `verify`, `export`, `pull`;
 //! - [`config`]: the TOML configuration.
 
 pub mod config;
 pub mod daemon;
+pub mod replicate;
 pub mod state;
 pub mod tools;
 pub mod train;

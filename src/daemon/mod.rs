@@ -15,12 +15,13 @@
 
 mod pipeline;
 pub mod preflight;
+mod replication;
 pub mod sd_notify;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
@@ -29,8 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::train::Trainer;
-use crate::wal::Log;
-use crate::wal::WalError;
+use crate::wal::{Log, RecordHeader, WalError};
 use pipeline::{Control, Outcome};
 use sd_notify::Notifier;
 
@@ -114,7 +114,10 @@ impl Notify {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        // The object store client logs every retried request at info level;
+        // the uploader reports failures itself.
+        .unwrap_or_else(|_| EnvFilter::new("info,object_store=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -196,7 +199,13 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     };
     let notify = Notify::from_env();
     let dir_existed = config.data_dir.exists();
-    let (trainer, mut log, durable) = start(&config, &args, dir_existed)?;
+    // Replication first: an empty directory is restored from the remote
+    // before the log is opened.
+    let prepared = match &config.replicate {
+        Some(r) => Some(replication::prepare(r, &config, &runtime)?),
+        None => None,
+    };
+    let (trainer, mut log, durable, recovered) = start(&config, &args, dir_existed)?;
     let state = trainer.state();
     let (epoch, step) = (state.epoch, state.global_step);
     if config.epochs > 0 && epoch >= config.epochs {
@@ -206,6 +215,16 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             "the run is already complete; nothing to do"
         );
         notify.send("READY=1\nSTATUS=run complete");
+        if let Some(prepared) = prepared {
+            // The remote may still lack the last record (a run that ended
+            // before its upload finished).
+            let last = recovered.as_ref().map_or(0, |r| r.0.sequence);
+            let r = replication::Replication::start(prepared, &config, recovered, notify.clone())?;
+            r.finish(
+                last,
+                Instant::now() + Duration::from_secs(config.shutdown_grace_seconds),
+            );
+        }
         return Ok(0);
     }
     if let Err(e) = reserve_first_segment(&config, &trainer, &mut log) {
@@ -215,6 +234,15 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         return Err(e);
     }
     write_running(&config);
+    let replication = match prepared {
+        Some(p) => Some(Arc::new(replication::Replication::start(
+            p,
+            &config,
+            recovered,
+            notify.clone(),
+        )?)),
+        None => None,
+    };
     let control = Arc::new(Control::new(config.checkpoint, durable));
     let log = Arc::new(Mutex::new(log));
     let handles = pipeline::spawn(
@@ -224,6 +252,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         config.epochs,
         config.on_nonfinite,
         notify.clone(),
+        replication.clone(),
     )?;
     notify.send(&format!(
         "READY=1\nSTATUS=training: epoch {epoch}, step {step}, no checkpoint yet in this run"
@@ -239,7 +268,15 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         remove_dir: !dir_existed,
     };
     runtime.block_on(supervise(
-        signals, control, log, handles, notify, config, args, cleanup,
+        signals,
+        control,
+        log,
+        handles,
+        notify,
+        config,
+        args,
+        cleanup,
+        replication,
     ))
 }
 
@@ -431,14 +468,18 @@ fn import_into(
     Ok(())
 }
 
+/// What `start` hands back: the trainer, the open log, the (sequence, step)
+/// of the recovered record, and its header and segment.
+type Started = (
+    Trainer,
+    Log,
+    Option<(u64, u64)>,
+    Option<(RecordHeader, PathBuf)>,
+);
+
 /// Recovers the log and builds the trainer from the newest good record (or
 /// fresh, or from `--init-from`).
-#[allow(clippy::type_complexity)]
-fn start(
-    config: &Config,
-    args: &RunArgs,
-    dir_existed: bool,
-) -> anyhow::Result<(Trainer, Log, Option<(u64, u64)>)> {
+fn start(config: &Config, args: &RunArgs, dir_existed: bool) -> anyhow::Result<Started> {
     let limit = preflight::memory_limit();
     let mut trainer = match Trainer::new_within(&config.train_config(), &|plan| {
         preflight::check_memory(plan, limit.as_ref())
@@ -461,8 +502,12 @@ fn start(
         None => None,
     };
     let (mut log, recovery) = Log::open(&config.data_dir, config.log_options())?;
+    let recovered = recovery
+        .record
+        .as_ref()
+        .map(|r| (*r.header(), r.path().to_path_buf()));
     match restore(&mut trainer, &mut log, &recovery, import, config, args) {
-        Ok(durable) => Ok((trainer, log, durable)),
+        Ok(durable) => Ok((trainer, log, durable, recovered)),
         Err(e) => {
             if recovery.record.is_none() {
                 let _ = log.discard_if_empty(!dir_existed);
@@ -584,6 +629,7 @@ async fn supervise(
     config: Config,
     args: RunArgs,
     cleanup: Cleanup,
+    replication: Option<Arc<replication::Replication>>,
 ) -> anyhow::Result<i32> {
     let watchdog = sd_notify::watchdog_interval_from_env();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
@@ -591,6 +637,7 @@ async fn supervise(
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut running = config;
+    let mut replication = replication;
     loop {
         let sleep_until =
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
@@ -605,6 +652,28 @@ async fn supervise(
                     let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
                     let _ = std::fs::remove_file(Config::running_path(log.dir()));
                     let _ = log.discard_if_empty(cleanup.remove_dir);
+                }
+                if let (Outcome::Stopped { seq } | Outcome::Completed { seq }, Some(r)) = (&outcome, replication.take()) {
+                    // The local final checkpoint is durable; now the remote
+                    // copy, within what is left of the grace period.
+                    let until = deadline.map_or_else(|| Instant::now() + grace, |d| d.into_std());
+                    notify.send(&format!("STATUS=uploading the final checkpoint (seq {seq})"));
+                    let seq = *seq;
+                    let (tx, mut rx) = tokio::sync::oneshot::channel();
+                    std::thread::spawn(move || {
+                        let _ = tx.send(r.finish(seq, until));
+                    });
+                    loop {
+                        tokio::select! {
+                            _ = &mut rx => break,
+                            sig = signals.next() => {
+                                if let Some(sig @ (SIGTERM | SIGINT)) = sig {
+                                    error!(signal = sig, "second stop signal during the final upload: exiting at once; the final checkpoint is durable locally");
+                                    std::process::exit(128 + sig);
+                                }
+                            }
+                        }
+                    }
                 }
                 return finish(outcome, &notify);
             }

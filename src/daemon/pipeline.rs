@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{error, info, warn};
 
+use super::replication::Replication;
 use super::Notify;
 use crate::config::{CheckpointConfig, OnNonFinite};
 use crate::train::{SavedNumbers, Trainer};
@@ -152,6 +153,7 @@ pub(crate) fn spawn(
     target_epochs: u64,
     on_nonfinite: OnNonFinite,
     notify: Notify,
+    replication: Option<Arc<Replication>>,
 ) -> anyhow::Result<Handles> {
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -161,7 +163,7 @@ pub(crate) fn spawn(
         let notify = notify.clone();
         std::thread::Builder::new()
             .name("persist".into())
-            .spawn(move || persist_loop(jobs_rx, &log, &control, &notify))?;
+            .spawn(move || persist_loop(jobs_rx, &log, &control, &notify, replication))?;
     }
     std::thread::Builder::new()
         .name("train".into())
@@ -185,7 +187,13 @@ pub(crate) fn spawn(
     Ok(Handles { done: done_rx })
 }
 
-fn persist_loop(jobs: mpsc::Receiver<Job>, log: &Mutex<Log>, control: &Control, notify: &Notify) {
+fn persist_loop(
+    jobs: mpsc::Receiver<Job>,
+    log: &Mutex<Log>,
+    control: &Control,
+    notify: &Notify,
+    replication: Option<Arc<Replication>>,
+) {
     for job in jobs {
         let header = *job.pending.header();
         let result = job.pending.persist();
@@ -218,6 +226,11 @@ fn persist_loop(jobs: mpsc::Receiver<Job>, log: &Mutex<Log>, control: &Control, 
                     .last_durable_step
                     .store(d.header.step, Ordering::SeqCst);
                 control.heartbeat.fetch_add(1, Ordering::Relaxed);
+                // Queued for upload (never blocks); the lag shown includes it.
+                let remote = replication.as_ref().map(|r| {
+                    r.offer(d);
+                    r.progress()
+                });
                 info!(
                     seq = d.header.sequence,
                     epoch = d.header.epoch,
@@ -227,19 +240,27 @@ fn persist_loop(jobs: mpsc::Receiver<Job>, log: &Mutex<Log>, control: &Control, 
                     persist_ms = (d.sync_time.as_secs_f64() * 1e6).round() / 1e3,
                     reason = job.reason,
                     segment = %d.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+                    remote_seq = remote.as_ref().map(|p| p.remote_seq),
+                    remote_lag_records = remote.as_ref().map(|p| p.lag_records()),
+                    remote_lag_s = remote.as_ref().map(|p| (p.lag_seconds() * 1e3).round() / 1e3),
                     "checkpoint durable"
                 );
                 // Once a stop is requested the status stays "stopping" until
                 // the supervisor says "stopped": a checkpoint that becomes
                 // durable meanwhile must not make it read "training" again.
                 let _status = lock(&control.status);
-                notify.send(&format!(
-                    "STATUS={}: epoch {}, step {}, last durable seq {}",
+                let base = format!(
+                    "{}: epoch {}, step {}, last durable seq {}",
                     control.activity(),
                     d.header.epoch,
                     d.header.step,
                     d.header.sequence
-                ));
+                );
+                let status = match &replication {
+                    Some(r) => r.status(&base),
+                    None => base,
+                };
+                notify.send(&format!("STATUS={status}"));
             }
             Err(e) => {
                 error!(seq = header.sequence, error = %e, "persisting the checkpoint failed; the log is closed for appends");

@@ -55,7 +55,7 @@ use anyhow::{bail, Context};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use super::{f32_bytes, open_reader, select_record, Selection};
+use super::{f32_bytes, select_source, Selection};
 
 /// Prefix of the optimizer-state tensor names.
 pub const OPTIMIZER_PREFIX: &str = "optimizer.state.";
@@ -84,7 +84,8 @@ pub enum OptimizerLayout {
 /// Arguments of `epochwal export`.
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
-    /// The log directory.
+    /// The log directory, or the URL of a remote copy
+    /// (`s3://bucket/prefix`, `file:///path`).
     pub dir: PathBuf,
     /// Export the record with this sequence number (default: the newest
     /// valid record).
@@ -128,8 +129,7 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<i32> {
     } else {
         check_target(&args.output)?;
     }
-    let reader = open_reader(&args.dir)?;
-    let selected = select_record(&reader, Selection::from_flags(args.seq, args.epoch))?;
+    let selected = select_source(&args.dir, Selection::from_flags(args.seq, args.epoch))?;
     for s in &selected.skipped {
         eprintln!("epochwal: note: passed over damaged item: {s}");
     }

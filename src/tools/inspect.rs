@@ -8,15 +8,14 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::json;
 
-use super::{
-    file_name, format_unix_ns, human_bytes, open_reader, select_record, Selection, TensorStats,
-};
+use super::{file_name, format_unix_ns, human_bytes, select_source, Selection, TensorStats};
 use crate::state::DTYPE_F32;
 
 /// Arguments of `epochwal inspect`.
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
-    /// The log directory.
+    /// The log directory, or the URL of a remote copy
+    /// (`s3://bucket/prefix`, `file:///path`).
     pub dir: PathBuf,
     /// The record with this sequence number (default: the newest valid one).
     #[arg(long, value_name = "N", conflicts_with = "epoch")]
@@ -46,8 +45,7 @@ fn stats_json(s: &TensorStats) -> serde_json::Value {
 
 /// Runs `epochwal inspect`.
 pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
-    let reader = open_reader(&args.dir)?;
-    let selected = select_record(&reader, Selection::from_flags(args.seq, args.epoch))?;
+    let selected = select_source(&args.dir, Selection::from_flags(args.seq, args.epoch))?;
     if !selected.skipped.is_empty() {
         eprintln!(
             "epochwal: note: passed over {} damaged or unreadable item(s) to reach this record (run `epochwal verify {}`):",

@@ -20,6 +20,7 @@ mod check_config;
 mod export;
 mod import;
 mod inspect;
+mod remote;
 mod tail;
 mod verify;
 
@@ -36,6 +37,7 @@ pub use export::{
     OPTIMIZER_SUFFIX_EXP_AVG, OPTIMIZER_SUFFIX_EXP_AVG_SQ, OPTIMIZER_SUFFIX_STEP, PARAM_GROUPS_KEY,
 };
 pub use import::{hex as sha256_hex, read_import, AdamEntry, ImportFile, ParamKey};
+pub use remote::{is_url, PullArgs, RemoteItem, RemoteReport};
 pub use verify::{check as verify_log, Choice, Item, Report as VerifyReport};
 
 /// The operator subcommands (flattened into the `epochwal` command line).
@@ -51,6 +53,9 @@ pub enum ToolCommand {
     Export(export::ExportArgs),
     /// Check a configuration file; exit 0 when valid, 1 naming the bad key.
     CheckConfig(check_config::CheckConfigArgs),
+    /// Restore the newest valid record of a remote copy into a local
+    /// directory, without training.
+    Pull(remote::PullArgs),
 }
 
 /// Runs a tool; returns the process exit code.
@@ -61,6 +66,7 @@ pub fn run(cmd: ToolCommand) -> anyhow::Result<i32> {
         ToolCommand::Verify(args) => verify::run(&args),
         ToolCommand::Export(args) => export::run(&args),
         ToolCommand::CheckConfig(args) => check_config::run(&args),
+        ToolCommand::Pull(args) => remote::pull(&args),
     };
     match result {
         Ok(code) => Ok(code),
@@ -216,6 +222,15 @@ fn open_reader(dir: &Path) -> anyhow::Result<LogReader> {
     }
 }
 
+/// [`select_record`] for a command's `DIR` argument, which may also be the
+/// URL of a remote copy.
+pub fn select_source(dir: &Path, sel: Selection) -> anyhow::Result<Selected> {
+    if is_url(dir) {
+        return remote::select(dir, sel);
+    }
+    select_record(&open_reader(dir)?, sel)
+}
+
 /// Which record a command should look at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Selection {
@@ -354,6 +369,15 @@ pub fn select_record(reader: &LogReader, sel: Selection) -> anyhow::Result<Selec
             )
         }
     }
+}
+
+fn describe_seqs(mut seqs: Vec<u64>) -> String {
+    if seqs.is_empty() {
+        return "no records".into();
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    format!("sequences {}", compress_ranges(&seqs))
 }
 
 fn describe_range<'a>(records: impl Iterator<Item = &'a RecordHeader>) -> String {

@@ -27,12 +27,14 @@ use anyhow::Context;
 use notify::{RecursiveMode, Watcher};
 
 use super::{dir_state, file_name, format_unix_ns, human_bytes, open_reader, DirState, UsageError};
+use crate::replicate::{block_on, read_remote_file, Cause, Remote};
 use crate::wal::{LogReader, LogScan, RecordHeader};
 
 /// Arguments of `epochwal tail`.
 #[derive(clap::Args, Debug)]
 pub struct TailArgs {
-    /// The log directory.
+    /// The log directory, or the URL of a remote copy
+    /// (`s3://bucket/prefix`, `file:///path`).
     pub dir: PathBuf,
     /// How many of the newest records to print first.
     #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 10)]
@@ -70,6 +72,16 @@ struct Row {
     intact: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     damage: Option<String>,
+    /// Newest sequence the remote copy holds, from the daemon's `REMOTE`
+    /// file (absent without replication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_sequence: Option<u64>,
+    /// Records this one is ahead of the remote copy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_lag_records: Option<u64>,
+    /// Seconds of training (snapshot time) this one is ahead of the remote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_lag_seconds: Option<f64>,
     #[serde(skip)]
     log_id: u128,
     #[serde(skip)]
@@ -154,6 +166,9 @@ fn rows(scan: &LogScan) -> (Vec<Row>, Vec<String>) {
             offset: r.offset,
             intact: true,
             damage: None,
+            remote_sequence: None,
+            remote_lag_records: None,
+            remote_lag_seconds: None,
             log_id: h.log_id,
             path: seg.path.clone(),
             header: *r,
@@ -161,11 +176,159 @@ fn rows(scan: &LogScan) -> (Vec<Row>, Vec<String>) {
     }
     out.sort_by_key(|r| r.sequence);
     out.dedup_by_key(|r| r.sequence);
+    if let Some(remote) = read_remote_file(&scan.dir) {
+        for r in &mut out {
+            r.set_remote(remote.remote_sequence, remote.remote_unix_ns);
+        }
+    }
     (out, problems)
+}
+
+impl Row {
+    /// Adds the lag of this record behind a remote copy holding `seq`.
+    fn set_remote(&mut self, seq: u64, unix_ns: u64) {
+        let records = self.sequence.saturating_sub(seq);
+        self.remote_sequence = Some(seq);
+        self.remote_lag_records = Some(records);
+        self.remote_lag_seconds = Some(if records == 0 {
+            0.0
+        } else {
+            self.unix_ns.saturating_sub(unix_ns) as f64 / 1e9
+        });
+    }
+
+    fn from_remote(h: &RecordHeader, object: String) -> Row {
+        let segment = object.clone();
+        Row {
+            sequence: h.sequence,
+            epoch: h.epoch,
+            step: h.step,
+            loss: h.loss,
+            payload_bytes: h.payload_len,
+            unix_ns: h.unix_ns,
+            time: format_unix_ns(h.unix_ns),
+            segment,
+            offset: h.offset,
+            // Remote payloads are not downloaded by `tail`; `verify URL`
+            // checks them.
+            intact: true,
+            damage: None,
+            remote_sequence: None,
+            remote_lag_records: None,
+            remote_lag_seconds: None,
+            log_id: h.log_id,
+            path: PathBuf::from(&object),
+            header: *h,
+        }
+    }
+}
+
+/// The rows of the records of a remote copy with sequences in `after+1..=upto`
+/// (headers only, fetched by range reads), the last `limit` of them.
+fn remote_rows(
+    remote: &Remote,
+    log_id: u128,
+    after: u64,
+    upto: u64,
+    limit: usize,
+) -> anyhow::Result<Vec<Row>> {
+    block_on(async {
+        let (records, _) = remote.list_records(log_id).await?;
+        let wanted: Vec<_> = records
+            .iter()
+            .filter(|r| r.sequence > after && r.sequence <= upto)
+            .collect();
+        let start = wanted.len().saturating_sub(limit);
+        let mut rows = Vec::new();
+        for obj in &wanted[start..] {
+            match remote.fetch_header(&obj.path).await {
+                Ok(h) => rows.push(Row::from_remote(
+                    &h,
+                    obj.path.filename().unwrap_or_default().to_string(),
+                )),
+                // Deleted by retention between the listing and the read.
+                Err(e) if e.cause == Cause::NotFound => {}
+                Err(e) => eprintln!("epochwal: warning: {e}"),
+            }
+        }
+        Ok(rows)
+    })?
+}
+
+/// `tail URL`: the records of a remote copy; `-f` polls the pointer.
+fn run_remote(args: &TailArgs) -> anyhow::Result<i32> {
+    let remote = super::remote::open(&args.dir)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if args.follow {
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))
+                .context("installing signal handlers")?;
+        }
+    }
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let mut last: Option<(u128, u64)> = None;
+    loop {
+        let state = if args.follow {
+            match block_on(remote.read_pointer())? {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("epochwal: warning: {e}; retrying");
+                    None
+                }
+            }
+        } else {
+            Some(super::remote::pointer(&remote)?)
+        };
+        if let Some(state) = state {
+            let p = &state.pointer;
+            let id = p.log_id().map_err(anyhow::Error::msg)?;
+            let after = match last {
+                Some((l, seq)) if l == id => seq,
+                Some(_) => {
+                    eprintln!(
+                        "epochwal: note: {}: the pointer now names another log ({}); following it",
+                        remote.url(),
+                        p.log_id
+                    );
+                    0
+                }
+                None => 0,
+            };
+            if last.is_none() || p.sequence > after || last.is_some_and(|(l, _)| l != id) {
+                let limit = if last.is_none() {
+                    args.lines
+                } else {
+                    usize::MAX
+                };
+                let rows = remote_rows(&remote, id, after, p.sequence, limit)?;
+                for row in &rows {
+                    match writeln!(out, "{}", row.line(args.json)) {
+                        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
+                        r => r.context("writing to stdout")?,
+                    }
+                }
+                out.flush().ok();
+                last = Some((id, p.sequence.max(after)));
+            }
+        }
+        if !args.follow {
+            return Ok(0);
+        }
+        for _ in 0..10 {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) || stdout_pipe_closed() {
+                return Ok(0);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 /// Runs `epochwal tail`.
 pub fn run(args: &TailArgs) -> anyhow::Result<i32> {
+    if super::is_url(&args.dir) {
+        return run_remote(args);
+    }
     if args.follow {
         return follow(args);
     }

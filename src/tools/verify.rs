@@ -32,7 +32,8 @@ const PROGRESS_THRESHOLD: u64 = 256 << 20;
 /// Arguments of `epochwal verify`.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
-    /// The log directory.
+    /// The log directory, or the URL of a remote copy
+    /// (`s3://bucket/prefix`, `file:///path`).
     pub dir: PathBuf,
     /// Print one JSON document instead of text.
     #[arg(long)]
@@ -123,6 +124,9 @@ fn torn_tail_suspected(scan: &LogScan) -> bool {
 
 /// Runs `epochwal verify`.
 pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
+    if super::is_url(&args.dir) {
+        return super::remote::verify(&args.dir, args.json);
+    }
     let report = check_settled(&args.dir, std::time::Duration::from_millis(200))?;
     if report.segments == 0 {
         // Saying "clean" here would let an operator believe a wrong or

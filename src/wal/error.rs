@@ -130,6 +130,10 @@ pub enum WalError {
     #[error("{path}: {what}")]
     NotFound { path: PathBuf, what: String },
 
+    /// A record copied from elsewhere cannot join this log.
+    #[error("{path}: {reason}")]
+    ImportRefused { path: PathBuf, reason: String },
+
     /// An append was started while another was still pending.
     #[error("an append is already in flight; persist and finish it first")]
     AppendInFlight,

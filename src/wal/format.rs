@@ -39,6 +39,9 @@ pub const LOCK_FILE: &str = "LOCK";
 /// The configuration a running daemon uses, written by `epochwal run` for
 /// `epochwal check-config --running`; not part of the log.
 pub const RUNNING_CONFIG_FILE: &str = "RUNNING.toml";
+/// Name of the file in which replication (`src/replicate`) reports the newest
+/// record the remote copy holds. The log itself never reads it.
+pub const REMOTE_FILE: &str = "REMOTE";
 
 /// The checksum used everywhere: XXH3-64 with seed 0.
 pub fn checksum(bytes: &[u8]) -> u64 {

@@ -28,7 +28,7 @@ mod writer;
 pub use error::{errno_name, WalError};
 pub use format::{RecordHeader, SegmentHeader};
 pub use reader::{
-    recover, validate_payload, LogReader, LogScan, MappedRecord, ReadFailure, Recovery,
+    load_record_copy, recover, validate_payload, LogReader, LogScan, MappedRecord, ReadFailure, Recovery,
     SegmentScan, Skip,
 };
 pub use writer::{

@@ -283,6 +283,8 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
             || name == format!("{}.tmp", format::COMMIT_FILE)
             || name == format::RUNNING_CONFIG_FILE
             || name == format!("{}.tmp", format::RUNNING_CONFIG_FILE)
+            || name == format::REMOTE_FILE
+            || name == format!("{}.tmp", format::REMOTE_FILE)
         {
             continue;
         } else if name.ends_with(".tmp") {
@@ -622,8 +624,32 @@ fn checksum_by_pread(
 }
 
 pub(crate) fn load_record(path: &Path, header: &RecordHeader) -> Result<MappedRecord> {
+    load_record_at(path, header, header.payload_offset(), path)
+}
+
+/// Maps and validates (checksum, rkyv, schema) a *copy* of a record kept
+/// outside a segment, whose payload starts at `payload_offset` of `file` —
+/// for example a record object downloaded from a remote copy (header page at
+/// 0, payload at 4096). `name` is what the record reports as its
+/// [`MappedRecord::path`] (the object's URL, say); `file` may be deleted as
+/// soon as this returns, the mapping keeps the bytes.
+pub fn load_record_copy(
+    file: &Path,
+    header: &RecordHeader,
+    payload_offset: u64,
+    name: &Path,
+) -> Result<MappedRecord> {
+    load_record_at(file, header, payload_offset, name)
+}
+
+fn load_record_at(
+    path: &Path,
+    header: &RecordHeader,
+    start: u64,
+    name: &Path,
+) -> Result<MappedRecord> {
     let damaged = |reason: String| WalError::Damaged {
-        path: path.to_path_buf(),
+        path: name.to_path_buf(),
         offset: header.offset,
         reason,
     };
@@ -640,7 +666,6 @@ pub(crate) fn load_record(path: &Path, header: &RecordHeader) -> Result<MappedRe
         .metadata()
         .map_err(|e| WalError::io(path, "stat", e))?
         .len();
-    let start = header.payload_offset();
     let end = start
         .checked_add(header.payload_len)
         .ok_or_else(|| damaged("payload length overflows".into()))?;
@@ -678,7 +703,7 @@ pub(crate) fn load_record(path: &Path, header: &RecordHeader) -> Result<MappedRe
         Decoded::Upgraded(up) => Some(up),
     };
     Ok(MappedRecord {
-        path: path.to_path_buf(),
+        path: name.to_path_buf(),
         header: *header,
         map,
         start: delta,

@@ -948,6 +948,102 @@ impl Log {
     }
 }
 
+impl Log {
+    /// The id of this log, or `None` while it holds no segment (an id is
+    /// chosen when the first segment is created).
+    pub fn log_id(&self) -> Option<u128> {
+        (!self.inventory.is_empty()).then_some(self.log_id)
+    }
+
+    /// Writes a copy of a record that was made elsewhere — a restore from a
+    /// remote copy — as the next record of this log, durable when this
+    /// returns. The record keeps its log id, sequence, epoch, step, time,
+    /// loss and exact payload bytes; only its place (segment number and
+    /// offset, hence the header checksum) is new. It always goes into a new
+    /// segment, like the first append of any writer.
+    ///
+    /// Refused when the log already belongs to another log id, or already
+    /// holds a record header with this sequence or a newer one (sequences
+    /// only grow). The caller validates the payload first; its checksum is
+    /// checked again against `header` after it is durable.
+    pub fn import(&mut self, header: &RecordHeader, payload: &[u8]) -> Result<Durable> {
+        let refused = |reason: String| WalError::ImportRefused {
+            path: self.dir.clone(),
+            reason,
+        };
+        if let Some(id) = self.log_id() {
+            if id != header.log_id {
+                return Err(refused(format!(
+                    "the directory holds log {id:032x}; the record belongs to log {:032x}",
+                    header.log_id
+                )));
+            }
+        }
+        if header.sequence < self.next_sequence {
+            return Err(refused(format!(
+                "the log already holds record headers up to sequence {}; cannot add sequence {}",
+                self.next_sequence - 1,
+                header.sequence
+            )));
+        }
+        if payload.len() as u64 != header.payload_len || payload.is_empty() {
+            return Err(refused(format!(
+                "payload is {} bytes, its header says {}",
+                payload.len(),
+                header.payload_len
+            )));
+        }
+        if let Some(reason) = self.poisoned() {
+            return Err(WalError::Poisoned(reason));
+        }
+        if self.in_flight {
+            return Err(WalError::AppendInFlight);
+        }
+        self.log_id = header.log_id;
+        self.next_sequence = header.sequence;
+        let span = record_span(header.payload_len);
+        self.last_span = span;
+        self.rotate(span)?;
+        let segment = Arc::clone(self.active.as_ref().expect("rotate installs a segment"));
+        let offset = self.write_offset;
+        // SAFETY: the new segment was sized for `span` bytes after its header
+        // page, nothing else is in flight, and no record exists in it yet.
+        let dest = unsafe { segment.range_mut(offset + PAGE, header.payload_len) };
+        dest.copy_from_slice(payload);
+        let new_header = RecordHeader {
+            segment_no: segment.segment_no,
+            offset,
+            payload_checksum: 0,
+            ..*header
+        };
+        self.next_sequence += 1;
+        self.write_offset = offset + span;
+        self.in_flight = true;
+        let pending = PendingAppend {
+            segment,
+            header: new_header,
+            new_segment: true,
+            dir: self.dir.clone(),
+            poison: Arc::clone(&self.poison),
+            serialize_time: Duration::ZERO,
+        };
+        let durable = pending.persist();
+        self.finish(&durable)?;
+        let durable = durable?;
+        if durable.header.payload_checksum != header.payload_checksum {
+            return Err(WalError::Damaged {
+                path: durable.path.clone(),
+                offset,
+                reason: format!(
+                    "imported payload checksum {:016x} differs from the original's {:016x}",
+                    durable.header.payload_checksum, header.payload_checksum
+                ),
+            });
+        }
+        Ok(durable)
+    }
+}
+
 impl PendingAppend {
     /// The header the record will have (its checksum is filled in by
     /// [`PendingAppend::persist`]).

@@ -31,6 +31,7 @@ impl Drop for Mount {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+pub mod s3;
 
 use epochwal::state::{
     AdamParamState, AdamState, DataState, ModelState, Tensor, TrainState, SCHEMA_VERSION,

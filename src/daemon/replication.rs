@@ -1,0 +1,206 @@
+//! `[replicate]` in the daemon: contact and restore before the log opens,
+//! the uploader while training, the remote part of the status, and the last
+//! upload at shutdown.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use tracing::{error, info, warn};
+
+use super::Notify;
+use crate::config::{Config, ReplicateConfig};
+use crate::replicate::{
+    restore_into, write_remote_file, PointerState, Progress, Remote, RestoreError, Restored,
+    Uploader, UploaderOptions,
+};
+use crate::wal::{Durable, RecordHeader};
+
+/// Longest the first contact with the remote may take at start.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The remote after the start-up contact.
+pub(crate) struct Prepared {
+    remote: Remote,
+    pointer: Option<PointerState>,
+}
+
+/// Contacts the remote and, when the local directory holds no record (or an
+/// older one of the same log), restores the newest valid remote record into
+/// it. Errors when the remote cannot be used and `required` is set, or when
+/// the directory holds another log than the remote.
+pub(crate) fn prepare(
+    cfg: &ReplicateConfig,
+    config: &Config,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<Prepared> {
+    let remote = Remote::open(&cfg.url, cfg.allow_http)?;
+    let unusable = |e: String| -> anyhow::Result<()> {
+        if cfg.required {
+            bail!(
+                "replication: {e}\n  training did not start because [replicate] required = true \
+                 (the default); fix the remote, or set required = false to train locally \
+                 while uploads retry"
+            );
+        }
+        error!(url = %cfg.url, error = %e, "REPLICATION UNAVAILABLE at start: training locally; uploads retry in the background (required = false)");
+        Ok(())
+    };
+    let probe = runtime.block_on(async {
+        match tokio::time::timeout(PROBE_TIMEOUT, remote.probe()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "{}: no answer within {} s",
+                cfg.url,
+                PROBE_TIMEOUT.as_secs()
+            )),
+        }
+    });
+    let pointer = match probe {
+        Ok(p) => p,
+        Err(e) => {
+            unusable(e)?;
+            return Ok(Prepared {
+                remote,
+                pointer: None,
+            });
+        }
+    };
+    match &pointer {
+        Some(p) => {
+            info!(url = %cfg.url, log_id = %p.pointer.log_id, seq = p.pointer.sequence, epoch = p.pointer.epoch, "remote copy found")
+        }
+        None => info!(url = %cfg.url, "remote copy is empty"),
+    }
+    let restored = runtime.block_on(restore_into(
+        &remote,
+        pointer.clone(),
+        &config.data_dir,
+        config.log_options(),
+    ));
+    match restored {
+        Ok(Restored::Record {
+            header,
+            url,
+            skipped,
+        }) => {
+            for s in &skipped {
+                warn!(object = %s.url, reason = %s.detail, "remote record is damaged; using an older one");
+            }
+            info!(
+                seq = header.sequence,
+                epoch = header.epoch,
+                step = header.step,
+                object = %url,
+                dir = %config.data_dir.display(),
+                "restored from the remote copy"
+            );
+        }
+        Ok(Restored::RemoteEmpty) | Ok(Restored::UpToDate(_)) => {}
+        Err(e @ RestoreError::OtherLog { .. }) => bail!("replication: {e}"),
+        Err(RestoreError::Local(e)) => return Err(e.into()),
+        Err(RestoreError::Remote(e)) => unusable(e.to_string())?,
+    }
+    Ok(Prepared { remote, pointer })
+}
+
+/// The running replication.
+pub(crate) struct Replication {
+    uploader: Uploader,
+    url: String,
+    /// The daemon's own STATUS text; the remote part is appended.
+    status_base: Arc<Mutex<String>>,
+}
+
+fn remote_options(cfg: &ReplicateConfig, config: &Config) -> UploaderOptions {
+    UploaderOptions {
+        part_bytes: cfg.part_bytes,
+        parallel_parts: 4,
+        retry_max: Duration::from_secs(cfg.retry_max_seconds),
+        keep_records: cfg.keep_records.unwrap_or(config.checkpoint.keep_records),
+        keep_every_epochs: cfg
+            .keep_every_epochs
+            .unwrap_or(config.checkpoint.keep_every_epochs),
+    }
+}
+
+impl Replication {
+    /// Starts the uploader. `recovered` is the record training resumes
+    /// from: uploaded first if the remote does not have it yet.
+    pub(crate) fn start(
+        prepared: Prepared,
+        config: &Config,
+        recovered: Option<(RecordHeader, PathBuf)>,
+        notify: Notify,
+    ) -> anyhow::Result<Replication> {
+        let cfg = config
+            .replicate
+            .as_ref()
+            .expect("replication starts only with [replicate]");
+        let status_base = Arc::new(Mutex::new(String::from("training")));
+        let on_progress = {
+            let base = Arc::clone(&status_base);
+            let dir = config.data_dir.clone();
+            let url = cfg.url.clone();
+            Box::new(move |p: &Progress| {
+                write_remote_file(&dir, &url, p);
+                let base = base.lock().map(|b| b.clone()).unwrap_or_default();
+                notify.send(&format!("STATUS={base}; {}", p.status_text()));
+            })
+        };
+        let url = prepared.remote.url().to_string();
+        let uploader = Uploader::start(
+            prepared.remote,
+            prepared.pointer,
+            remote_options(cfg, config),
+            on_progress,
+        )?;
+        if let Some((header, path)) = recovered {
+            uploader.offer(header, path);
+        }
+        Ok(Replication {
+            uploader,
+            url,
+            status_base,
+        })
+    }
+
+    /// A record became durable: queue it (never blocks).
+    pub(crate) fn offer(&self, d: &Durable) {
+        self.uploader.offer(d.header, d.path.clone());
+    }
+
+    /// The uploader's progress.
+    pub(crate) fn progress(&self) -> Progress {
+        self.uploader.progress()
+    }
+
+    /// The full STATUS text for the daemon's `base` text (and remembers
+    /// `base` for the uploader's own updates).
+    pub(crate) fn status(&self, base: &str) -> String {
+        if let Ok(mut b) = self.status_base.lock() {
+            *b = base.to_string();
+        }
+        format!("{base}; {}", self.progress().status_text())
+    }
+
+    /// At shutdown, after the final local checkpoint: waits until the remote
+    /// holds `seq` or `deadline` passes, and says which happened.
+    pub(crate) fn finish(&self, seq: u64, deadline: Instant) -> bool {
+        let reached = seq == 0 || self.uploader.wait_for(seq, deadline);
+        let p = self.progress();
+        if reached {
+            info!(seq, url = %self.url, skipped = p.skipped, "the final checkpoint reached the remote");
+        } else {
+            warn!(
+                seq,
+                remote_seq = p.remote_seq,
+                url = %self.url,
+                last_error = p.last_error.as_deref().unwrap_or(p.stopped.as_deref().unwrap_or("-")),
+                "the final checkpoint did NOT reach the remote within shutdown_grace_seconds; it is durable locally"
+            );
+        }
+        reached
+    }
+}

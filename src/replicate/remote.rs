@@ -1,0 +1,660 @@
+//! One remote copy: its URL, the object_store client, and the handful of
+//! operations replication needs (pointer, record objects, listing).
+//!
+//! Every error names the URL and says what was being done and why it failed,
+//! sorted into a [`Cause`] so that the daemon can say "the bucket does not
+//! exist" instead of an HTTP status.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use object_store::path::Path;
+use object_store::{
+    ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
+
+use super::layout::{self, Pointer};
+use crate::wal::format::{PAGE, RECORD_HEADER_LEN};
+use crate::wal::{load_record_copy, MappedRecord, RecordHeader, WalError};
+
+/// A parsed `[replicate] url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteUrl {
+    /// The URL as written.
+    pub url: String,
+    scheme: Scheme,
+    /// `s3://bucket` (no trailing slash), `file://`.
+    root: String,
+    /// The prefix inside the bucket (or the directory for `file://`).
+    prefix: Path,
+    parsed: url::Url,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    S3,
+    Gcs,
+    Azure,
+    File,
+}
+
+impl RemoteUrl {
+    /// Parses a URL; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<RemoteUrl, String> {
+        let parsed = url::Url::parse(text).map_err(|e| {
+            format!("{text:?} is not a URL ({e}); expected s3://bucket/prefix or file:///path")
+        })?;
+        let (kind, path) = ObjectStoreScheme::parse(&parsed).map_err(|e| {
+            format!("{text:?}: unsupported URL ({e}); expected s3://, gs://, az:// or file://")
+        })?;
+        let scheme = match kind {
+            ObjectStoreScheme::AmazonS3 => Scheme::S3,
+            ObjectStoreScheme::GoogleCloudStorage => Scheme::Gcs,
+            ObjectStoreScheme::MicrosoftAzure => Scheme::Azure,
+            ObjectStoreScheme::Local => Scheme::File,
+            _ => {
+                return Err(format!(
+                    "{text:?}: unsupported scheme; expected s3://, gs://, az:// or file://"
+                ))
+            }
+        };
+        if scheme != Scheme::File && parsed.host_str().is_none_or(str::is_empty) {
+            return Err(format!("{text:?}: no bucket name"));
+        }
+        let prefix = Path::parse(path).map_err(|e| format!("{text:?}: bad prefix: {e}"))?;
+        let root = match scheme {
+            Scheme::File => "file://".to_string(),
+            _ => format!(
+                "{}://{}",
+                parsed.scheme(),
+                parsed.host_str().unwrap_or_default()
+            ),
+        };
+        Ok(RemoteUrl {
+            url: text.trim_end_matches('/').to_string(),
+            scheme,
+            root,
+            prefix,
+            parsed,
+        })
+    }
+
+    /// True for strings that look like a remote location rather than a
+    /// directory (`scheme://...`).
+    pub fn looks_like_url(text: &str) -> bool {
+        text.split_once("://")
+            .is_some_and(|(s, _)| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+    }
+}
+
+/// Why a remote operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Connection refused, DNS, timeout: the endpoint cannot be reached.
+    Unreachable,
+    /// Credentials missing, wrong or without permission.
+    Denied,
+    /// The bucket (or container) does not exist.
+    NoBucket,
+    /// The object does not exist.
+    NotFound,
+    /// A conditional write lost: someone else changed the object.
+    Conflict,
+    /// The object exists but its bytes do not validate.
+    Damaged,
+    /// Anything else the store reported.
+    Other,
+}
+
+impl Cause {
+    fn text(self) -> &'static str {
+        match self {
+            Cause::Unreachable => "cannot reach the endpoint",
+            Cause::Denied => "access denied (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket policy)",
+            Cause::NoBucket => "the bucket does not exist",
+            Cause::NotFound => "no such object",
+            Cause::Conflict => "the object was changed by another writer",
+            Cause::Damaged => "damaged",
+            Cause::Other => "error",
+        }
+    }
+}
+
+/// A failed remote operation: the URL, what was being done, why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{url}: {what}: {}: {detail}", cause.text())]
+pub struct RemoteError {
+    /// The object or prefix concerned.
+    pub url: String,
+    /// The operation.
+    pub what: String,
+    /// The sorted cause.
+    pub cause: Cause,
+    /// What the store said.
+    pub detail: String,
+}
+
+fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn classify(e: &object_store::Error, text: &str) -> Cause {
+    use object_store::Error as E;
+    if text.contains("NoSuchBucket") || text.contains("ContainerNotFound") {
+        return Cause::NoBucket;
+    }
+    match e {
+        E::NotFound { .. } => Cause::NotFound,
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => Cause::Denied,
+        E::Precondition { .. } | E::AlreadyExists { .. } => Cause::Conflict,
+        _ => {
+            let lower = text.to_ascii_lowercase();
+            if text.contains("InvalidAccessKeyId")
+                || text.contains("SignatureDoesNotMatch")
+                || text.contains("AccessDenied")
+                || lower.contains("403 forbidden")
+                || lower.contains("missing credentials")
+            {
+                Cause::Denied
+            } else if lower.contains("connect")
+                || lower.contains("error sending request")
+                || lower.contains("timed out")
+                || lower.contains("dns")
+                || lower.contains("connection")
+            {
+                Cause::Unreachable
+            } else {
+                Cause::Other
+            }
+        }
+    }
+}
+
+/// A record object as listed: its sequence and epoch come from its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteObject {
+    /// Sequence from the name.
+    pub sequence: u64,
+    /// Epoch from the name.
+    pub epoch: u64,
+    /// Full path in the store.
+    pub path: Path,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The pointer as read, with the version a conditional update needs.
+#[derive(Debug, Clone)]
+pub struct PointerState {
+    /// The decoded pointer.
+    pub pointer: Pointer,
+    /// Its ETag/version, when the server gave one.
+    pub version: Option<UpdateVersion>,
+}
+
+/// A validated record fetched from the remote, mapped from a temporary file
+/// that no longer has a name.
+pub struct FetchedRecord {
+    /// The record (its `path()` is the object's URL).
+    pub record: MappedRecord,
+    /// The object's URL.
+    pub url: String,
+}
+
+/// A record payload range that borrows the read-only mapping: lets a
+/// [`Bytes`] point into the mapping without copying it.
+struct MappedSlice {
+    record: Arc<MappedRecord>,
+    start: usize,
+    end: usize,
+}
+
+impl AsRef<[u8]> for MappedSlice {
+    fn as_ref(&self) -> &[u8] {
+        &self.record.payload()[self.start..self.end]
+    }
+}
+
+/// A remote copy: a store client and the prefix under which the log lives.
+pub struct Remote {
+    url: RemoteUrl,
+    store: Arc<dyn ObjectStore>,
+    /// Whether the server honours conditional puts; cleared when it says it
+    /// does not (the pointer is then overwritten unconditionally).
+    conditional: AtomicBool,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("url", &self.url.url)
+            .finish()
+    }
+}
+
+impl Remote {
+    /// Builds the client for `url`. Credentials, region and endpoint come
+    /// from the environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`); `allow_http`
+    /// permits an `http://` endpoint. Nothing is contacted yet.
+    pub fn open(url: &str, allow_http: bool) -> Result<Remote, RemoteError> {
+        let parsed = RemoteUrl::parse(url).map_err(|detail| RemoteError {
+            url: url.to_string(),
+            what: "parsing the URL".into(),
+            cause: Cause::Other,
+            detail,
+        })?;
+        let build_error = |e: object_store::Error| RemoteError {
+            url: url.to_string(),
+            what: "configuring the client".into(),
+            cause: Cause::Other,
+            detail: error_text(&e),
+        };
+        let retry = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(20),
+        };
+        let client = |o: object_store::ClientOptions| {
+            o.with_allow_http(allow_http)
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(300))
+        };
+        let u = parsed.parsed.to_string();
+        let store: Arc<dyn ObjectStore> = match parsed.scheme {
+            Scheme::S3 => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(u)
+                    .with_retry(retry);
+                // from_env reads AWS_ALLOW_HTTP; the config key adds to it.
+                let env_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true");
+                b = b.with_client_options(
+                    client(Default::default()).with_allow_http(allow_http || env_http),
+                );
+                Arc::new(b.build().map_err(build_error)?)
+            }
+            Scheme::Gcs => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(u)
+                    .with_retry(retry)
+                    .with_client_options(client(Default::default()))
+                    .build()
+                    .map_err(build_error)?,
+            ),
+            Scheme::Azure => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(u)
+                    .with_retry(retry)
+                    .with_client_options(client(Default::default()))
+                    .build()
+                    .map_err(build_error)?,
+            ),
+            Scheme::File => Arc::new(object_store::local::LocalFileSystem::new()),
+        };
+        Ok(Remote {
+            url: parsed,
+            store,
+            conditional: AtomicBool::new(true),
+        })
+    }
+
+    /// The URL as configured.
+    pub fn url(&self) -> &str {
+        &self.url.url
+    }
+
+    /// The URL of an object.
+    pub fn object_url(&self, path: &Path) -> String {
+        format!("{}/{}", self.url.root, path)
+    }
+
+    fn prefix(&self) -> &Path {
+        &self.url.prefix
+    }
+
+    fn err(&self, path: &Path, what: impl Into<String>, e: object_store::Error) -> RemoteError {
+        let detail = error_text(&e);
+        RemoteError {
+            url: self.object_url(path),
+            what: what.into(),
+            cause: classify(&e, &detail),
+            detail,
+        }
+    }
+
+    fn damaged(&self, path: &Path, detail: impl Into<String>) -> RemoteError {
+        RemoteError {
+            url: self.object_url(path),
+            what: "checking the record object".into(),
+            cause: Cause::Damaged,
+            detail: detail.into(),
+        }
+    }
+
+    /// The first contact: lists the prefix (which proves that the endpoint
+    /// answers, the bucket exists and the credentials are accepted) and
+    /// reads the pointer.
+    pub async fn probe(&self) -> Result<Option<PointerState>, RemoteError> {
+        let prefix = self.prefix().clone();
+        self.store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| self.err(&prefix, "listing the prefix", e))?;
+        self.read_pointer().await
+    }
+
+    /// Reads the pointer; `None` when there is none yet.
+    pub async fn read_pointer(&self) -> Result<Option<PointerState>, RemoteError> {
+        let path = layout::pointer_path(self.prefix());
+        let got = match self.store.get(&path).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.err(&path, "reading the pointer", e)),
+        };
+        let version = UpdateVersion {
+            e_tag: got.meta.e_tag.clone(),
+            version: got.meta.version.clone(),
+        };
+        let bytes = got
+            .bytes()
+            .await
+            .map_err(|e| self.err(&path, "reading the pointer", e))?;
+        let pointer = Pointer::decode(&bytes).map_err(|detail| RemoteError {
+            url: self.object_url(&path),
+            what: "reading the pointer".into(),
+            cause: Cause::Damaged,
+            detail,
+        })?;
+        Ok(Some(PointerState {
+            pointer,
+            version: version.e_tag.is_some().then_some(version),
+        }))
+    }
+
+    /// Writes the pointer: created when `previous` is `None`, replaced only
+    /// if unchanged since `previous` was read or written (If-None-Match /
+    /// If-Match), where the server supports conditional puts. Returns the
+    /// new state.
+    pub async fn write_pointer(
+        &self,
+        pointer: &Pointer,
+        previous: Option<&PointerState>,
+    ) -> Result<PointerState, RemoteError> {
+        let path = layout::pointer_path(self.prefix());
+        loop {
+            let conditional = self.conditional.load(Ordering::Relaxed);
+            let mode = match previous {
+                _ if !conditional => PutMode::Overwrite,
+                None => PutMode::Create,
+                Some(PointerState {
+                    version: Some(v), ..
+                }) => PutMode::Update(v.clone()),
+                Some(_) => PutMode::Overwrite,
+            };
+            let opts = PutOptions {
+                mode,
+                ..Default::default()
+            };
+            match self
+                .store
+                .put_opts(&path, PutPayload::from(pointer.encode()), opts)
+                .await
+            {
+                Ok(r) => {
+                    return Ok(PointerState {
+                        pointer: pointer.clone(),
+                        version: r.e_tag.is_some().then_some(UpdateVersion {
+                            e_tag: r.e_tag,
+                            version: r.version,
+                        }),
+                    })
+                }
+                Err(
+                    object_store::Error::NotImplemented { .. }
+                    | object_store::Error::NotSupported { .. },
+                ) if conditional => {
+                    tracing::info!(url = %self.url(), "the store does not support conditional puts; the pointer is overwritten unconditionally");
+                    self.conditional.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(self.err(&path, "writing the pointer", e)),
+            }
+        }
+    }
+
+    /// Uploads a record as one object: its header page then its payload,
+    /// straight from the read-only mapping (no copy of the payload). Records
+    /// larger than `part_bytes` go up as a multipart upload with up to
+    /// `parallel` parts in flight.
+    pub async fn put_record(
+        &self,
+        record: &Arc<MappedRecord>,
+        part_bytes: usize,
+        parallel: usize,
+    ) -> Result<u64, RemoteError> {
+        let h = *record.header();
+        let path = layout::record_path(self.prefix(), h.log_id, h.sequence, h.epoch);
+        let mut page = vec![0u8; PAGE as usize];
+        h.encode(&mut page);
+        let header = Bytes::from(page);
+        let payload_len = record.payload().len();
+        let slice = |start: usize, end: usize| {
+            Bytes::from_owner(MappedSlice {
+                record: Arc::clone(record),
+                start,
+                end,
+            })
+        };
+        let total = PAGE as usize + payload_len;
+        if total <= part_bytes {
+            let payload = PutPayload::from_iter([header, slice(0, payload_len)]);
+            self.store
+                .put(&path, payload)
+                .await
+                .map_err(|e| self.err(&path, "uploading the record", e))?;
+            return Ok(total as u64);
+        }
+        let mut upload = self
+            .store
+            .put_multipart(&path)
+            .await
+            .map_err(|e| self.err(&path, "starting a multipart upload", e))?;
+        let mut parts = tokio::task::JoinSet::new();
+        let mut failure = None;
+        let mut start = 0usize;
+        let mut first = Some(header);
+        while start < payload_len && failure.is_none() {
+            let room = part_bytes - first.as_ref().map_or(0, |b| b.len());
+            let end = (start + room).min(payload_len);
+            let payload = match first.take() {
+                Some(h) => PutPayload::from_iter([h, slice(start, end)]),
+                None => PutPayload::from(slice(start, end)),
+            };
+            start = end;
+            parts.spawn(upload.put_part(payload));
+            while parts.len() >= parallel.max(1) {
+                if let Some(Ok(Err(e))) = parts.join_next().await {
+                    failure = Some(e);
+                }
+            }
+        }
+        while let Some(r) = parts.join_next().await {
+            if let Ok(Err(e)) = r {
+                failure.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failure {
+            let _ = upload.abort().await;
+            return Err(self.err(&path, "uploading a part", e));
+        }
+        if let Err(e) = upload.complete().await {
+            let _ = upload.abort().await;
+            return Err(self.err(&path, "completing the multipart upload", e));
+        }
+        Ok(total as u64)
+    }
+
+    /// The record objects of log `log_id`, by sequence. Objects whose names
+    /// are not record names are returned in the second list.
+    pub async fn list_records(
+        &self,
+        log_id: u128,
+    ) -> Result<(Vec<RemoteObject>, Vec<Path>), RemoteError> {
+        let dir = layout::log_path(self.prefix(), log_id);
+        let mut stream = self.store.list(Some(&dir));
+        let mut records = Vec::new();
+        let mut others = Vec::new();
+        while let Some(meta) = stream.next().await {
+            let meta = meta.map_err(|e| self.err(&dir, "listing the record objects", e))?;
+            match meta.location.filename().and_then(layout::parse_record_name) {
+                Some((sequence, epoch)) => records.push(RemoteObject {
+                    sequence,
+                    epoch,
+                    path: meta.location,
+                    size: meta.size,
+                }),
+                None => others.push(meta.location),
+            }
+        }
+        records.sort_by_key(|r| r.sequence);
+        Ok((records, others))
+    }
+
+    /// Reads and checks only the header of a record object.
+    pub async fn fetch_header(&self, path: &Path) -> Result<RecordHeader, RemoteError> {
+        let bytes = self
+            .store
+            .get_range(path, 0..RECORD_HEADER_LEN as u64)
+            .await
+            .map_err(|e| self.err(path, "reading the record header", e))?;
+        RecordHeader::decode(&bytes).map_err(|e| self.damaged(path, format!("record header: {e}")))
+    }
+
+    /// Downloads a record object into an unnamed temporary file in
+    /// `tmp_dir`, maps it and validates it exactly as local recovery does
+    /// (header checksum, payload checksum, rkyv validation, schema).
+    pub async fn fetch_record(
+        &self,
+        path: &Path,
+        tmp_dir: &std::path::Path,
+    ) -> Result<FetchedRecord, RemoteError> {
+        let got = self
+            .store
+            .get(path)
+            .await
+            .map_err(|e| self.err(path, "downloading the record", e))?;
+        let size = got.meta.size;
+        if size < PAGE {
+            return Err(self.damaged(
+                path,
+                format!("object is {size} bytes, shorter than a header page"),
+            ));
+        }
+        let local_err = |what: &str, e: std::io::Error| RemoteError {
+            url: self.object_url(path),
+            what: format!("{what} in {}", tmp_dir.display()),
+            cause: Cause::Other,
+            detail: e.to_string(),
+        };
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".epochwal-download-")
+            .tempfile_in(tmp_dir)
+            .map_err(|e| local_err("creating a temporary file", e))?;
+        let mut stream = got.into_stream();
+        let mut written = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.err(path, "downloading the record", e))?;
+            written += chunk.len() as u64;
+            tmp.write_all(&chunk)
+                .map_err(|e| local_err("writing a temporary file", e))?;
+        }
+        tmp.flush()
+            .map_err(|e| local_err("writing a temporary file", e))?;
+        if written != size {
+            return Err(self.damaged(
+                path,
+                format!("downloaded {written} bytes, the object is {size}"),
+            ));
+        }
+        let mut head = [0u8; RECORD_HEADER_LEN];
+        std::fs::File::open(tmp.path())
+            .and_then(|mut f| f.read_exact(&mut head))
+            .map_err(|e| local_err("reading a temporary file", e))?;
+        let header = RecordHeader::decode(&head)
+            .map_err(|e| self.damaged(path, format!("record header: {e}")))?;
+        if layout::parse_record_name(path.filename().unwrap_or_default())
+            != Some((header.sequence, header.epoch))
+        {
+            return Err(self.damaged(
+                path,
+                format!(
+                    "the header says sequence {} epoch {}, the object's name disagrees",
+                    header.sequence, header.epoch
+                ),
+            ));
+        }
+        if size != layout::object_bytes(header.payload_len) {
+            return Err(self.damaged(
+                path,
+                format!(
+                    "object is {size} bytes, its header says {} (header page + payload)",
+                    layout::object_bytes(header.payload_len)
+                ),
+            ));
+        }
+        let url = self.object_url(path);
+        let record = load_record_copy(tmp.path(), &header, PAGE, std::path::Path::new(&url))
+            .map_err(|e| match e {
+                WalError::Damaged { reason, .. } => self.damaged(path, reason),
+                other => local_err("mapping a temporary file", std::io::Error::other(other)),
+            })?;
+        // The mapping keeps the bytes; the name goes now.
+        drop(tmp);
+        Ok(FetchedRecord { record, url })
+    }
+
+    /// Deletes an object (a record that retention no longer keeps).
+    pub async fn delete(&self, path: &Path) -> Result<(), RemoteError> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(path, "deleting", e)),
+        }
+    }
+
+    /// The record object `pointer` names.
+    pub fn pointer_object(&self, pointer: &Pointer) -> Path {
+        pointer.object_path(self.prefix())
+    }
+
+    /// Puts raw bytes at a path under the prefix (tests and benchmarks
+    /// compare against it).
+    pub async fn put_raw(&self, name: &str, payload: PutPayload) -> Result<(), RemoteError> {
+        let path = self.prefix().clone().join(name);
+        self.store
+            .put(&path, payload)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(&path, "uploading", e))
+    }
+
+    /// The underlying store and the prefix (benchmarks).
+    pub fn store(&self) -> (Arc<dyn ObjectStore>, Path) {
+        (Arc::clone(&self.store), self.prefix().clone())
+    }
+}

@@ -1,0 +1,590 @@
+//! The background uploader: copies durable records to the remote, one at a
+//! time, newest first.
+//!
+//! The daemon [`Uploader::offer`]s every record once it is durable; the offer
+//! never blocks. The uploader thread takes the newest offer, reads the record
+//! through the log's reader (checksum and rkyv validation included: nothing
+//! unvalidated leaves the machine), uploads it, and only then moves the
+//! pointer. When uploads fall behind, offers that were never started are
+//! replaced by newer ones ("latest wins") and counted as skipped. Failures are
+//! retried with exponential backoff, switching to a newer record if one
+//! arrives meanwhile.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{error, info, warn};
+
+use super::layout::Pointer;
+use super::remote::{Cause, PointerState, Remote, RemoteError};
+use crate::wal::{format, LogReader, RecordHeader};
+
+/// How the uploader works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploaderOptions {
+    /// Part size of multipart uploads (and the size above which they are used).
+    pub part_bytes: u64,
+    /// Parts in flight at once in a multipart upload.
+    pub parallel_parts: usize,
+    /// Longest wait between two attempts.
+    pub retry_max: Duration,
+    /// Remote retention: keep the newest N record objects (0 = all).
+    pub keep_records: u64,
+    /// Remote retention: also keep the newest record of every epoch
+    /// divisible by N (0 = off).
+    pub keep_every_epochs: u64,
+}
+
+impl Default for UploaderOptions {
+    fn default() -> Self {
+        UploaderOptions {
+            part_bytes: 16 << 20,
+            parallel_parts: 4,
+            retry_max: Duration::from_secs(30),
+            keep_records: 10,
+            keep_every_epochs: 0,
+        }
+    }
+}
+
+/// What the uploader has done so far (a snapshot).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    /// Newest record the remote pointer names (0 = none).
+    pub remote_seq: u64,
+    /// Its snapshot time, ns since the Unix epoch.
+    pub remote_unix_ns: u64,
+    /// Newest local durable record offered (0 = none).
+    pub local_seq: u64,
+    /// Its snapshot time.
+    pub local_unix_ns: u64,
+    /// Records uploaded by this process.
+    pub uploaded: u64,
+    /// Records never uploaded because a newer one was durable first.
+    pub skipped: u64,
+    /// Failed attempts so far.
+    pub failures: u64,
+    /// The last failure, cleared by the next success.
+    pub last_error: Option<String>,
+    /// Replication gave up for good (another log owns the remote prefix).
+    pub stopped: Option<String>,
+    /// Snapshot time of the oldest local record newer than the remote's.
+    pub oldest_pending_unix_ns: Option<u64>,
+}
+
+impl Progress {
+    /// Records the remote is behind the local log.
+    pub fn lag_records(&self) -> u64 {
+        self.local_seq.saturating_sub(self.remote_seq)
+    }
+
+    /// Seconds of training the remote copy lacks: snapshot time of the
+    /// newest local record minus that of the newest remote one (when the
+    /// remote holds nothing yet, minus that of the oldest record waiting for
+    /// upload). 0 when the remote is up to date.
+    pub fn lag_seconds(&self) -> f64 {
+        if self.lag_records() == 0 {
+            return 0.0;
+        }
+        let base = if self.remote_seq > 0 {
+            self.remote_unix_ns
+        } else {
+            self.oldest_pending_unix_ns.unwrap_or(self.local_unix_ns)
+        };
+        self.local_unix_ns.saturating_sub(base) as f64 / 1e9
+    }
+
+    /// `remote seq 12 (lag 1 record, 4.2 s)` for the STATUS text.
+    pub fn status_text(&self) -> String {
+        if let Some(reason) = &self.stopped {
+            return format!("replication stopped: {reason}");
+        }
+        let mut s = format!(
+            "remote seq {} (lag {} record{}, {:.1} s)",
+            self.remote_seq,
+            self.lag_records(),
+            if self.lag_records() == 1 { "" } else { "s" },
+            self.lag_seconds()
+        );
+        if self.last_error.is_some() {
+            s.push_str(", uploads failing, retrying");
+        }
+        s
+    }
+}
+
+/// A record offered for upload.
+#[derive(Debug, Clone)]
+struct Offer {
+    header: RecordHeader,
+    segment: PathBuf,
+}
+
+#[derive(Default)]
+struct Slot {
+    offer: Option<Offer>,
+    stop: bool,
+    /// Set while the thread works on a record (for `wait_for`).
+    busy: bool,
+    progress: Progress,
+    /// The pointer as last read or written.
+    pointer: Option<PointerState>,
+    /// (sequence, snapshot time) of offered records newer than the remote's.
+    pending: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl Slot {
+    /// Sets the remote's newest record and forgets what it now covers.
+    fn set_remote(&mut self, seq: u64, unix_ns: u64) {
+        self.progress.remote_seq = seq;
+        self.progress.remote_unix_ns = unix_ns;
+        while self.pending.front().is_some_and(|(s, _)| *s <= seq) {
+            self.pending.pop_front();
+        }
+        self.progress.oldest_pending_unix_ns = self.pending.front().map(|p| p.1);
+    }
+}
+
+struct Shared {
+    slot: Mutex<Slot>,
+    wake: Condvar,
+    /// Notified whenever progress changes.
+    changed: Condvar,
+}
+
+fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Called after every change of progress (upload done, failure), from the
+/// uploader thread: the daemon updates its STATUS and the `REMOTE` file.
+pub type OnProgress = Box<dyn Fn(&Progress) + Send>;
+
+/// The uploader thread and its mailbox.
+pub struct Uploader {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Uploader {
+    /// Starts the thread. `pointer` is the remote pointer read at start
+    /// (it must name this log or nothing).
+    pub fn start(
+        remote: Remote,
+        pointer: Option<PointerState>,
+        options: UploaderOptions,
+        on_progress: OnProgress,
+    ) -> std::io::Result<Uploader> {
+        let mut slot = Slot::default();
+        if let Some(p) = &pointer {
+            slot.set_remote(p.pointer.sequence, p.pointer.unix_ns);
+        }
+        slot.pointer = pointer;
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(slot),
+            wake: Condvar::new(),
+            changed: Condvar::new(),
+        });
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("replicate".into())
+            .spawn(move || run(&s, remote, options, on_progress))?;
+        Ok(Uploader {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands over a durable record; never blocks. A previous offer that was
+    /// not started yet is replaced and counted as skipped.
+    pub fn offer(&self, header: RecordHeader, segment: PathBuf) {
+        let mut slot = lock(&self.shared.slot);
+        if header.sequence > slot.progress.local_seq {
+            slot.progress.local_seq = header.sequence;
+            slot.progress.local_unix_ns = header.unix_ns;
+        }
+        if header.sequence <= slot.progress.remote_seq {
+            return;
+        }
+        slot.pending.push_back((header.sequence, header.unix_ns));
+        if slot.progress.oldest_pending_unix_ns.is_none() {
+            slot.progress.oldest_pending_unix_ns = Some(header.unix_ns);
+        }
+        if let Some(old) = slot.offer.replace(Offer { header, segment }) {
+            if old.header.sequence < header.sequence {
+                slot.progress.skipped += 1;
+            } else {
+                // Never go backwards.
+                slot.offer = Some(old);
+            }
+        }
+        drop(slot);
+        self.shared.wake.notify_all();
+    }
+
+    /// The current progress.
+    pub fn progress(&self) -> Progress {
+        lock(&self.shared.slot).progress.clone()
+    }
+
+    /// Waits until the remote holds `seq` (or newer), replication stopped,
+    /// or `deadline` passed. True if the remote holds it.
+    pub fn wait_for(&self, seq: u64, deadline: Instant) -> bool {
+        let mut slot = lock(&self.shared.slot);
+        loop {
+            if slot.progress.remote_seq >= seq {
+                return true;
+            }
+            if slot.progress.stopped.is_some() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            slot = self
+                .shared
+                .changed
+                .wait_timeout(slot, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Stops the thread after the attempt in progress.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        lock(&self.shared.slot).stop = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Uploader {
+    /// Asks the thread to stop without waiting for an upload in progress
+    /// (use [`Uploader::stop`] to wait).
+    fn drop(&mut self) {
+        lock(&self.shared.slot).stop = true;
+        self.shared.wake.notify_all();
+        drop(self.thread.take());
+    }
+}
+
+fn now_unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn run(shared: &Shared, remote: Remote, options: UploaderOptions, on_progress: OnProgress) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %e, "replication: cannot start its runtime; no uploads in this run");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        // Take the newest offer.
+        let offer = {
+            let mut slot = lock(&shared.slot);
+            loop {
+                if slot.stop {
+                    return;
+                }
+                if let Some(o) = slot.offer.take() {
+                    slot.busy = true;
+                    break o;
+                }
+                slot.busy = false;
+                shared.changed.notify_all();
+                slot = shared.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let previous = lock(&shared.slot).pointer.clone();
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.pointer.sequence >= offer.header.sequence)
+        {
+            continue;
+        }
+        let started = Instant::now();
+        match runtime.block_on(upload(&remote, &offer, previous.as_ref(), &options)) {
+            Ok(Uploaded::Done { state, bytes }) => {
+                backoff = Duration::from_millis(250);
+                let upload_ms = started.elapsed().as_secs_f64() * 1e3;
+                let progress = {
+                    let mut slot = lock(&shared.slot);
+                    slot.set_remote(state.pointer.sequence, state.pointer.unix_ns);
+                    slot.progress.uploaded += 1;
+                    slot.progress.last_error = None;
+                    slot.pointer = Some(state.clone());
+                    slot.progress.clone()
+                };
+                shared.changed.notify_all();
+                info!(
+                    seq = offer.header.sequence,
+                    epoch = offer.header.epoch,
+                    bytes,
+                    upload_ms = (upload_ms * 1e3).round() / 1e3,
+                    mib_per_s = ((bytes as f64 / 1048576.0) / (upload_ms / 1e3).max(1e-9) * 10.0)
+                        .round()
+                        / 10.0,
+                    skipped = progress.skipped,
+                    remote_lag_records = progress.lag_records(),
+                    "replicated"
+                );
+                on_progress(&progress);
+                if let Err(e) = runtime.block_on(retention(&remote, &state.pointer, &options)) {
+                    warn!(error = %e, "remote retention failed; old record objects stay until the next upload");
+                }
+            }
+            Ok(Uploaded::Gone(reason)) => {
+                let progress = {
+                    let mut slot = lock(&shared.slot);
+                    slot.progress.skipped += 1;
+                    slot.progress.clone()
+                };
+                warn!(seq = offer.header.sequence, reason = %reason, "record no longer readable locally; not uploaded");
+                on_progress(&progress);
+            }
+            Ok(Uploaded::Behind(state)) => {
+                // Someone else (another process of this log) moved the
+                // pointer past this record; adopt it.
+                let progress = {
+                    let mut slot = lock(&shared.slot);
+                    slot.set_remote(state.pointer.sequence, state.pointer.unix_ns);
+                    slot.pointer = Some(state);
+                    slot.progress.clone()
+                };
+                shared.changed.notify_all();
+                on_progress(&progress);
+            }
+            Err(Failure::Fatal(reason)) => {
+                error!(url = %remote.url(), %reason, "replication stopped; training goes on locally");
+                let progress = {
+                    let mut slot = lock(&shared.slot);
+                    slot.progress.stopped = Some(reason);
+                    slot.busy = false;
+                    slot.progress.clone()
+                };
+                shared.changed.notify_all();
+                on_progress(&progress);
+                // Keep draining offers so that `offer` stays cheap, but
+                // upload nothing.
+                let mut slot = lock(&shared.slot);
+                while !slot.stop {
+                    slot.offer = None;
+                    slot = shared.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
+                }
+                return;
+            }
+            Err(Failure::Retry(e)) => {
+                let progress = {
+                    let mut slot = lock(&shared.slot);
+                    slot.progress.failures += 1;
+                    slot.progress.last_error = Some(e.to_string());
+                    // Retry this record unless a newer one arrived meanwhile.
+                    match &slot.offer {
+                        Some(newer) if newer.header.sequence > offer.header.sequence => {
+                            slot.progress.skipped += 1;
+                        }
+                        _ => slot.offer = Some(offer.clone()),
+                    }
+                    slot.progress.clone()
+                };
+                warn!(seq = offer.header.sequence, error = %e, retry_in_ms = backoff.as_millis() as u64, "upload failed; will retry");
+                on_progress(&progress);
+                shared.changed.notify_all();
+                // Sleep, but wake for stop.
+                let deadline = Instant::now() + backoff;
+                let mut slot = lock(&shared.slot);
+                while !slot.stop && Instant::now() < deadline {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    slot = shared
+                        .wake
+                        .wait_timeout(slot, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                drop(slot);
+                backoff = (backoff * 2).min(options.retry_max);
+            }
+        }
+    }
+}
+
+enum Uploaded {
+    Done {
+        state: PointerState,
+        bytes: u64,
+    },
+    /// The record vanished locally (retention) or failed validation.
+    Gone(String),
+    /// The pointer already names this record or a newer one.
+    Behind(PointerState),
+}
+
+enum Failure {
+    Retry(RemoteError),
+    Fatal(String),
+}
+
+async fn upload(
+    remote: &Remote,
+    offer: &Offer,
+    previous: Option<&PointerState>,
+    options: &UploaderOptions,
+) -> Result<Uploaded, Failure> {
+    let reader = match LogReader::open(offer.segment.parent().unwrap_or(std::path::Path::new(".")))
+    {
+        Ok(r) => r,
+        Err(e) => return Ok(Uploaded::Gone(e.to_string())),
+    };
+    let record = match reader.load(&offer.segment, &offer.header) {
+        Ok(r) => Arc::new(r),
+        Err(e) => return Ok(Uploaded::Gone(e.to_string())),
+    };
+    let bytes = remote
+        .put_record(
+            &record,
+            usize::try_from(options.part_bytes).unwrap_or(usize::MAX),
+            options.parallel_parts,
+        )
+        .await
+        .map_err(Failure::Retry)?;
+    drop(record);
+    let pointer = Pointer::for_record(&offer.header);
+    match remote.write_pointer(&pointer, previous).await {
+        Ok(state) => Ok(Uploaded::Done { state, bytes }),
+        Err(e) if e.cause == Cause::Conflict => {
+            // The pointer changed under us: read it again and decide.
+            let current = remote.read_pointer().await.map_err(Failure::Retry)?;
+            match current {
+                Some(cur) if cur.pointer.log_id != pointer.log_id => Err(Failure::Fatal(format!(
+                    "the pointer {} now names log {}, this daemon writes log {}; not overwriting it",
+                    remote.url(),
+                    cur.pointer.log_id,
+                    pointer.log_id
+                ))),
+                Some(cur) if cur.pointer.sequence >= pointer.sequence => Ok(Uploaded::Behind(cur)),
+                other => {
+                    let state = remote
+                        .write_pointer(&pointer, other.as_ref())
+                        .await
+                        .map_err(Failure::Retry)?;
+                    Ok(Uploaded::Done { state, bytes })
+                }
+            }
+        }
+        Err(e) => Err(Failure::Retry(e)),
+    }
+}
+
+/// Deletes record objects of the pointer's log that retention no longer
+/// keeps. Never the pointer's record, never anything newer than it.
+async fn retention(
+    remote: &Remote,
+    pointer: &Pointer,
+    options: &UploaderOptions,
+) -> Result<(), RemoteError> {
+    if options.keep_records == 0 {
+        return Ok(());
+    }
+    let Ok(log_id) = pointer.log_id() else {
+        return Ok(());
+    };
+    let (records, _) = remote.list_records(log_id).await?;
+    let older: Vec<_> = records
+        .iter()
+        .filter(|r| r.sequence <= pointer.sequence)
+        .collect();
+    let mut epochs_kept = std::collections::HashSet::new();
+    let mut doomed = Vec::new();
+    for (i, r) in older.iter().rev().enumerate() {
+        let newest = r.sequence == pointer.sequence;
+        let within = (i as u64) < options.keep_records;
+        let milestone = options.keep_every_epochs > 0
+            && r.epoch % options.keep_every_epochs == 0
+            && epochs_kept.insert(r.epoch);
+        if !(newest || within || milestone) {
+            doomed.push(r.path.clone());
+        }
+    }
+    for path in &doomed {
+        remote.delete(path).await?;
+    }
+    if !doomed.is_empty() {
+        tracing::debug!(
+            deleted = doomed.len(),
+            "remote retention removed old record objects"
+        );
+    }
+    Ok(())
+}
+
+/// Writes the `REMOTE` file of a log directory: what the remote copy holds,
+/// for `tail --json` and operators. Replaced atomically, not fsynced (it is a
+/// report, not state).
+pub fn write_remote_file(dir: &std::path::Path, url: &str, p: &Progress) {
+    let tmp = dir.join(format!("{}.tmp", format::REMOTE_FILE));
+    let line = format!(
+        "remote_sequence={} remote_unix_ns={} local_sequence={} local_unix_ns={} skipped={} failing={} updated_unix_ns={} url={}\n",
+        p.remote_seq,
+        p.remote_unix_ns,
+        p.local_seq,
+        p.local_unix_ns,
+        p.skipped,
+        p.last_error.is_some() || p.stopped.is_some(),
+        now_unix_ns(),
+        url
+    );
+    let res = std::fs::write(&tmp, line)
+        .and_then(|_| std::fs::rename(&tmp, dir.join(format::REMOTE_FILE)));
+    if let Err(e) = res {
+        warn!(dir = %dir.display(), error = %e, "could not update the REMOTE file");
+    }
+}
+
+/// What a `REMOTE` file says (see [`write_remote_file`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RemoteFile {
+    /// Newest sequence the remote pointer names.
+    pub remote_sequence: u64,
+    /// Its snapshot time.
+    pub remote_unix_ns: u64,
+    /// Records skipped so far by the writing process.
+    pub skipped: u64,
+    /// Whether uploads were failing when it was written.
+    pub failing: bool,
+    /// The remote URL.
+    pub url: String,
+}
+
+/// Reads the `REMOTE` file of a log directory, if there is one.
+pub fn read_remote_file(dir: &std::path::Path) -> Option<RemoteFile> {
+    let text = std::fs::read_to_string(dir.join(format::REMOTE_FILE)).ok()?;
+    let mut out = RemoteFile::default();
+    for field in text.split_whitespace() {
+        let (k, v) = field.split_once('=')?;
+        match k {
+            "remote_sequence" => out.remote_sequence = v.parse().ok()?,
+            "remote_unix_ns" => out.remote_unix_ns = v.parse().ok()?,
+            "skipped" => out.skipped = v.parse().ok()?,
+            "failing" => out.failing = v == "true",
+            "url" => out.url = v.to_string(),
+            _ => {}
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,286 @@
+//! Replication end to end against a real S3 server (s3s-fs on 127.0.0.1)
+//! and the real binary: upload, restore on an empty directory with
+//! bit-identical results, `pull`, the readers on a URL, a damaged remote
+//! record, and a directory holding another log.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::daemon::{
+    assert_same_training_state, newest_state, reference_run, synthetic_config, write_config,
+};
+use common::s3::{epochwal, replicate_table, spawn_daemon, S3Server};
+
+const CHECKPOINT: &str = "every_epochs = 1\nsegment_bytes = 1048576\nkeep_records = 0";
+
+fn config(server: &S3Server, prefix: &str, data: &Path, epochs: u64, extra: &str) -> String {
+    format!(
+        "{}{}",
+        synthetic_config(data, epochs, CHECKPOINT),
+        replicate_table(server, prefix, extra)
+    )
+}
+
+fn run_to_end(server: &S3Server, cfg: &Path) -> Vec<String> {
+    let d = spawn_daemon(server, cfg, &[]);
+    let (status, lines) = d.wait(Duration::from_secs(180));
+    assert!(status.success(), "run failed:\n{}", lines.join("\n"));
+    lines
+}
+
+#[test]
+fn replicated_run_restored_on_an_empty_dir_ends_bit_identical() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = reference_run(tmp.path(), |d| synthetic_config(d, 12, CHECKPOINT));
+
+    // Machine A trains 6 of 12 epochs, replicating every record.
+    let a = tmp.path().join("machine-a");
+    let cfg_a = write_config(tmp.path(), "a.toml", &config(&server, "run1", &a, 6, ""));
+    let lines = run_to_end(&server, &cfg_a);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("the final checkpoint reached the remote")),
+        "{}",
+        lines.join("\n")
+    );
+    let ptr = server.pointer("run1").expect("pointer written");
+    assert_eq!(ptr["sequence"], 6, "{ptr}");
+    assert_eq!(ptr["epoch"], 6, "{ptr}");
+    // Every record went up (keep_records = 0 keeps all remote objects too).
+    assert_eq!(server.record_keys("run1").len(), 6);
+    let checkpoint_lines: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("checkpoint durable"))
+        .collect();
+    assert_eq!(checkpoint_lines.len(), 6);
+    assert!(
+        checkpoint_lines
+            .iter()
+            .all(|l| l.contains("remote_lag_records=")),
+        "{checkpoint_lines:?}"
+    );
+
+    // Machine A is gone. Machine B starts on an empty directory.
+    drop(std::fs::remove_dir_all(&a));
+    let b = tmp.path().join("machine-b");
+    let cfg_b = write_config(tmp.path(), "b.toml", &config(&server, "run1", &b, 12, ""));
+    let lines = run_to_end(&server, &cfg_b);
+    let restored = lines
+        .iter()
+        .find(|l| l.contains("restored from the remote copy"))
+        .unwrap_or_else(|| panic!("no restore line:\n{}", lines.join("\n")));
+    assert!(restored.contains("seq=6"), "{restored}");
+    let (seq, state) = newest_state(&b).expect("machine B has records");
+    assert_eq!(seq, 12);
+    assert_same_training_state(&state, &reference);
+    // And B kept replicating the same log.
+    let ptr = server.pointer("run1").unwrap();
+    assert_eq!(ptr["sequence"], 12, "{ptr}");
+}
+
+#[test]
+fn pull_restores_without_training_and_readers_take_the_url() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = write_config(tmp.path(), "c.toml", &config(&server, "p/q", &data, 4, ""));
+    run_to_end(&server, &cfg);
+    let url = server.url("p/q");
+
+    // tail URL: one line per record object, same format as for a directory.
+    let (code, out, err) = epochwal(&server, &["tail", &url, "-n", "3"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<_> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("seq=2 epoch=2 "), "{out}");
+    assert!(lines[2].starts_with("seq=4 epoch=4 "), "{out}");
+    let (code, out, _) = epochwal(&server, &["tail", &url, "--json", "-n", "1"]);
+    assert_eq!(code, 0);
+    let row: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(row["sequence"], 4);
+
+    // inspect and export read the validated remote record.
+    let (code, out, err) = epochwal(&server, &["inspect", &url, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["sequence"], 4, "{out}");
+    let (code, out, err) = epochwal(&server, &["inspect", &url, "--seq", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sequence 2"), "{out}");
+    let st = tmp.path().join("w.safetensors");
+    let (code, _, err) = epochwal(&server, &["export", &url, "-o", st.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(st.metadata().unwrap().len() > 0);
+
+    // verify URL: clean.
+    let (code, out, err) = epochwal(&server, &["verify", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("4 good, 0 damaged"), "{out}");
+
+    // pull into an empty directory, then the local tools agree.
+    let pulled = tmp.path().join("pulled");
+    let (code, _, err) = epochwal(&server, &["pull", &url, pulled.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("restored record 4"), "{err}");
+    let (seq, state) = newest_state(&pulled).unwrap();
+    let (_, original) = newest_state(&data).unwrap();
+    assert_eq!(seq, 4);
+    assert_same_training_state(&state, &original);
+    // Pulling again finds it up to date.
+    let (code, _, err) = epochwal(&server, &["pull", &url, pulled.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("nothing to pull"), "{err}");
+}
+
+#[test]
+fn restore_into_a_directory_of_another_log_is_refused_naming_both_ids() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = write_config(tmp.path(), "c.toml", &config(&server, "r", &data, 2, ""));
+    run_to_end(&server, &cfg);
+    let remote_id = server.pointer("r").unwrap()["log_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Another, local-only log.
+    let other = tmp.path().join("other");
+    let cfg_local = write_config(
+        tmp.path(),
+        "local.toml",
+        &synthetic_config(&other, 1, CHECKPOINT),
+    );
+    let d = common::daemon::Daemon::spawn(&cfg_local, &[], &[]);
+    assert!(d.wait(Duration::from_secs(60)).0.success());
+    let local_id = format!(
+        "{:032x}",
+        epochwal::wal::recover(&other).unwrap().log_id.unwrap()
+    );
+
+    let url = server.url("r");
+    let (code, _, err) = epochwal(&server, &["pull", &url, other.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&remote_id) && err.contains(&local_id), "{err}");
+
+    // `run` with [replicate] on that directory refuses too, before training.
+    let cfg_other = write_config(tmp.path(), "o.toml", &config(&server, "r", &other, 3, ""));
+    let d = spawn_daemon(&server, &cfg_other, &[]);
+    let (status, lines) = d.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{}", lines.join("\n"));
+    let all = lines.join("\n");
+    assert!(all.contains(&remote_id) && all.contains(&local_id), "{all}");
+    assert!(!all.contains("training started"), "{all}");
+    // The remote still names the original log.
+    assert_eq!(server.pointer("r").unwrap()["log_id"], remote_id.as_str());
+}
+
+#[test]
+fn flipped_byte_in_a_stored_object_is_named_and_restore_uses_the_previous_record() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = write_config(tmp.path(), "c.toml", &config(&server, "f", &data, 3, ""));
+    run_to_end(&server, &cfg);
+    let ptr = server.pointer("f").unwrap();
+    let object = format!("f/{}", ptr["object"].as_str().unwrap());
+    // Flip one payload byte in the server's backing file.
+    let file = server.object_file(&object);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = 4096 + bytes.len().saturating_sub(4096) / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let url = server.url("f");
+    let (code, out, err) = epochwal(&server, &["verify", &url]);
+    assert_eq!(code, 1, "{out}{err}");
+    let name = ptr["object"].as_str().unwrap();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("damaged") && l.contains(name) && l.contains("checksum")),
+        "{out}"
+    );
+    assert!(out.contains("would use sequence 2"), "{out}");
+
+    let pulled = tmp.path().join("pulled");
+    let (code, _, err) = epochwal(&server, &["pull", &url, pulled.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(name), "the damaged object is named: {err}");
+    assert!(err.contains("restored record 2"), "{err}");
+    assert_eq!(newest_state(&pulled).unwrap().0, 2);
+
+    // `run` on an empty directory does the same and trains on from record 2.
+    let b = tmp.path().join("b");
+    let cfg_b = write_config(tmp.path(), "b.toml", &config(&server, "f", &b, 4, ""));
+    let lines = run_to_end(&server, &cfg_b);
+    let all = lines.join("\n");
+    assert!(
+        all.contains("remote record is damaged") && all.contains(name),
+        "{all}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("restored from the remote copy") && l.contains("seq=2")),
+        "{all}"
+    );
+}
+
+#[test]
+fn tail_follow_on_a_url_polls_the_pointer() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = write_config(tmp.path(), "c.toml", &config(&server, "t", &data, 0, ""));
+    let mut tail = std::process::Command::new(common::daemon::binary())
+        .args(["tail", "-f", "--json", &server.url("t")])
+        .envs(server.env())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = spawn_daemon(&server, &cfg, &[]);
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("tail -f printed a remote record");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        seqs.push(v["sequence"].as_u64().unwrap());
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    d.signal(libc::SIGTERM);
+    let (status, _) = d.wait(Duration::from_secs(60));
+    assert!(status.success());
+    // SAFETY: kill only reads its arguments; the pid is our child's.
+    unsafe { libc::kill(tail.id() as i32, libc::SIGINT) };
+    let st = tail.wait().unwrap();
+    assert!(st.success(), "{st}");
+}
