@@ -50,12 +50,13 @@ pub struct Config {
     /// When to checkpoint and what to keep.
     pub checkpoint: CheckpointConfig,
     /// Copying the log to object storage; absent = local only.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub replicate: Option<ReplicateConfig>,
 }
 
 /// The `[replicate]` table: copy every durable record to object storage and
 /// restore from it on an empty machine. Needs a restart to change.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicateConfig {
     /// Where the copy lives: `s3://bucket/prefix`, `gs://bucket/prefix`,
@@ -73,11 +74,11 @@ pub struct ReplicateConfig {
     pub required: bool,
     /// Remote retention: keep at least the newest N record objects; 0 keeps
     /// all. Default: `checkpoint.keep_records`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_records: Option<u64>,
     /// Remote retention: also keep the newest record of every epoch
     /// divisible by N; 0 = off. Default: `checkpoint.keep_every_epochs`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_every_epochs: Option<u64>,
     /// Records larger than this are uploaded in parts of this size
     /// (multipart upload); at least 5 MiB, S3's smallest part. Default 16 MiB.

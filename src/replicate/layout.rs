@@ -182,6 +182,7 @@ mod tests {
             payload_checksum: 0x1234,
             unix_ns: 5,
             loss: 0.5,
+            schema_version: 1,
         }
     }
 
