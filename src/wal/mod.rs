@@ -28,8 +28,8 @@ mod writer;
 pub use error::{errno_name, WalError};
 pub use format::{RecordHeader, SegmentHeader};
 pub use reader::{
-    load_record_copy, recover, validate_payload, LogReader, LogScan, MappedRecord, ReadFailure, Recovery,
-    SegmentScan, Skip,
+    load_record_copy, recover, validate_payload, LogReader, LogScan, MappedRecord, ReadFailure,
+    Recovery, SegmentScan, Skip,
 };
 pub use writer::{
     archived_len, segment_bytes_for, Durable, Log, LogOptions, PendingAppend, Retention,
