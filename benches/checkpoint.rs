@@ -972,8 +972,12 @@ impl TrainShape {
     }
 
     fn config(&self) -> TrainConfig {
+        let threads: usize = std::env::var("EPOCHWAL_BENCH_TRAIN_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
         let text = format!(
-            "batch_size = {}\nseed = 1\n[dataset]\nkind = \"synthetic\"\nn = {}\ninput_dim = {}\noutput_dim = {}\n[model]\nhidden = {:?}\n",
+            "batch_size = {}\nseed = 1\nthreads = {threads}\nvalidation_fraction = 0.0\n[dataset]\nkind = \"synthetic\"\nn = {}\ninput_dim = {}\noutput_dim = {}\n[model]\nhidden = {:?}\n",
             self.batch, self.n, self.input_dim, self.output_dim, self.hidden
         );
         toml::from_str(&text).expect("train config")
@@ -992,6 +996,8 @@ struct OnRun {
     persist: Vec<f64>,
     /// Waiting for the last checkpoint after the last step.
     final_wait: Duration,
+    /// Epoch checkpoints deferred because the previous one was in flight.
+    deferred: u64,
 }
 
 /// Trains `epochs` epochs with one checkpoint per epoch, exactly as the
@@ -1040,9 +1046,22 @@ fn train_with_checkpoints(cfg: &TrainConfig, epochs: u64, log_dir: &Path) -> OnR
         let out = trainer.step();
         if out.epoch_completed {
             if in_flight {
-                let t = Instant::now();
-                run.persist.push(done_rx.recv().expect("persister died"));
-                run.wait.push(ms(t.elapsed()));
+                // As the daemon does with min_seconds_between > 0 (the
+                // shipped config): a checkpoint that finds the previous one
+                // still in flight is deferred to the next epoch end instead
+                // of stalling training; the last epoch always checkpoints.
+                match done_rx.try_recv() {
+                    Ok(p) => run.persist.push(p),
+                    Err(_) if out.epoch < epochs => {
+                        run.deferred += 1;
+                        continue;
+                    }
+                    Err(_) => {
+                        let t = Instant::now();
+                        run.persist.push(done_rx.recv().expect("persister died"));
+                        run.wait.push(ms(t.elapsed()));
+                    }
+                }
             }
             let t = Instant::now();
             let pending = log
@@ -1100,6 +1119,7 @@ fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
     fresh_dir(&dir);
     let (mut off, mut on, mut on_thread) = (vec![], vec![], vec![]);
     let (mut pause, mut wait, mut persist, mut final_wait) = (vec![], vec![], vec![], vec![]);
+    let mut deferred = 0u64;
     for run in 0..=runs {
         let order: [bool; 2] = if run % 2 == 0 {
             [false, true]
@@ -1116,6 +1136,7 @@ fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
                     on.push(ms(r.total));
                     on_thread.push(ms(r.total - r.final_wait));
                     final_wait.push(ms(r.final_wait));
+                    deferred += r.deferred;
                     pause.extend(r.pause);
                     wait.extend(r.wait);
                     persist.extend(r.persist);
@@ -1158,6 +1179,11 @@ fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
         .ms_of("pause_ms", &pause)
         .ms_of("wait_prev_ms", &wait)
         .ms_of("final_wait_ms", &final_wait)
+        .kv("deferred_checkpoints", deferred)
+        .kv(
+            "threads",
+            std::env::var("EPOCHWAL_BENCH_TRAIN_THREADS").unwrap_or_else(|_| "1".into()),
+        )
         .kv(
             "train_thread_ratio",
             format!(

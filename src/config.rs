@@ -33,6 +33,14 @@ pub struct Config {
     pub seed: u64,
     /// Examples per mini-batch. Default 32.
     pub batch_size: usize,
+    /// Threads the trainer computes on (the training thread included), at
+    /// most the number of cores this process may run on. Results do not
+    /// depend on it. Default (absent): all of those cores.
+    pub threads: Option<usize>,
+    /// Share of the examples held out for validation, in `[0, 0.9]`, chosen
+    /// by the seed; 0 turns validation off. Default (absent): 0.1 for a new
+    /// log; a log written without validation resumes without it.
+    pub validation_fraction: Option<f64>,
     /// Longest the final checkpoint on shutdown may take before the daemon
     /// gives up on it (the log stays valid: the previous record is kept).
     /// Also what it asks systemd for with EXTEND_TIMEOUT_USEC. Default 300.
@@ -117,7 +125,7 @@ pub enum OnNonFinite {
 }
 
 /// Checkpoint triggers, segment size and retention; reloadable with SIGHUP.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
     /// Checkpoint after every N completed epochs; 0 disables. Default 1.
@@ -140,6 +148,19 @@ pub struct CheckpointConfig {
     /// Also keep the newest record of every epoch divisible by N; 0 = off.
     /// Default 0.
     pub keep_every_epochs: u64,
+    /// Also keep the N records with the lowest validation loss (needs
+    /// validation); 0 = off. Default 0.
+    pub keep_best: u64,
+    /// An epoch, step or timer trigger is skipped when the last checkpoint
+    /// began less than this many seconds ago (SIGUSR1 and shutdown are
+    /// never skipped). Above 0 a due checkpoint also never stalls training:
+    /// while the previous one is still being persisted it is deferred to
+    /// the next epoch end (or step) at which the persister is free. 0 = no
+    /// limit, and every trigger is written (training waits if it must).
+    /// Default 0 (what logs written before this key existed expect); the
+    /// shipped `config/epochwal.toml` sets 0.1, at most about ten
+    /// checkpoints a second.
+    pub min_seconds_between: f64,
 }
 
 impl Default for CheckpointConfig {
@@ -152,6 +173,8 @@ impl Default for CheckpointConfig {
             keep_records: 10,
             keep_bytes: 0,
             keep_every_epochs: 0,
+            keep_best: 0,
+            min_seconds_between: 0.0,
         }
     }
 }
@@ -230,6 +253,8 @@ impl Default for Config {
             epochs: 0,
             seed: 42,
             batch_size: 32,
+            threads: None,
+            validation_fraction: None,
             shutdown_grace_seconds: 300,
             on_nonfinite: OnNonFinite::Stop,
             dataset: DatasetConfig::Diabetes {
@@ -353,6 +378,43 @@ impl Config {
         if self.batch_size == 0 {
             return Err(invalid("batch_size", "must be at least 1"));
         }
+        match self.threads {
+            Some(0) => return Err(invalid("threads", "must be at least 1")),
+            Some(n) if n > available_cores() => {
+                return Err(invalid(
+                    "threads",
+                    &format!(
+                        "is {n}, but this process may run on {} cores; use at most {} \
+                         (or leave it out to use all of them)",
+                        available_cores(),
+                        available_cores()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(f) = self.validation_fraction {
+            if !(0.0..=crate::train::MAX_VALIDATION_FRACTION).contains(&f) {
+                return Err(invalid(
+                    "validation_fraction",
+                    &format!("is {f}; it must be in [0, 0.9] (0 turns validation off)"),
+                ));
+            }
+        }
+        let m = self.checkpoint.min_seconds_between;
+        if !(m.is_finite() && m >= 0.0) {
+            return Err(invalid(
+                "checkpoint.min_seconds_between",
+                &format!("is {m}; it must be a number of seconds >= 0 (0 = no limit)"),
+            ));
+        }
+        if self.checkpoint.keep_best > 0 && self.validation_fraction == Some(0.0) {
+            return Err(invalid(
+                "checkpoint.keep_best",
+                "needs validation figures, but validation_fraction = 0 turns validation off; \
+                 set validation_fraction > 0 or keep_best = 0",
+            ));
+        }
         if matches!(self.checkpoint.segment_bytes, SegmentBytes::Bytes(n) if n < 16 * 4096) {
             return Err(invalid(
                 "checkpoint.segment_bytes",
@@ -391,6 +453,10 @@ impl Config {
             optimizer: self.optimizer.clone(),
             batch_size: self.batch_size,
             seed: self.seed,
+            threads: self.threads.unwrap_or_else(available_cores),
+            validation_fraction: self
+                .validation_fraction
+                .unwrap_or(DEFAULT_VALIDATION_FRACTION),
         }
     }
 
@@ -496,6 +562,14 @@ fn differences(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
+/// `validation_fraction` when the file does not set it.
+pub const DEFAULT_VALIDATION_FRACTION: f64 = 0.1;
+
+/// Cores this process may run on (its CPU affinity), at least 1.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 impl CheckpointConfig {
     /// Segment size and retention as the log takes them.
     pub fn log_options(&self) -> LogOptions {
@@ -505,6 +579,7 @@ impl CheckpointConfig {
                 keep_records: self.keep_records,
                 keep_bytes: self.keep_bytes,
                 keep_every_epochs: self.keep_every_epochs,
+                keep_best: self.keep_best,
             },
         }
     }
@@ -540,6 +615,12 @@ impl CheckpointConfig {
                 "keep_every_epochs",
                 s(&self.keep_every_epochs),
                 s(&other.keep_every_epochs),
+            ),
+            ("keep_best", s(&self.keep_best), s(&other.keep_best)),
+            (
+                "min_seconds_between",
+                s(&self.min_seconds_between),
+                s(&other.min_seconds_between),
             ),
         ];
         pairs
@@ -664,6 +745,70 @@ mod tests {
         );
         c.make_paths_absolute();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn threads_zero_or_beyond_the_cores_is_refused_by_name() {
+        let err = Config::parse("threads = 0\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`threads`") && err.contains("at least 1"),
+            "{err}"
+        );
+        let too_many = available_cores() + 1;
+        let err = Config::parse(&format!("threads = {too_many}\n"), Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`threads`") && err.contains("cores"), "{err}");
+        let cfg = Config::parse("", Path::new("c.toml")).unwrap();
+        assert_eq!(cfg.train_config().threads, available_cores());
+        let cfg = Config::parse("threads = 1\n", Path::new("c.toml")).unwrap();
+        assert_eq!(cfg.train_config().threads, 1);
+    }
+
+    #[test]
+    fn validation_fraction_out_of_range_is_refused_by_name() {
+        for v in ["-0.5", "0.95", "1.0", "nan"] {
+            let err = Config::parse(&format!("validation_fraction = {v}\n"), Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("`validation_fraction`") && err.contains("[0, 0.9]"),
+                "{err}"
+            );
+        }
+        let cfg = Config::parse("validation_fraction = 0.25\n", Path::new("c.toml")).unwrap();
+        assert_eq!(cfg.train_config().validation_fraction, 0.25);
+        let cfg = Config::parse("", Path::new("c.toml")).unwrap();
+        assert_eq!(cfg.train_config().validation_fraction, 0.1);
+    }
+
+    #[test]
+    fn keep_best_without_validation_is_refused() {
+        let err = Config::parse(
+            "validation_fraction = 0.0\n[checkpoint]\nkeep_best = 3\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`checkpoint.keep_best`") && err.contains("validation"),
+            "{err}"
+        );
+        let ok = Config::parse("[checkpoint]\nkeep_best = 3\n", Path::new("c.toml")).unwrap();
+        assert_eq!(ok.log_options().retention.keep_best, 3);
+    }
+
+    #[test]
+    fn negative_min_seconds_between_is_refused_by_name() {
+        let err = Config::parse(
+            "[checkpoint]\nmin_seconds_between = -1\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`checkpoint.min_seconds_between`"), "{err}");
     }
 
     #[test]

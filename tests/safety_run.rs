@@ -49,6 +49,12 @@ fn retention_with_the_default_config_keeps_ten_records_plus_at_most_one_segment(
     let data = tmp.path().join("data");
     let body = shipped("epochwal.toml");
     assert!(body.contains("epochs = 500") && body.contains("keep_records = 10"));
+    // One checkpoint per epoch and keep_records alone: the rate limit and
+    // keep_best of the shipped file are tested in daemon_progress.rs.
+    assert!(body.contains("min_seconds_between = 0.1") && body.contains("keep_best = 3"));
+    let body = body
+        .replace("min_seconds_between = 0.1", "min_seconds_between = 0")
+        .replace("keep_best = 3", "keep_best = 0");
     let cfg = write_config(tmp.path(), "epochwal.toml", &body);
     let (status, lines) =
         Daemon::spawn(&cfg, &["--data-dir", data.to_str().unwrap()], &[]).wait(LONG);

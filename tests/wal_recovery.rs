@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use epochwal::wal::format::{self, PAGE, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
-use epochwal::wal::{recover, Log, LogOptions, LogReader, Retention, WalError};
+use epochwal::wal::{recover, Log, LogOptions, LogReader, Retention, ValidationFigures, WalError};
 use walkit::*;
 
 const TB: usize = 16 << 10;
@@ -235,12 +235,63 @@ fn retention_keep_every_epochs_keeps_milestones_besides_the_newest() {
 }
 
 #[test]
+fn retention_keep_best_pins_the_segments_of_the_lowest_validation_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = LogOptions {
+        segment_bytes: 3 * PAGE, // one record per segment
+        retention: Retention {
+            keep_records: 2,
+            keep_best: 3,
+            ..Default::default()
+        },
+    };
+    // Validation loss of epoch e; epoch 7 has none (a mid-epoch record,
+    // say) and epoch 8 a NaN: neither can be among the best.
+    let loss = |e: u64| [5.0, 3.0, 8.0, 1.0, 9.0, 2.0, 0.0, f32::NAN, 4.0, 10.0][e as usize - 1];
+    let append = |log: &mut Log, e: u64| {
+        let state = common::sample_state(TB, e);
+        let validation = (e != 7).then_some(ValidationFigures {
+            loss: loss(e),
+            accuracy: None,
+        });
+        let p = log.begin_append_with(&state, validation).unwrap();
+        let d = p.persist();
+        log.finish(&d).unwrap();
+        d.unwrap()
+    };
+    let (mut log, _) = Log::open(dir.path(), o).unwrap();
+    for e in 1..=6 {
+        append(&mut log, e);
+    }
+    drop(log);
+    // Reopened: the writer learns the losses from the headers alone.
+    let (mut log, _) = Log::open(dir.path(), o).unwrap();
+    for e in 7..=10 {
+        let d = append(&mut log, e);
+        assert_eq!(
+            d.header.validation.map(|v| v.loss.to_bits()),
+            (e != 7).then(|| loss(e).to_bits())
+        );
+    }
+    drop(log);
+    let scan = LogReader::open(dir.path()).unwrap().scan().unwrap();
+    let epochs: Vec<u64> = scan
+        .segments
+        .iter()
+        .flat_map(|s| s.records.iter().map(|h| h.epoch))
+        .collect();
+    // Best three: epochs 4 (1.0), 6 (2.0), 2 (3.0); newest two: 9, 10.
+    assert_eq!(epochs, vec![2, 4, 6, 9, 10]);
+}
+
+#[test]
 fn retention_never_deletes_the_newest_record_even_with_a_tiny_budget() {
     assert_eq!(
         retained(Retention {
             keep_records: 1,
             keep_bytes: 1,
-            keep_every_epochs: 0
+            keep_every_epochs: 0,
+            keep_best: 0,
         }),
         vec![10]
     );

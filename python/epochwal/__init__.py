@@ -100,7 +100,7 @@ def decode_record_header(b):
     """§4.2. Returns a dict, None for an all-zero header; raises FormatError."""
     if _check_frame(b, RECORD_HEADER_LEN, RECORD_MAGIC) == "zeroed":
         return None
-    if any(bytes(b[108:120])):
+    if any(bytes(b[108:112])):
         raise FormatError("invalid header field: reserved bytes are not zero")
     h = {
         "log_id": int.from_bytes(bytes(b[16:32]), "little"),
@@ -114,6 +114,13 @@ def decode_record_header(b):
         "unix_ns": _u64(b, 88),
         "loss": _f64(b, 96),
         "schema_version": _u32(b, 104) or 1,
+        # Bytes 112..120 all zero: no validation figures.
+        "validation": None
+        if not any(bytes(b[112:120]))
+        else {
+            "loss": _f32(b, 112),
+            "accuracy": None if _f32(b, 116) != _f32(b, 116) else _f32(b, 116),
+        },
     }
     if h["offset"] % PAGE or h["offset"] < PAGE:
         raise FormatError("invalid header field: record offset")

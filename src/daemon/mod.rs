@@ -493,7 +493,15 @@ fn start(config: &Config, args: &RunArgs, dir_existed: bool) -> anyhow::Result<S
                 .context("building the model and dataset from the configuration"))
         }
     };
-    info!(model = %trainer.describe(), fingerprint = format!("{:016x}", trainer.fingerprint()), "model built");
+    let (train_rows, val_rows) = trainer.split_sizes();
+    info!(
+        model = %trainer.describe(),
+        fingerprint = format!("{:016x}", trainer.fingerprint()),
+        train_examples = train_rows,
+        validation_examples = val_rows,
+        threads = config.train_config().threads,
+        "model built"
+    );
     let import = match &args.init_from {
         Some(path) => Some(
             crate::tools::read_import(path)
@@ -573,6 +581,32 @@ fn restore(
                     );
                 }
                 info!(file = %path.display(), sha256 = %crate::tools::sha256_hex(&theirs), "--init-from was already imported into this log; resuming from the log");
+            }
+            let record_rows = record.state().data.dataset_len.to_native();
+            let (train_rows, val_rows) = trainer.split_sizes();
+            if config.validation_fraction.is_none()
+                && val_rows > 0
+                && record_rows == (train_rows + val_rows) as u64
+            {
+                // Written without a validation split (before validation
+                // existed, or with validation_fraction = 0): resume it so.
+                if config.checkpoint.keep_best > 0 {
+                    bail!(
+                        "{}: checkpoint.keep_best needs validation, but this log was written \
+                         without a validation split (all {record_rows} examples train); \
+                         set keep_best = 0 to resume it, or start a new log",
+                        config.data_dir.display()
+                    );
+                }
+                info!(
+                    examples = record_rows,
+                    "this log was written without a validation split; it resumes without one \
+                     (validation_fraction applies to new logs)"
+                );
+                let mut cfg = config.train_config();
+                cfg.validation_fraction = 0.0;
+                *trainer = Trainer::new(&cfg)
+                    .with_context(|| "building the model and dataset from the configuration")?;
             }
             trainer.restore(record.state()).with_context(|| {
                 format!(

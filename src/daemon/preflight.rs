@@ -250,6 +250,8 @@ mod tests {
             optimizer: Default::default(),
             batch_size: 4,
             seed: 0,
+            threads: 1,
+            validation_fraction: 0.0,
         };
         let plan = MemoryPlan::new(&cfg, 10, 1, 1);
         assert_eq!(plan.parameters, 2000 + 1_001_000 + 1001);

@@ -183,6 +183,7 @@ mod tests {
             unix_ns: 5,
             loss: 0.5,
             schema_version: 1,
+            validation: None,
         }
     }
 

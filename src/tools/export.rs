@@ -1,4 +1,4 @@
-//! `epochwal export DIR [--seq N | --epoch E] -o FILE.safetensors
+//! `epochwal export DIR [--seq N | --epoch E | --best] -o FILE.safetensors
 //! [--with-optimizer [--optimizer-layout torch|names]] [--with-input-norm]`:
 //! one record as a safetensors file PyTorch loads directly.
 //! `--init-from` reads such files back (`super::import`).
@@ -26,7 +26,8 @@
 //! re-keying (README, "PyTorch").
 //!
 //! Metadata (the safetensors `__metadata__` string map): `format` (`pt`),
-//! `epoch`, `global_step`, `step_in_epoch`, `sequence`, `loss`, `lr`, `betas`
+//! `epoch`, `global_step`, `step_in_epoch`, `sequence`, `loss`, `val_loss` and
+//! `val_accuracy` (empty when the record has none), `lr`, `betas`
 //! (`"<beta1>,<beta2>"`), `eps`, `weight_decay`, `fingerprint` (16 hex
 //! digits), `description`, `schema_version`, `input_norm` (`standardized` or
 //! `none`), `import_sha256` (when the run was imported); with
@@ -89,11 +90,14 @@ pub struct ExportArgs {
     pub dir: PathBuf,
     /// Export the record with this sequence number (default: the newest
     /// valid record).
-    #[arg(long, value_name = "N", conflicts_with = "epoch")]
+    #[arg(long, value_name = "N", conflicts_with_all = ["epoch", "best"])]
     pub seq: Option<u64>,
     /// Export the newest valid record of this epoch.
-    #[arg(long, value_name = "E")]
+    #[arg(long, value_name = "E", conflicts_with = "best")]
     pub epoch: Option<u64>,
+    /// Export the record with the lowest validation loss (ties: the older).
+    #[arg(long)]
+    pub best: bool,
     /// The .safetensors file to write: a new path, or a regular file that is
     /// replaced atomically; `-` writes to standard output. Devices, named
     /// pipes and symbolic links are refused.
@@ -129,7 +133,10 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<i32> {
     } else {
         check_target(&args.output)?;
     }
-    let selected = select_source(&args.dir, Selection::from_flags(args.seq, args.epoch))?;
+    let selected = select_source(
+        &args.dir,
+        Selection::from_flags(args.seq, args.epoch, args.best),
+    )?;
     for s in &selected.skipped {
         eprintln!("epochwal: note: passed over damaged item: {s}");
     }
@@ -241,6 +248,16 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<i32> {
         ("step_in_epoch", st.step_in_epoch.to_native().to_string()),
         ("sequence", h.sequence.to_string()),
         ("loss", h.loss.to_string()),
+        (
+            "val_loss",
+            h.validation.map_or(String::new(), |v| v.loss.to_string()),
+        ),
+        (
+            "val_accuracy",
+            h.validation
+                .and_then(|v| v.accuracy)
+                .map_or(String::new(), |a| a.to_string()),
+        ),
         ("lr", opt.lr.to_native().to_string()),
         (
             "betas",

@@ -1,4 +1,4 @@
-//! `epochwal inspect DIR [--seq N | --epoch E] [--json]`: one record in
+//! `epochwal inspect DIR [--seq N | --epoch E | --best] [--json]`: one record in
 //! detail, read zero-copy from a read-only mapping (statistics are computed
 //! over the `&[f32]` views of the archive; nothing is deserialized).
 
@@ -18,11 +18,14 @@ pub struct InspectArgs {
     /// (`s3://bucket/prefix`, `file:///path`).
     pub dir: PathBuf,
     /// The record with this sequence number (default: the newest valid one).
-    #[arg(long, value_name = "N", conflicts_with = "epoch")]
+    #[arg(long, value_name = "N", conflicts_with_all = ["epoch", "best"])]
     pub seq: Option<u64>,
     /// The newest valid record of this epoch.
-    #[arg(long, value_name = "E")]
+    #[arg(long, value_name = "E", conflicts_with = "best")]
     pub epoch: Option<u64>,
+    /// Show the record with the lowest validation loss (ties: the older).
+    #[arg(long)]
+    pub best: bool,
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
@@ -45,7 +48,10 @@ fn stats_json(s: &TensorStats) -> serde_json::Value {
 
 /// Runs `epochwal inspect`.
 pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
-    let selected = select_source(&args.dir, Selection::from_flags(args.seq, args.epoch))?;
+    let selected = select_source(
+        &args.dir,
+        Selection::from_flags(args.seq, args.epoch, args.best),
+    )?;
     if !selected.skipped.is_empty() {
         eprintln!(
             "epochwal: note: passed over {} damaged or unreadable item(s) to reach this record (run `epochwal verify {}`):",
@@ -94,6 +100,8 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
             "global_step": st.global_step.to_native(),
             "step_in_epoch": st.step_in_epoch.to_native(),
             "loss": h.loss,
+            "val_loss": h.validation.map(|v| v.loss),
+            "val_accuracy": h.validation.and_then(|v| v.accuracy),
             "unix_ns": h.unix_ns,
             "time": format_unix_ns(h.unix_ns),
             "segment": file_name(rec.path()),
@@ -160,6 +168,21 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
         )?;
         writeln!(w, "global step   {}", h.step)?;
         writeln!(w, "loss          {}", h.loss)?;
+        match h.validation {
+            Some(v) => match v.accuracy {
+                Some(a) => writeln!(
+                    w,
+                    "validation    loss {}, accuracy {:.2}%",
+                    v.loss,
+                    100.0 * a
+                )?,
+                None => writeln!(w, "validation    loss {}", v.loss)?,
+            },
+            None => writeln!(
+                w,
+                "validation    none (mid-epoch record, or no validation split)"
+            )?,
+        }
         writeln!(
             w,
             "time          {} ({} ns)",

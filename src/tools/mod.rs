@@ -240,15 +240,19 @@ pub enum Selection {
     Sequence(u64),
     /// The newest valid record whose epoch is this.
     Epoch(u64),
+    /// The valid record with the lowest validation loss (ties: the older).
+    Best,
 }
 
 impl Selection {
-    /// From the `--seq` / `--epoch` flags (clap makes them exclusive).
-    pub fn from_flags(seq: Option<u64>, epoch: Option<u64>) -> Selection {
-        match (seq, epoch) {
-            (Some(s), _) => Selection::Sequence(s),
-            (None, Some(e)) => Selection::Epoch(e),
-            (None, None) => Selection::Newest,
+    /// From the `--seq` / `--epoch` / `--best` flags (clap makes them
+    /// exclusive).
+    pub fn from_flags(seq: Option<u64>, epoch: Option<u64>, best: bool) -> Selection {
+        match (seq, epoch, best) {
+            (Some(s), _, _) => Selection::Sequence(s),
+            (None, Some(e), _) => Selection::Epoch(e),
+            (None, None, true) => Selection::Best,
+            (None, None, false) => Selection::Newest,
         }
     }
 }
@@ -269,7 +273,10 @@ pub struct Selected {
 /// - [`Selection::Newest`] is exactly the record [`recover`] picks;
 /// - [`Selection::Sequence`] is an error if that record is absent or damaged;
 /// - [`Selection::Epoch`] takes the newest record of that epoch that
-///   validates, and is an error if there is none.
+///   validates, and is an error if there is none;
+/// - [`Selection::Best`] takes the record with the lowest validation loss in
+///   its header that validates (a damaged one is passed over), and is an
+///   error if no record has validation figures.
 pub fn select_record(reader: &LogReader, sel: Selection) -> anyhow::Result<Selected> {
     let dir = reader.dir();
     match sel {
@@ -327,6 +334,38 @@ pub fn select_record(reader: &LogReader, sel: Selection) -> anyhow::Result<Selec
                 record,
                 skipped: Vec::new(),
             })
+        }
+        Selection::Best => {
+            let scan = reader.scan()?;
+            let mut candidates: Vec<(PathBuf, RecordHeader, f32)> = scan
+                .segments
+                .iter()
+                .flat_map(|s| s.records.iter().map(move |r| (s.path.clone(), *r)))
+                .filter_map(|(p, r)| r.validation_loss().map(|l| (p, r, l)))
+                .collect();
+            if candidates.is_empty() {
+                anyhow::bail!(
+                    "{}: no record has a validation loss ({}); records get one at the end of an \
+                     epoch when validation_fraction > 0",
+                    dir.display(),
+                    describe_range(scan.segments.iter().flat_map(|s| s.records.iter()))
+                );
+            }
+            candidates.sort_by(|a, b| {
+                crate::wal::format::best_first((a.2, a.1.sequence), (b.2, b.1.sequence))
+            });
+            let mut skipped = Vec::new();
+            for (path, header, _) in candidates {
+                match reader.load(&path, &header) {
+                    Ok(record) => return Ok(Selected { record, skipped }),
+                    Err(e) => skipped.push(e.to_string()),
+                }
+            }
+            anyhow::bail!(
+                "{}: every record with a validation loss is damaged: {}",
+                dir.display(),
+                skipped.join("; ")
+            )
         }
         Selection::Epoch(epoch) => {
             let scan = reader.scan()?;

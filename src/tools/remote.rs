@@ -73,6 +73,50 @@ pub(crate) fn select(url: &Path, sel: Selection) -> anyhow::Result<Selected> {
                     skipped: Vec::new(),
                 })
             }
+            Selection::Best => {
+                // Validation figures are in the record headers: read every
+                // header (a range read each), then fetch the best that
+                // validates.
+                let (records, _) = remote.list_records(log_id).await?;
+                let mut ranked = Vec::new();
+                for obj in &records {
+                    match remote.fetch_header(&obj.path).await {
+                        Ok(h) => {
+                            if let Some(l) = h.validation_loss() {
+                                ranked.push((l, h.sequence, obj));
+                            }
+                        }
+                        // Deleted by retention between the listing and the read.
+                        Err(e) if e.cause == Cause::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                ranked.sort_by(|a, b| crate::wal::format::best_first((a.0, a.1), (b.0, b.1)));
+                let mut skipped = Vec::new();
+                for (_, _, obj) in ranked {
+                    match remote.fetch_record(&obj.path, &tmp).await {
+                        Ok(f) => {
+                            return Ok(Selected {
+                                record: f.record,
+                                skipped,
+                            })
+                        }
+                        Err(e) if matches!(e.cause, Cause::Damaged | Cause::NotFound) => {
+                            skipped.push(e.to_string())
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                anyhow::bail!(
+                    "{}: no valid record object with validation figures (run with validation_fraction > 0){}",
+                    remote.url(),
+                    if skipped.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", skipped.join("; "))
+                    }
+                )
+            }
             Selection::Epoch(epoch) => {
                 let (records, _) = remote.list_records(log_id).await?;
                 let mut skipped = Vec::new();

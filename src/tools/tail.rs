@@ -28,6 +28,7 @@ use notify::{RecursiveMode, Watcher};
 
 use super::{dir_state, file_name, format_unix_ns, human_bytes, open_reader, DirState, UsageError};
 use crate::replicate::{block_on, read_remote_file, Cause, Remote};
+use crate::wal::format::best_first;
 use crate::wal::{LogReader, LogScan, RecordHeader};
 
 /// Arguments of `epochwal tail`.
@@ -44,8 +45,9 @@ pub struct TailArgs {
     /// not exist yet). Ends quietly on Ctrl-C or when the output pipe closes.
     #[arg(short = 'f', long = "follow")]
     pub follow: bool,
-    /// One JSON object per line: sequence, epoch, step, loss, payload_bytes,
-    /// unix_ns, time, segment, offset.
+    /// One JSON object per line: sequence, epoch, step, loss, val_loss,
+    /// val_accuracy (null when absent), best, payload_bytes, unix_ns, time,
+    /// segment, offset.
     #[arg(long)]
     pub json: bool,
     /// Do not validate the payloads of the printed records (no `DAMAGED`
@@ -62,6 +64,13 @@ struct Row {
     epoch: u64,
     step: u64,
     loss: f64,
+    /// Validation loss of the record's weights (null: none was computed).
+    val_loss: Option<f32>,
+    /// Validation accuracy (classification only).
+    val_accuracy: Option<f32>,
+    /// The lowest validation loss of the log at the time of the scan
+    /// (ties: the older record).
+    best: bool,
     payload_bytes: u64,
     unix_ns: u64,
     time: String,
@@ -96,8 +105,15 @@ impl Row {
             // A Row has no map with non-string keys, so this cannot fail.
             serde_json::to_string(self).unwrap_or_default()
         } else {
+            let mut val = String::new();
+            if let Some(v) = self.val_loss {
+                val.push_str(&format!(" val_loss={v:.6}"));
+            }
+            if let Some(a) = self.val_accuracy {
+                val.push_str(&format!(" val_acc={a:.4}"));
+            }
             format!(
-                "seq={} epoch={} step={} loss={:.6} size={} time={} segment={}{}",
+                "seq={} epoch={} step={} loss={:.6}{val} size={} time={} segment={}{}{}",
                 self.sequence,
                 self.epoch,
                 self.step,
@@ -105,6 +121,7 @@ impl Row {
                 human_bytes(self.payload_bytes).replace(' ', ""),
                 self.time,
                 self.segment,
+                if self.best { " best" } else { "" },
                 self.damage
                     .as_ref()
                     .map(|d| format!(" DAMAGED: {d}"))
@@ -159,6 +176,9 @@ fn rows(scan: &LogScan) -> (Vec<Row>, Vec<String>) {
             epoch: r.epoch,
             step: r.step,
             loss: r.loss,
+            val_loss: r.validation.map(|v| v.loss),
+            val_accuracy: r.validation.and_then(|v| v.accuracy),
+            best: false,
             payload_bytes: r.payload_len,
             unix_ns: r.unix_ns,
             time: format_unix_ns(r.unix_ns),
@@ -181,7 +201,24 @@ fn rows(scan: &LogScan) -> (Vec<Row>, Vec<String>) {
             r.set_remote(remote.remote_sequence, remote.remote_unix_ns);
         }
     }
+    mark_best(&mut out);
     (out, problems)
+}
+
+/// Marks the row with the lowest validation loss (ties: the older).
+fn mark_best(rows: &mut [Row]) {
+    let best = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            r.val_loss
+                .filter(|l| l.is_finite())
+                .map(|l| (l, r.sequence, i))
+        })
+        .min_by(|a, b| best_first((a.0, a.1), (b.0, b.1)));
+    if let Some((_, _, i)) = best {
+        rows[i].best = true;
+    }
 }
 
 impl Row {
@@ -204,6 +241,9 @@ impl Row {
             epoch: h.epoch,
             step: h.step,
             loss: h.loss,
+            val_loss: h.validation.map(|v| v.loss),
+            val_accuracy: h.validation.and_then(|v| v.accuracy),
+            best: false,
             payload_bytes: h.payload_len,
             unix_ns: h.unix_ns,
             time: format_unix_ns(h.unix_ns),
@@ -301,7 +341,11 @@ fn run_remote(args: &TailArgs) -> anyhow::Result<i32> {
                 } else {
                     usize::MAX
                 };
-                let rows = remote_rows(&remote, id, after, p.sequence, limit)?;
+                let mut rows = remote_rows(&remote, id, after, p.sequence, limit)?;
+                if last.is_none() {
+                    // Among the rows shown: `tail` reads headers only.
+                    mark_best(&mut rows);
+                }
                 for row in &rows {
                     match writeln!(out, "{}", row.line(args.json)) {
                         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(0),

@@ -93,6 +93,59 @@ impl Dataset {
     }
 }
 
+impl Dataset {
+    /// The examples `idx`, in that order, as a dataset of their own.
+    pub fn subset(&self, idx: &[usize]) -> Dataset {
+        let (mut x, mut y, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        self.gather(idx, &mut x, &mut y, &mut c);
+        let targets = match &self.targets {
+            Targets::Values { dim, .. } => Targets::Values { dim: *dim, data: y },
+            Targets::Classes { classes, .. } => Targets::Classes {
+                classes: *classes,
+                labels: c,
+            },
+        };
+        Dataset {
+            kind: self.kind,
+            n: idx.len(),
+            input_dim: self.input_dim,
+            inputs: x,
+            targets,
+            scaling: self.scaling.clone(),
+        }
+    }
+
+    /// Splits off `round(n * fraction)` examples for validation, chosen by
+    /// a shuffle driven by the seed alone; both parts keep the dataset's
+    /// order. Returns `(training, validation)`; with `fraction == 0` the
+    /// validation part is empty.
+    pub fn split(self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset), TrainError> {
+        let n = self.n;
+        let n_val = (n as f64 * fraction).round() as usize;
+        if fraction == 0.0 {
+            let empty = self.subset(&[]);
+            return Ok((self, empty));
+        }
+        let n_train = n.saturating_sub(n_val);
+        if n_val == 0 || n_train == 0 {
+            return Err(TrainError::Dataset {
+                kind: self.kind.to_string(),
+                message: format!(
+                    "{n} examples with validation_fraction = {fraction} leave {n_train} for \
+                     training and {n_val} for validation; at least one of each is needed \
+                     (use more data, change validation_fraction, or set it to 0 to train without validation)"
+                ),
+            });
+        }
+        let order = super::rng::epoch_permutation_in(seed, super::rng::stream::SPLIT, 0, n);
+        let mut val: Vec<usize> = order[..n_val].to_vec();
+        let mut train: Vec<usize> = order[n_val..].to_vec();
+        val.sort_unstable();
+        train.sort_unstable();
+        Ok((self.subset(&train), self.subset(&val)))
+    }
+}
+
 /// Builds the dataset described by `cfg` for a model trained with `loss`.
 pub fn build(cfg: &DatasetConfig, loss: Loss, seed: u64) -> Result<Dataset, TrainError> {
     let ds = match cfg {
@@ -237,7 +290,7 @@ fn synthetic(
                     } else {
                         0.0
                     };
-                    data.push(super::model::dot(x, w) + noise);
+                    data.push(dot(x, w) + noise);
                 }
             }
             Targets::Values {
@@ -254,7 +307,7 @@ fn synthetic(
                     } else {
                         0.0
                     };
-                    *o = super::model::dot(x, w) + noise;
+                    *o = dot(x, w) + noise;
                 }
                 labels.push(argmax(&out) as u32);
             }
@@ -702,6 +755,35 @@ fn winequality(loss: Loss, standardize_inputs: bool) -> Result<Dataset, TrainErr
         targets,
         scaling,
     })
+}
+
+/// Dot product with sixteen fixed partial sums combined in a fixed order
+/// (the synthetic teacher's outputs, so generated data never changes).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let ca = a.chunks_exact(L);
+    let cb = b.chunks_exact(L);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..L {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    // Fixed pairwise tree over the sixteen lanes.
+    let mut width = L / 2;
+    while width > 0 {
+        for k in 0..width {
+            acc[k] += acc[k + width];
+        }
+        width /= 2;
+    }
+    let mut sum = acc[0];
+    for (x, y) in ra.iter().zip(rb) {
+        sum += x * y;
+    }
+    sum
 }
 
 #[cfg(test)]

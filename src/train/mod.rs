@@ -42,10 +42,13 @@
 pub mod adam;
 pub mod data;
 mod guard;
+pub mod linalg;
 pub mod model;
+pub mod pool;
 pub mod rng;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -53,11 +56,12 @@ use crate::state::{
     AdamParamState, AdamState, ArchivedTrainState, DataState, Import, ModelState, TrainState,
     SCHEMA_VERSION,
 };
-use adam::{adam_step, AdamHyper};
+use adam::{adam_update, AdamHyper, AdamStepScalars};
 use data::{Dataset, Targets};
 pub use guard::{MemoryPlan, NonFinite, SavedNumbers};
 pub use model::{Activation, Loss};
 use model::{BatchTargets, Mlp, MlpSpec};
+use pool::{Pool, SharedMut};
 use rng::{stream, Xoshiro256};
 
 /// A training run's configuration: `[dataset]`, `[model]`, `[optimizer]`,
@@ -81,10 +85,29 @@ pub struct TrainConfig {
     /// Default 0.
     #[serde(default)]
     pub seed: u64,
+    /// Threads for the products and the optimizer (the calling thread
+    /// included). Results do not depend on it. Default 1.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Share of the examples held out for validation, in `[0, 0.9]`; which
+    /// ones is fixed by the seed. 0 trains on everything and reports no
+    /// validation figures. Default 0.1.
+    #[serde(default = "default_validation_fraction")]
+    pub validation_fraction: f64,
 }
+
+fn default_validation_fraction() -> f64 {
+    0.1
+}
+
+/// The largest `validation_fraction` accepted.
+pub const MAX_VALIDATION_FRACTION: f64 = 0.9;
 
 fn default_batch_size() -> usize {
     32
+}
+fn default_threads() -> usize {
+    1
 }
 
 /// Which data to train on, selected by `kind`.
@@ -294,6 +317,8 @@ impl TrainConfig {
             },
             batch_size: 32,
             seed: 0,
+            threads: 1,
+            validation_fraction: default_validation_fraction(),
         }
     }
 }
@@ -397,13 +422,33 @@ pub struct StepOutcome {
     pub global_step: u64,
 }
 
+/// Validation figures of the model as it is after some epoch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Validation {
+    /// Epochs completed when they were computed.
+    pub epoch: u64,
+    /// Mean loss over the validation examples (the training loss function).
+    pub loss: f32,
+    /// Share of validation examples classified right (cross-entropy only).
+    pub accuracy: Option<f32>,
+}
+
+/// Examples per forward pass when evaluating.
+const EVAL_BATCH: usize = 512;
+
 /// A training run in memory.
 pub struct Trainer {
     cfg: TrainConfig,
     /// The live, checkpointable state: parameters and Adam moments live here.
     state: TrainState,
     mlp: Mlp,
+    pool: Arc<Pool>,
+    /// The optimizer step's pieces: `(tensor, start, end)`.
+    adam_pieces: Vec<(usize, usize, usize)>,
     data: Dataset,
+    /// Held-out examples (`n == 0` without validation).
+    val: Dataset,
+    last_validation: Option<Validation>,
     hyper: AdamHyper,
     /// Data order of `perm_epoch`, regenerated when the epoch changes.
     perm: Vec<usize>,
@@ -430,6 +475,26 @@ impl std::fmt::Debug for Trainer {
     }
 }
 
+/// Elements per piece of the optimizer step.
+const ADAM_PIECE: usize = 1 << 16;
+/// Parameter counts below which the optimizer step stays on one thread.
+const ADAM_PARALLEL_MIN: usize = 1 << 17;
+
+/// Cuts every tensor into pieces of at most [`ADAM_PIECE`] elements.
+fn adam_pieces(tensors: &[crate::state::Tensor]) -> Vec<(usize, usize, usize)> {
+    let mut out = Vec::new();
+    for (t, tensor) in tensors.iter().enumerate() {
+        let n = tensor.data.len();
+        let mut a = 0;
+        while a < n {
+            let b = (a + ADAM_PIECE).min(n);
+            out.push((t, a, b));
+            a = b;
+        }
+    }
+    out
+}
+
 impl Trainer {
     /// Starts a fresh run (epoch 0, step 0): builds the dataset and the
     /// model, initialises the weights from the seed (the `fc` tutorial model
@@ -447,6 +512,15 @@ impl Trainer {
     ) -> Result<Trainer, TrainError> {
         if cfg.batch_size == 0 {
             return Err(TrainError::Config("batch_size must be at least 1".into()));
+        }
+        if cfg.threads == 0 {
+            return Err(TrainError::Config("threads must be at least 1".into()));
+        }
+        let f = cfg.validation_fraction;
+        if !(0.0..=MAX_VALIDATION_FRACTION).contains(&f) {
+            return Err(TrainError::Config(format!(
+                "validation_fraction must be in [0, {MAX_VALIDATION_FRACTION}], got {f}"
+            )));
         }
         let hyper = cfg.optimizer.hyper();
         hyper.validate().map_err(TrainError::Config)?;
@@ -504,7 +578,10 @@ impl Trainer {
             })
             .collect();
 
+        // The fingerprint describes the whole dataset, so that it does not
+        // change with the validation split (which `dataset_len` pins).
         let (fingerprint, description, architecture) = Self::identity(&spec, &data);
+        let (data, val) = data.split(cfg.validation_fraction, cfg.seed)?;
         let state = TrainState {
             schema_version: SCHEMA_VERSION,
             epoch: 0,
@@ -536,11 +613,17 @@ impl Trainer {
             import: Import::default(),
         };
         let perm = rng::epoch_permutation(cfg.seed, 0, data.n);
+        let adam_pieces = adam_pieces(&state.model.tensors);
+        let pool = Arc::new(Pool::new(cfg.threads));
         Ok(Trainer {
             cfg: cfg.clone(),
             state,
-            mlp: Mlp::new(spec),
+            mlp: Mlp::new(spec, Arc::clone(&pool)),
+            pool,
+            adam_pieces,
             data,
+            val,
+            last_validation: None,
             hyper,
             perm,
             perm_epoch: 0,
@@ -675,16 +758,8 @@ impl Trainer {
         let loss = self
             .mlp
             .forward_backward(&self.state.model.tensors, &self.batch_x, targets);
-        for ((t, g), st) in self
-            .state
-            .model
-            .tensors
-            .iter_mut()
-            .zip(self.mlp.grads())
-            .zip(self.state.optimizer.params.iter_mut())
-        {
-            adam_step(&self.hyper, &mut t.data, g, st);
-        }
+        self.optimizer_step();
+        self.last_validation = None;
 
         let steps_per_epoch = self.steps_per_epoch();
         let s = &mut self.state;
@@ -701,6 +776,115 @@ impl Trainer {
             epoch_completed,
             epoch: s.epoch,
             global_step: s.global_step,
+        }
+    }
+
+    /// Number of (training, validation) examples.
+    pub fn split_sizes(&self) -> (usize, usize) {
+        (self.data.n, self.val.n)
+    }
+
+    /// Evaluates the model as it is now on the validation examples and
+    /// remembers the result ([`Trainer::validation`]); `None` without a
+    /// validation split. Deterministic: fixed batches, sums in f64 in order.
+    pub fn evaluate(&mut self) -> Option<Validation> {
+        let n = self.val.n;
+        if n == 0 {
+            return None;
+        }
+        let d = self.val.input_dim;
+        let (mut total, mut correct) = (0.0f64, 0usize);
+        let mut start = 0;
+        while start < n {
+            let end = (start + EVAL_BATCH).min(n);
+            let out = self.mlp.forward(
+                &self.state.model.tensors,
+                &self.val.inputs[start * d..end * d],
+            );
+            match &self.val.targets {
+                Targets::Values { dim, data } => {
+                    total += model::squared_error_sum(out, &data[start * dim..end * dim]);
+                }
+                Targets::Classes { classes, labels } => {
+                    let (t, c) = model::cross_entropy_sum(out, &labels[start..end], *classes);
+                    total += t;
+                    correct += c;
+                }
+            }
+            start = end;
+        }
+        let (loss, accuracy) = match &self.val.targets {
+            Targets::Values { dim, .. } => ((total / (n * dim) as f64) as f32, None),
+            Targets::Classes { .. } => (
+                (total / n as f64) as f32,
+                Some((correct as f64 / n as f64) as f32),
+            ),
+        };
+        let v = Validation {
+            epoch: self.state.epoch,
+            loss,
+            accuracy,
+        };
+        self.last_validation = Some(v);
+        Some(v)
+    }
+
+    /// The last [`Trainer::evaluate`] result, if the weights have not
+    /// changed since (no step taken after it).
+    pub fn validation(&self) -> Option<Validation> {
+        self.last_validation
+    }
+
+    /// Adam on every parameter with the gradients of the last
+    /// forward-backward pass, in pieces spread over the pool. Every element
+    /// is updated by the same arithmetic wherever it runs.
+    fn optimizer_step(&mut self) {
+        let mut views = Vec::with_capacity(self.state.model.tensors.len());
+        for (t, st) in self
+            .state
+            .model
+            .tensors
+            .iter_mut()
+            .zip(self.state.optimizer.params.iter_mut())
+        {
+            st.step += 1;
+            assert_eq!(st.exp_avg.len(), t.data.len(), "exp_avg of {}", st.name);
+            assert_eq!(
+                st.exp_avg_sq.len(),
+                t.data.len(),
+                "exp_avg_sq of {}",
+                st.name
+            );
+            views.push((
+                AdamStepScalars::new(&self.hyper, st.step),
+                SharedMut::new(&mut t.data),
+                SharedMut::new(&mut st.exp_avg),
+                SharedMut::new(&mut st.exp_avg_sq),
+            ));
+        }
+        let grads = self.mlp.grads();
+        let pieces = &self.adam_pieces;
+        let job = |i: usize| {
+            let (t, a, b) = pieces[i];
+            let (scalars, p, m, v) = views[t];
+            // SAFETY: the pieces of one tensor are disjoint ranges inside
+            // it (see `adam_pieces`), each piece runs once, and the tensors
+            // outlive the job; `grads` is only read.
+            unsafe {
+                adam_update(
+                    &scalars,
+                    p.slice(a, b - a),
+                    &grads[t][a..b],
+                    m.slice(a, b - a),
+                    v.slice(a, b - a),
+                );
+            }
+        };
+        let total: usize = pieces.iter().map(|&(_, a, b)| b - a).sum();
+        if total < ADAM_PARALLEL_MIN {
+            (0..pieces.len()).for_each(job);
+        } else {
+            self.pool.run(pieces.len(), &job);
         }
     }
 
@@ -751,9 +935,16 @@ impl Trainer {
         }
         let len = s.data.dataset_len.to_native();
         if len != self.data.n as u64 {
+            let all = self.data.n + self.val.n;
+            let hint = if len == all as u64 {
+                " (the record was written without a validation split: set validation_fraction = 0 to resume it)"
+            } else {
+                ""
+            };
             return Err(TrainError::StateMismatch(format!(
-                "record has {len} training examples, the dataset has {}",
-                self.data.n
+                "record has {len} training examples, the configuration leaves {} of {all} for \
+                 training ({} held out by validation_fraction = {}){hint}",
+                self.data.n, self.val.n, self.cfg.validation_fraction
             )));
         }
         let step_in_epoch = s.step_in_epoch.to_native();
@@ -878,6 +1069,7 @@ impl Trainer {
             self.perm = rng::epoch_permutation(st.data.seed, st.epoch, self.data.n);
             self.perm_epoch = st.epoch;
         }
+        self.last_validation = None;
         Ok(())
     }
 

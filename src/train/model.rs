@@ -1,10 +1,9 @@
-//! A multi-layer perceptron in plain Rust `f32`.
+//! A multi-layer perceptron in `f32`.
 //!
-//! Deterministic by construction: single-threaded, no BLAS, and every sum is
-//! taken in a fixed order that does not depend on the machine or on how the
-//! loops are blocked for the cache. Dot products use sixteen independent
-//! partial sums combined in a fixed tree, which lets the compiler vectorise
-//! them without reassociating anything.
+//! The Linear layers run on sgemm ([`super::linalg`]), cut into pieces that
+//! a [`Pool`] spreads over threads; every output element is computed by the
+//! same call whatever the number of threads, so results do not depend on it.
+//! Losses and their gradients are plain loops in a fixed order.
 //!
 //! The parameters are not owned here: they live in the
 //! [`crate::state::TrainState`] that the daemon checkpoints, and are passed in
@@ -14,6 +13,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use super::linalg::{linear_backward, linear_forward};
+use super::pool::Pool;
 use super::rng::Xoshiro256;
 use super::TensorNames;
 use crate::state::Tensor;
@@ -138,124 +141,11 @@ impl MlpSpec {
     }
 }
 
-/// Rows of a weight matrix processed together so that they stay in cache
-/// while every example of the batch streams past them (about 256 KiB).
-const BLOCK_FLOATS: usize = 64 * 1024;
-
-fn rows_per_block(n_in: usize) -> usize {
-    (BLOCK_FLOATS / n_in.max(1)).max(1)
-}
-
-/// Dot product with sixteen fixed partial sums combined in a fixed order.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    const L: usize = 16;
-    let mut acc = [0.0f32; L];
-    let ca = a.chunks_exact(L);
-    let cb = b.chunks_exact(L);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..L {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    // Fixed pairwise tree over the sixteen lanes.
-    let mut width = L / 2;
-    while width > 0 {
-        for k in 0..width {
-            acc[k] += acc[k + width];
-        }
-        width /= 2;
-    }
-    let mut sum = acc[0];
-    for (x, y) in ra.iter().zip(rb) {
-        sum += x * y;
-    }
-    sum
-}
-
-/// `y += alpha * x`, element by element.
-#[inline]
-fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
-    }
-}
-
-/// `y[b, o] = dot(x[b, :], w[o, :]) + bias[o]` for a `[batch, n_in]` input
-/// and a `[n_out, n_in]` weight.
-fn linear_forward(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], n_in: usize, n_out: usize) {
-    let block = rows_per_block(n_in);
-    let mut o0 = 0;
-    while o0 < n_out {
-        let o1 = (o0 + block).min(n_out);
-        let w_block = &w[o0 * n_in..o1 * n_in];
-        for (xr, yr) in x.chunks_exact(n_in).zip(y.chunks_exact_mut(n_out)) {
-            for ((yo, wr), bo) in yr[o0..o1]
-                .iter_mut()
-                .zip(w_block.chunks_exact(n_in))
-                .zip(&bias[o0..o1])
-            {
-                *yo = dot(xr, wr) + bo;
-            }
-        }
-        o0 = o1;
-    }
-}
-
-/// Gradients of a Linear layer given `dy = dL/dy` (`[batch, n_out]`):
-/// `dw = dy^T x`, `db = sum over the batch of dy`, and, when `dx` is given,
-/// `dx = dy w`. Every element is accumulated over the batch (for `dw`, `db`)
-/// or over the outputs (for `dx`) in increasing index order whatever the
-/// blocking, so results do not depend on [`BLOCK_FLOATS`].
-#[allow(clippy::too_many_arguments)]
-fn linear_backward(
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    dw: &mut [f32],
-    db: &mut [f32],
-    mut dx: Option<&mut [f32]>,
-    n_in: usize,
-    n_out: usize,
-) {
-    dw.fill(0.0);
-    db.fill(0.0);
-    if let Some(dx) = dx.as_deref_mut() {
-        dx.fill(0.0);
-    }
-    for dyr in dy.chunks_exact(n_out) {
-        for (dbo, g) in db.iter_mut().zip(dyr) {
-            *dbo += g;
-        }
-    }
-    let block = rows_per_block(n_in);
-    let mut o0 = 0;
-    while o0 < n_out {
-        let o1 = (o0 + block).min(n_out);
-        let dw_block = &mut dw[o0 * n_in..o1 * n_in];
-        for (xr, dyr) in x.chunks_exact(n_in).zip(dy.chunks_exact(n_out)) {
-            for (dwr, &g) in dw_block.chunks_exact_mut(n_in).zip(&dyr[o0..o1]) {
-                axpy(dwr, g, xr);
-            }
-        }
-        if let Some(dx) = dx.as_deref_mut() {
-            let w_block = &w[o0 * n_in..o1 * n_in];
-            for (dxr, dyr) in dx.chunks_exact_mut(n_in).zip(dy.chunks_exact(n_out)) {
-                for (wr, &g) in w_block.chunks_exact(n_in).zip(&dyr[o0..o1]) {
-                    axpy(dxr, g, wr);
-                }
-            }
-        }
-        o0 = o1;
-    }
-}
-
 /// Forward and backward passes of an [`MlpSpec`] with reusable buffers.
 #[derive(Debug)]
 pub struct Mlp {
     spec: MlpSpec,
+    pool: Arc<Pool>,
     /// `acts[0]` is the input batch, `acts[l + 1]` the output of layer `l`
     /// (after its activation, except for the last layer: logits/predictions).
     acts: Vec<Vec<f32>>,
@@ -267,8 +157,8 @@ pub struct Mlp {
 
 impl Mlp {
     /// Allocates gradient buffers for `spec` (activation buffers grow on the
-    /// first batch).
-    pub fn new(spec: MlpSpec) -> Self {
+    /// first batch); products run on `pool`.
+    pub fn new(spec: MlpSpec, pool: Arc<Pool>) -> Self {
         let grads = spec
             .tensor_specs()
             .iter()
@@ -277,6 +167,7 @@ impl Mlp {
         let acts = vec![Vec::new(); spec.sizes.len()];
         Self {
             spec,
+            pool,
             acts,
             delta: [Vec::new(), Vec::new()],
             grads,
@@ -307,21 +198,17 @@ impl Mlp {
             let input = &before[l];
             let out = &mut after[0];
             out.resize(batch * n_out, 0.0);
+            let act = (l + 1 < layers).then_some(self.spec.activation);
             linear_forward(
+                &self.pool,
                 input,
                 &params[2 * l].data,
                 &params[2 * l + 1].data,
                 out,
                 n_in,
                 n_out,
+                act,
             );
-            if l + 1 < layers {
-                match self.spec.activation {
-                    Activation::Relu => out.iter_mut().for_each(|v| *v = v.max(0.0)),
-                    Activation::Tanh => out.iter_mut().for_each(|v| *v = v.tanh()),
-                    Activation::Identity => {}
-                }
-            }
         }
         &self.acts[layers]
     }
@@ -354,30 +241,55 @@ impl Mlp {
             } else {
                 None
             };
-            linear_backward(input, &params[2 * l].data, &delta, gw, gb, dx, n_in, n_out);
+            linear_backward(
+                &self.pool,
+                input,
+                &params[2 * l].data,
+                &delta,
+                gw,
+                gb,
+                dx,
+                self.spec.activation,
+                n_in,
+                n_out,
+            );
             if l > 0 {
-                // Through the activation of layer l-1, whose output is `input`.
-                match self.spec.activation {
-                    Activation::Relu => {
-                        for (d, a) in next.iter_mut().zip(input) {
-                            if *a <= 0.0 {
-                                *d = 0.0;
-                            }
-                        }
-                    }
-                    Activation::Tanh => {
-                        for (d, a) in next.iter_mut().zip(input) {
-                            *d *= 1.0 - a * a;
-                        }
-                    }
-                    Activation::Identity => {}
-                }
                 std::mem::swap(&mut delta, &mut next);
             }
         }
         self.delta = [delta, next];
         loss
     }
+}
+
+/// Sum of squared errors over every output (for validation).
+pub fn squared_error_sum(out: &[f32], y: &[f32]) -> f64 {
+    out.iter()
+        .zip(y)
+        .map(|(o, t)| {
+            let d = f64::from(o - t);
+            d * d
+        })
+        .sum()
+}
+
+/// Sum of the cross-entropy losses of the examples and the number whose
+/// largest logit is their class (the first largest, on ties).
+pub fn cross_entropy_sum(logits: &[f32], classes: &[u32], n_classes: usize) -> (f64, usize) {
+    let mut total = 0.0f64;
+    let mut correct = 0;
+    for (z, &c) in logits.chunks_exact(n_classes).zip(classes) {
+        let (mut arg, mut m) = (0, f32::NEG_INFINITY);
+        for (i, &v) in z.iter().enumerate() {
+            if v > m {
+                (arg, m) = (i, v);
+            }
+        }
+        let s: f64 = z.iter().map(|zi| f64::from((zi - m).exp())).sum();
+        total += s.ln() + f64::from(m) - f64::from(z[c as usize]);
+        correct += usize::from(arg == c as usize);
+    }
+    (total, correct)
 }
 
 /// Mean squared error and its gradient. Like torch's `mse_loss_backward`,
@@ -445,7 +357,7 @@ mod tests {
         let x: Vec<f32> = (0..batch * spec.sizes[0])
             .map(|_| rng.uniform(-1.0, 1.0))
             .collect();
-        let mut mlp = Mlp::new(spec);
+        let mut mlp = Mlp::new(spec, Arc::new(Pool::new(2)));
         mlp.forward_backward(&params, &x, targets);
         let grads = mlp.grads().to_vec();
         let h = 1e-2f32;
@@ -508,47 +420,6 @@ mod tests {
         let want = (e + e * e + e * e * e).ln() - 3.0;
         assert!((f64::from(loss) - want).abs() < 1e-6, "{loss} vs {want}");
         assert!(g.iter().sum::<f32>().abs() < 1e-6);
-    }
-
-    #[test]
-    fn blocked_kernels_match_naive_loops() {
-        // Wide enough that the weight is split into several cache blocks.
-        let (batch, n_in, n_out) = (3, 40_000, 5);
-        let mut rng = Xoshiro256::from_seed(3);
-        let mut v = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect() };
-        let (x, w, b, dy) = (v(batch * n_in), v(n_out * n_in), v(n_out), v(batch * n_out));
-        let mut y = vec![0.0; batch * n_out];
-        linear_forward(&x, &w, &b, &mut y, n_in, n_out);
-        for bi in 0..batch {
-            for o in 0..n_out {
-                let want = dot(&x[bi * n_in..][..n_in], &w[o * n_in..][..n_in]) + b[o];
-                assert_eq!(y[bi * n_out + o].to_bits(), want.to_bits());
-            }
-        }
-        let (mut dw, mut db, mut dx) = (
-            vec![0.0; n_out * n_in],
-            vec![0.0; n_out],
-            vec![0.0; batch * n_in],
-        );
-        linear_backward(&x, &w, &dy, &mut dw, &mut db, Some(&mut dx), n_in, n_out);
-        for o in 0..n_out {
-            for i in (0..n_in).step_by(997) {
-                let mut want = 0.0f32;
-                for bi in 0..batch {
-                    want += dy[bi * n_out + o] * x[bi * n_in + i];
-                }
-                assert_eq!(dw[o * n_in + i].to_bits(), want.to_bits());
-            }
-        }
-        for bi in 0..batch {
-            for i in (0..n_in).step_by(997) {
-                let mut want = 0.0f32;
-                for o in 0..n_out {
-                    want += dy[bi * n_out + o] * w[o * n_in + i];
-                }
-                assert_eq!(dx[bi * n_in + i].to_bits(), want.to_bits());
-            }
-        }
     }
 
     #[test]

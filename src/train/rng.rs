@@ -22,6 +22,8 @@ pub mod stream {
     pub const ORDER: u64 = 3;
     /// The trainer's general-purpose generator stored in the checkpoint.
     pub const TRAIN: u64 = 4;
+    /// Which examples are held out for validation.
+    pub const SPLIT: u64 = 5;
 }
 
 /// One step of SplitMix64: advances `state` and returns a well-mixed value.
@@ -136,8 +138,14 @@ impl Xoshiro256 {
 /// `0..n` driven by a generator derived from `(seed, epoch)` alone, so that
 /// the seed, the epoch and the position inside it determine the next batch.
 pub fn epoch_permutation(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
+    epoch_permutation_in(seed, stream::ORDER, epoch, n)
+}
+
+/// A Fisher–Yates shuffle of `0..n` driven by the generator of
+/// `(seed, stream, index)`.
+pub fn epoch_permutation_in(seed: u64, stream: u64, index: u64, n: usize) -> Vec<usize> {
     let mut perm: Vec<usize> = (0..n).collect();
-    let mut rng = Xoshiro256::derive(seed, stream::ORDER, epoch);
+    let mut rng = Xoshiro256::derive(seed, stream, index);
     for i in (1..n).rev() {
         let j = rng.below(i as u64 + 1) as usize;
         perm.swap(i, j);

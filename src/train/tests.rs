@@ -25,6 +25,8 @@ fn synthetic_cfg(loss: Loss, hidden: &[usize], seed: u64) -> TrainConfig {
         },
         batch_size: 8,
         seed,
+        threads: 1,
+        validation_fraction: 0.0,
     }
 }
 
@@ -338,6 +340,8 @@ fn diabetes_trains() {
         },
         batch_size: 32,
         seed: 1,
+        threads: 1,
+        validation_fraction: 0.1,
     };
     let mut t = Trainer::new(&cfg).unwrap();
     assert!(
@@ -592,6 +596,8 @@ fn a_100_mib_synthetic_state_builds_quickly() {
         optimizer: OptimizerConfig::default(),
         batch_size: 32,
         seed: 0,
+        threads: 2,
+        validation_fraction: 0.0,
     };
     let start = std::time::Instant::now();
     let mut t = Trainer::new(&cfg).unwrap();
@@ -608,4 +614,180 @@ fn a_100_mib_synthetic_state_builds_quickly() {
     );
     assert!(loss.is_finite());
     assert!(built.as_secs_f64() < 5.0, "construction took {built:?}");
+}
+
+/// A model large enough that its products and its optimizer step are cut
+/// into several pieces.
+fn wide_cfg(threads: usize) -> TrainConfig {
+    TrainConfig {
+        dataset: DatasetConfig::Synthetic {
+            n: 80,
+            input_dim: 96,
+            output_dim: 8,
+            noise_std: 0.0,
+            data_seed: None,
+        },
+        model: ModelConfig {
+            hidden: vec![1024, 300],
+            ..ModelConfig::default()
+        },
+        optimizer: OptimizerConfig::default(),
+        batch_size: 32,
+        seed: 5,
+        threads,
+        validation_fraction: 0.2,
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let mut one = Trainer::new(&wide_cfg(1)).unwrap();
+    for _ in 0..7 {
+        one.step();
+    }
+    for threads in [2, 3] {
+        let mut many = Trainer::new(&wide_cfg(threads)).unwrap();
+        for _ in 0..7 {
+            many.step();
+        }
+        assert_bit_identical(one.state(), many.state(), &format!("{threads} threads"));
+    }
+}
+
+#[test]
+fn a_run_resumed_with_another_thread_count_is_bit_identical() {
+    let mut straight = Trainer::new(&wide_cfg(2)).unwrap();
+    for _ in 0..8 {
+        straight.step();
+    }
+    let mut first = Trainer::new(&wide_cfg(2)).unwrap();
+    for _ in 0..4 {
+        first.step();
+    }
+    let bytes = archive(first.state());
+    let mut resumed = Trainer::new(&wide_cfg(1)).unwrap();
+    resumed.restore(access(&bytes)).expect("restore");
+    for _ in 4..8 {
+        resumed.step();
+    }
+    assert_bit_identical(straight.state(), resumed.state(), "2 threads, then 1");
+}
+
+#[test]
+fn zero_threads_is_refused() {
+    let err = Trainer::new(&wide_cfg(0)).unwrap_err().to_string();
+    assert!(err.contains("threads"), "{err}");
+}
+
+#[test]
+fn the_validation_split_is_fixed_by_the_seed() {
+    let cfg = |seed: u64, fraction: f64| TrainConfig {
+        validation_fraction: fraction,
+        ..synthetic_cfg(Loss::CrossEntropy, &[8], seed)
+    };
+    let a = Trainer::new(&cfg(3, 0.2)).unwrap();
+    let b = Trainer::new(&cfg(3, 0.2)).unwrap();
+    assert_eq!(a.split_sizes(), (40, 10));
+    assert_eq!(a.val, b.val, "same seed, same validation examples");
+    assert_eq!(a.data, b.data);
+    let c = Trainer::new(&cfg(4, 0.2)).unwrap();
+    assert_ne!(a.val.inputs, c.val.inputs, "another seed holds out others");
+    // Together the two parts are the whole dataset, each example once.
+    let all = Trainer::new(&cfg(3, 0.0)).unwrap();
+    assert_eq!(all.split_sizes(), (50, 0));
+    let d = all.data.input_dim;
+    let rows = |ds: &data::Dataset| -> Vec<Vec<u32>> {
+        ds.inputs
+            .chunks(d)
+            .map(|r| r.iter().map(|v| v.to_bits()).collect())
+            .collect()
+    };
+    let mut parts = rows(&a.data);
+    parts.extend(rows(&a.val));
+    parts.sort();
+    let mut whole = rows(&all.data);
+    whole.sort();
+    assert_eq!(parts, whole);
+    // The fingerprint does not depend on the split.
+    assert_eq!(a.fingerprint(), all.fingerprint());
+}
+
+#[test]
+fn validation_is_evaluated_for_both_losses() {
+    let mut ce = Trainer::new(&TrainConfig {
+        validation_fraction: 0.2,
+        ..synthetic_cfg(Loss::CrossEntropy, &[8], 3)
+    })
+    .unwrap();
+    assert_eq!(ce.validation(), None);
+    let v = ce.evaluate().expect("a validation split");
+    assert_eq!(v.epoch, 0);
+    assert!(v.loss.is_finite() && v.loss > 0.0);
+    let acc = v.accuracy.expect("accuracy for cross-entropy");
+    assert!((0.0..=1.0).contains(&acc));
+    assert_eq!(ce.validation(), Some(v));
+    // Deterministic, and forgotten once the weights change.
+    assert_eq!(ce.evaluate(), Some(v));
+    ce.step();
+    assert_eq!(ce.validation(), None);
+    let mut mse = Trainer::new(&TrainConfig {
+        validation_fraction: 0.2,
+        ..synthetic_cfg(Loss::Mse, &[8], 3)
+    })
+    .unwrap();
+    let v = mse.evaluate().unwrap();
+    assert!(v.accuracy.is_none() && v.loss.is_finite());
+    let mut none = Trainer::new(&synthetic_cfg(Loss::Mse, &[8], 3)).unwrap();
+    assert_eq!(none.evaluate(), None);
+}
+
+#[test]
+fn bad_validation_fractions_are_refused_clearly() {
+    for f in [-0.1, 0.95, f64::NAN] {
+        let err = Trainer::new(&TrainConfig {
+            validation_fraction: f,
+            ..synthetic_cfg(Loss::Mse, &[8], 3)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("validation_fraction must be in [0, 0.9]"),
+            "{err}"
+        );
+    }
+    // 3 examples: 0.1 holds out none, 0.9 leaves none for training.
+    for f in [0.1, 0.9] {
+        let err = Trainer::new(&TrainConfig {
+            dataset: DatasetConfig::Seed {
+                n: 3,
+                noise_std: 0.0,
+            },
+            validation_fraction: f,
+            ..TrainConfig::seed_tutorial()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("3 examples") && err.contains("for training"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn resuming_a_record_without_validation_under_a_split_says_what_to_set() {
+    let no_val = synthetic_cfg(Loss::Mse, &[8], 3);
+    let mut t = Trainer::new(&no_val).unwrap();
+    t.step();
+    let bytes = archive(t.state());
+    let mut with_val = Trainer::new(&TrainConfig {
+        validation_fraction: 0.1,
+        ..no_val
+    })
+    .unwrap();
+    let err = with_val.restore(access(&bytes)).unwrap_err().to_string();
+    assert!(
+        err.contains("record has 50 training examples") && err.contains("validation_fraction = 0"),
+        "{err}"
+    );
 }

@@ -240,9 +240,62 @@ pub struct RecordHeader {
     /// from before the field existed (which require those bytes to be zero)
     /// read schema-1 logs written after it; 0 decodes as 1.
     pub schema_version: u32,
+    /// Validation figures of exactly the weights in the payload, when the
+    /// trainer evaluated them (at the end of an epoch, with a validation
+    /// split); `None` otherwise.
+    pub validation: Option<ValidationFigures>,
+}
+
+/// What a record header says about the model's quality on held-out data.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValidationFigures {
+    /// Mean validation loss.
+    pub loss: f32,
+    /// Share of validation examples classified right (classification only).
+    pub accuracy: Option<f32>,
+}
+
+impl ValidationFigures {
+    /// Encodes into 8 bytes: loss, then accuracy (NaN for none), f32 LE.
+    fn encode(v: Option<ValidationFigures>) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        if let Some(v) = v {
+            b[0..4].copy_from_slice(&v.loss.to_le_bytes());
+            b[4..8].copy_from_slice(&v.accuracy.unwrap_or(f32::NAN).to_le_bytes());
+        }
+        b
+    }
+
+    /// All-zero bytes mean "no figures": no real pair encodes to them (an
+    /// absent accuracy is NaN, and a cross-entropy loss of 0 means every
+    /// example is right, so an accuracy of 0 never goes with it).
+    fn decode(b: &[u8]) -> Option<ValidationFigures> {
+        if b.iter().all(|&x| x == 0) {
+            return None;
+        }
+        let loss = f32::from_le_bytes(b[0..4].try_into().expect("4 bytes"));
+        let accuracy = f32::from_le_bytes(b[4..8].try_into().expect("4 bytes"));
+        Some(ValidationFigures {
+            loss,
+            accuracy: (!accuracy.is_nan()).then_some(accuracy),
+        })
+    }
+}
+
+/// The order of "best" records: lower validation loss first; between
+/// equal losses the older record (lower sequence), which reached it first.
+/// Used by `keep_best` retention and by `--best` in the tools.
+pub fn best_first(a: (f32, u64), b: (f32, u64)) -> std::cmp::Ordering {
+    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
 }
 
 impl RecordHeader {
+    /// The validation loss, when the record has a finite one (a record
+    /// without one is never "best").
+    pub fn validation_loss(&self) -> Option<f32> {
+        self.validation.map(|v| v.loss).filter(|l| l.is_finite())
+    }
+
     /// Offset of the payload in the segment.
     pub fn payload_offset(&self) -> u64 {
         self.offset + PAGE
@@ -276,7 +329,8 @@ impl RecordHeader {
             self.schema_version
         };
         b[104..108].copy_from_slice(&stored.to_le_bytes());
-        // 108..120 reserved, zero.
+        // 108..112 reserved, zero.
+        b[112..120].copy_from_slice(&ValidationFigures::encode(self.validation));
         let sum = checksum(&b[..120]);
         b[120..128].copy_from_slice(&sum.to_le_bytes());
     }
@@ -287,7 +341,7 @@ impl RecordHeader {
             return Err(HeaderError::Invalid("record header shorter than 128 bytes"));
         }
         check_frame(b, RECORD_HEADER_LEN, &RECORD_MAGIC)?;
-        if b[108..120].iter().any(|&x| x != 0) {
+        if b[108..112].iter().any(|&x| x != 0) {
             return Err(HeaderError::Invalid("reserved bytes are not zero"));
         }
         let h = RecordHeader {
@@ -305,6 +359,7 @@ impl RecordHeader {
                 0 => 1,
                 v => v,
             },
+            validation: ValidationFigures::decode(&b[112..120]),
         };
         if h.offset % PAGE != 0 || h.offset < PAGE {
             return Err(HeaderError::Invalid("record offset"));
@@ -336,6 +391,10 @@ mod tests {
             unix_ns: 1_700_000_000_000_000_000,
             loss: 0.125,
             schema_version: 1,
+            validation: Some(ValidationFigures {
+                loss: 0.5,
+                accuracy: Some(0.75),
+            }),
         }
     }
 
@@ -365,9 +424,35 @@ mod tests {
 
     #[test]
     fn record_header_round_trips() {
+        for validation in [
+            sample().validation,
+            None,
+            Some(ValidationFigures {
+                loss: 2.0,
+                accuracy: None,
+            }),
+            Some(ValidationFigures {
+                loss: 0.0,
+                accuracy: Some(1.0),
+            }),
+        ] {
+            let h = RecordHeader {
+                validation,
+                ..sample()
+            };
+            let mut page = vec![0u8; PAGE as usize];
+            h.encode(&mut page);
+            assert_eq!(RecordHeader::decode(&page).unwrap(), h);
+        }
+        // A header without figures leaves bytes 104..120 zero, as format
+        // version 1 always did.
         let mut page = vec![0u8; PAGE as usize];
-        sample().encode(&mut page);
-        assert_eq!(RecordHeader::decode(&page).unwrap(), sample());
+        RecordHeader {
+            validation: None,
+            ..sample()
+        }
+        .encode(&mut page);
+        assert!(page[104..120].iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod sys;
 mod writer;
 
 pub use error::{errno_name, WalError};
-pub use format::{RecordHeader, SegmentHeader};
+pub use format::{RecordHeader, SegmentHeader, ValidationFigures};
 pub use reader::{
     load_record_copy, recover, validate_payload, LogReader, LogScan, MappedRecord, ReadFailure,
     Recovery, SegmentScan, Skip,

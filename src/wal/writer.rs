@@ -21,7 +21,7 @@ use rkyv::ser::{Positional, Writer};
 use super::error::no_space_cause;
 use super::format::{
     self, page_align, record_span, segment_file_name, RecordHeader, SegmentHeader,
-    MAX_PAYLOAD_BYTES, MAX_SEGMENT_NO, PAGE,
+    ValidationFigures, MAX_PAYLOAD_BYTES, MAX_SEGMENT_NO, PAGE,
 };
 use super::reader::{list_dir, recover_for_writer, scan_segment, Recovery};
 use super::sys;
@@ -78,6 +78,9 @@ pub struct Retention {
     /// Additionally keep the newest record of every epoch that is a multiple
     /// of this.
     pub keep_every_epochs: u64,
+    /// Additionally keep the `keep_best` records with the lowest validation
+    /// loss in their headers (ties: the older one); 0 = off.
+    pub keep_best: u64,
 }
 
 /// Settings of a writer.
@@ -187,8 +190,8 @@ struct SegmentInventory {
     segment_no: u64,
     path: PathBuf,
     bytes: u64,
-    /// (sequence, epoch) of each record, in order.
-    records: Vec<(u64, u64)>,
+    /// (sequence, epoch, finite validation loss) of each record, in order.
+    records: Vec<(u64, u64, Option<f32>)>,
 }
 
 /// When retention runs.
@@ -459,7 +462,11 @@ impl Log {
                 segment_no: n,
                 path,
                 bytes: scan.file_len,
-                records: scan.records.iter().map(|r| (r.sequence, r.epoch)).collect(),
+                records: scan
+                    .records
+                    .iter()
+                    .map(|r| (r.sequence, r.epoch, r.validation_loss()))
+                    .collect(),
             });
         }
         Ok(highest)
@@ -534,6 +541,17 @@ impl Log {
     /// [`PendingAppend::persist`] returns, and is not visible to readers
     /// before that either (its header is written last).
     pub fn begin_append(&mut self, state: &TrainState) -> Result<PendingAppend> {
+        self.begin_append_with(state, None)
+    }
+
+    /// [`Log::begin_append`] with the validation figures of the weights in
+    /// `state`, written into the record header (for `tail` and for
+    /// `keep_best` retention, which read headers only).
+    pub fn begin_append_with(
+        &mut self,
+        state: &TrainState,
+        validation: Option<ValidationFigures>,
+    ) -> Result<PendingAppend> {
         if let Some(reason) = self.poisoned() {
             return Err(WalError::Poisoned(reason));
         }
@@ -597,6 +615,7 @@ impl Log {
             unix_ns: state.wall_clock_unix_ns,
             loss: f64::from(state.last_loss),
             schema_version: SCHEMA_VERSION,
+            validation,
         };
         // The sequence is consumed even if persisting fails, so a number is
         // never given to two different records.
@@ -754,8 +773,11 @@ impl Log {
             .iter_mut()
             .find(|s| s.segment_no == durable.header.segment_no)
         {
-            seg.records
-                .push((durable.header.sequence, durable.header.epoch));
+            seg.records.push((
+                durable.header.sequence,
+                durable.header.epoch,
+                durable.header.validation_loss(),
+            ));
         }
         self.apply_retention(RetentionPoint::AfterAppend)
     }
@@ -848,9 +870,27 @@ impl Log {
             keep_records,
             keep_bytes,
             keep_every_epochs,
+            keep_best,
         } = self.options.retention;
         let active_no = self.active.as_ref().map(|s| s.segment_no);
         let mut keep = vec![false; self.inventory.len()];
+        if keep_best > 0 {
+            // The best records pin the segments that hold them.
+            let mut scored: Vec<(f32, u64, usize)> = self
+                .inventory
+                .iter()
+                .enumerate()
+                .flat_map(|(i, seg)| {
+                    seg.records
+                        .iter()
+                        .filter_map(move |&(seq, _, v)| v.map(|v| (v, seq, i)))
+                })
+                .collect();
+            scored.sort_by(|a, b| format::best_first((a.0, a.1), (b.0, b.1)));
+            for &(_, _, i) in scored.iter().take(keep_best as usize) {
+                keep[i] = true;
+            }
+        }
         // Newest first: the count and byte budgets are spent from the end.
         // At open they start with the next record and the new segment it
         // will need, so only what that append's retention would delete goes.
@@ -887,7 +927,7 @@ impl Log {
             }
             bytes_seen += seg.bytes;
             let within_bytes = keep_bytes == 0 || bytes_seen <= keep_bytes;
-            for &(_, epoch) in seg.records.iter().rev() {
+            for &(_, epoch, _) in seg.records.iter().rev() {
                 records_seen += 1;
                 let within_count = keep_records == 0 || records_seen <= keep_records;
                 let newest = !newest_found;

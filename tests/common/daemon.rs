@@ -55,7 +55,8 @@ impl Daemon {
     pub fn spawn(config: &Path, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(binary());
         cmd.arg("run").arg("--config").arg(config).args(args);
-        cmd.env("RUST_LOG", "info")
+        // Routine checkpoint lines are DEBUG; tests count them.
+        cmd.env("RUST_LOG", "info,epochwal=debug")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC");
         for (k, v) in envs {
