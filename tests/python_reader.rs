@@ -2,8 +2,9 @@
 //! daemon writes, clean and damaged: it picks the same record as `verify`
 //! (and recovery), with the same tensor bytes, viewing the mapping.
 //!
-//! Needs `python3` with numpy and the package (`pip install ./python`).
-//! Without them the test is skipped, except when `CI` is set: then it fails.
+//! Needs `python3` with numpy. The package is imported from this tree's
+//! `python/` (PYTHONPATH), never from an installed copy that may be older.
+//! Without numpy the test is skipped, except when `CI` is set: then it fails.
 
 mod common;
 
@@ -15,20 +16,30 @@ use std::time::Duration;
 use common::daemon::{write_config, Daemon};
 use sha2::Digest;
 
+/// `python3` importing the reader from this source tree.
+fn python3() -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.env(
+        "PYTHONPATH",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("python"),
+    );
+    cmd
+}
+
 fn reader_available() -> bool {
-    let ok = Command::new("python3")
+    let ok = python3()
         .args(["-c", "import numpy, epochwal"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok && std::env::var_os("CI").is_some() {
-        panic!("CI is set but python3 cannot import numpy and epochwal (pip install ./python)");
+        panic!("CI is set but python3 cannot import numpy and the reader in python/ (pip install numpy)");
     }
     ok
 }
 
 fn python_choice(dir: &Path) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/reader_choice.py");
-    let out = Command::new("python3")
+    let out = python3()
         .arg(script)
         .arg(dir)
         .output()
