@@ -39,11 +39,7 @@ fn reader_available() -> bool {
 
 fn python_choice(dir: &Path) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/reader_choice.py");
-    let out = python3()
-        .arg(script)
-        .arg(dir)
-        .output()
-        .unwrap();
+    let out = python3().arg(script).arg(dir).output().unwrap();
     assert!(
         out.status.success(),
         "reader failed on {}: {}",

@@ -65,6 +65,14 @@ fn replicated_run_restored_on_an_empty_dir_ends_bit_identical() {
             .all(|l| l.contains("remote_lag_records=")),
         "{checkpoint_lines:?}"
     );
+    // The epoch line (INFO) ends with the remote lag.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("epoch 6/6") && l.contains("remote seq ")),
+        "{}",
+        lines.join("\n")
+    );
 
     // Machine A is gone. Machine B starts on an empty directory.
     drop(std::fs::remove_dir_all(&a));
