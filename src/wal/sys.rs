@@ -1,5 +1,6 @@
 //! The few system calls std does not wrap: fallocate, flock, directory
-//! fsync, renameat2, posix_fadvise, SEEK_DATA/SEEK_HOLE, statfs.
+//! fsync, renameat2, posix_fadvise, sync_file_range, SEEK_DATA/SEEK_HOLE,
+//! statfs.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -81,6 +82,36 @@ pub fn system_page_size() -> u64 {
         n as u64
     } else {
         4096
+    }
+}
+
+/// Starts write-back of the dirty pages of `[offset, offset + len)` without
+/// waiting for it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). It is only a
+/// head start, never a barrier: it guarantees nothing about durability (no
+/// metadata, no device flush) and does not consume a write-back error, which
+/// the `msync(MS_SYNC)` that must follow still reports. `Ok(false)` where the
+/// file system or kernel does not support it; then the barrier alone does
+/// the work.
+pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return Ok(false);
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the
+    // descriptor is valid for as long as `file` is borrowed.
+    let rc =
+        unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::ESPIPE) | Some(libc::EOPNOTSUPP) => {
+            Ok(false)
+        }
+        _ => Err(err),
     }
 }
 
@@ -223,6 +254,24 @@ mod tests {
         assert_eq!(classify_file_system(0xef53), None);
         assert_eq!(classify_file_system(0x5846_5342), None);
         assert_eq!(classify_file_system(0x0102_1994), None);
+    }
+
+    #[test]
+    fn start_writeback_cleans_dirty_pages_without_changing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = File::create(&path).unwrap();
+        f.write_at(&[7u8; 1 << 16], 0).unwrap();
+        // tmpfs and some others answer "unsupported"; then nothing happened.
+        let started = start_writeback(&f, 4096, 8192).unwrap();
+        if started {
+            f.sync_data().unwrap();
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), vec![7u8; 1 << 16]);
+        assert!(
+            start_writeback(&f, 0, 0).is_ok(),
+            "len 0 means to the end of the file"
+        );
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! An append has two halves so that training can go on while the disk works:
 //! [`Log::begin_append`] serializes the state with rkyv directly into the
 //! mapping (the only part the training thread waits for), and
-//! [`PendingAppend::persist`] makes it durable (payload msync, then the header
-//! page, then a second msync). [`Log::finish`] records the result and applies
+//! [`PendingAppend::persist`] makes it durable (payload write-back started and
+//! checksummed meanwhile, payload msync, then the header page, then a second
+//! msync). [`Log::finish`] records the result and applies
 //! retention. At most one append is in flight.
 
 use std::fs::{File, OpenOptions};
@@ -144,6 +145,36 @@ impl SegmentMap {
         std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(offset as usize), len as usize)
     }
 
+    /// Checksum of `[offset, offset + len)`, computed while the kernel
+    /// writes the range back: write-back of each chunk is started
+    /// ([`sys::start_writeback`]) before the chunk is hashed, so the device
+    /// is busy while the CPU hashes, and the barrier that follows
+    /// ([`SegmentMap::sync`]) waits only for what is left. Nothing becomes
+    /// durable earlier than before, and nothing is trusted before the
+    /// barrier: the header that the checksum goes into is written after it.
+    fn checksum_during_writeback(&self, offset: u64, len: u64) -> Result<u64> {
+        let mut stream = format::ChecksumStream::new();
+        let mut hint = true;
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(WRITEBACK_CHUNK_BYTES);
+            if hint {
+                hint = sys::start_writeback(&self.file, offset + done, n).map_err(|source| {
+                    WalError::SyncFailed {
+                        path: self.path.clone(),
+                        source,
+                    }
+                })?;
+            }
+            // SAFETY: the range was filled by `begin_append` and, with one
+            // append in flight, nobody writes it any more; it is only read.
+            let chunk = unsafe { self.range_mut(offset + done, n) };
+            stream.update(chunk);
+            done += n;
+        }
+        Ok(stream.finish())
+    }
+
     fn sync(&self, offset: u64, len: u64) -> Result<()> {
         self.map
             .flush_range(offset as usize, len as usize)
@@ -153,6 +184,13 @@ impl SegmentMap {
             })
     }
 }
+
+/// How much of a payload is handed to write-back at a time while it is
+/// being checksummed: hashing 4 MiB takes a fraction of a millisecond, about
+/// what the device needs to write it, so each chunk's write-back is under
+/// way while the next is hashed, and one system call per 4 MiB costs
+/// nothing measurable.
+const WRITEBACK_CHUNK_BYTES: u64 = 4 << 20;
 
 /// Counts the bytes rkyv would write, so that space can be reserved in the
 /// segment before serializing into it.
@@ -1091,18 +1129,16 @@ impl PendingAppend {
         &self.header
     }
 
-    /// Makes the record durable: checksum the payload, msync it, write the
-    /// header page, msync that, then replace the commit file for tailers.
+    /// Makes the record durable: start the payload's write-back and
+    /// checksum it meanwhile, msync it (first barrier), write the header
+    /// page, msync that (second barrier), then replace the commit file for
+    /// tailers.
     /// A sync failure closes the log for good (see [`WalError::SyncFailed`]).
     pub fn persist(mut self) -> Result<Durable> {
         let started = Instant::now();
         let seg = &self.segment;
         let h = &mut self.header;
         let payload_offset = h.payload_offset();
-        // SAFETY: the payload range was filled by `begin_append` and nobody
-        // writes it any more; we only read it.
-        let payload = unsafe { seg.range_mut(payload_offset, h.payload_len) };
-        h.payload_checksum = format::checksum(payload);
         let poison = |e: WalError| -> WalError {
             if let Ok(mut p) = self.poison.lock() {
                 p.get_or_insert_with(|| e.to_string());
@@ -1110,6 +1146,10 @@ impl PendingAppend {
             e
         };
         seg.check_size().map_err(poison)?;
+        h.payload_checksum = seg
+            .checksum_during_writeback(payload_offset, h.payload_len)
+            .map_err(poison)?;
+        // First barrier: the payload is durable before its header exists.
         seg.sync(payload_offset, h.payload_len).map_err(poison)?;
         // SAFETY: the header page of this record belongs to this append only.
         let header_page = unsafe { seg.range_mut(h.offset, PAGE) };
