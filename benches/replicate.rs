@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use epochwal::replicate::{Remote, Uploader, UploaderOptions};
+use epochwal::replicate::{PointerAtStart, Remote, Uploader, UploaderOptions};
 use epochwal::wal::{Log, LogOptions};
 use object_store::{ObjectStoreExt, PutPayload};
 
@@ -86,7 +86,7 @@ fn replicate_vs_raw_put(server: &S3Server, work: &Path, size: u64, runs: usize) 
     let (store, prefix) = remote.store();
     let uploader = Uploader::start(
         remote,
-        None,
+        PointerAtStart::Read(None),
         UploaderOptions {
             part_bytes: part,
             parallel_parts: parallel,

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::daemon::{
-    assert_same_training_state, newest_state, reference_run, synthetic_config, write_config,
+    assert_same_training_state, durable_seqs, field, newest_state, reference_run, synthetic_config,
+    write_config,
 };
 use common::s3::{epochwal, replicate_table, spawn_daemon, S3Server};
 
@@ -222,14 +223,19 @@ fn flipped_byte_in_a_stored_object_is_named_and_restore_uses_the_previous_record
     );
     assert!(out.contains("would use sequence 2"), "{out}");
 
+    // The restored log numbers after the damaged pointer's sequence 3:
+    // record 2 becomes sequence 4, so that no sequence names two records.
     let pulled = tmp.path().join("pulled");
     let (code, _, err) = epochwal(&server, &["pull", &url, pulled.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains(name), "the damaged object is named: {err}");
     assert!(err.contains("restored record 2"), "{err}");
-    assert_eq!(newest_state(&pulled).unwrap().0, 2);
+    assert!(err.contains("as sequence 4"), "{err}");
+    let (seq, state) = newest_state(&pulled).unwrap();
+    assert_eq!((seq, state.epoch), (4, 2));
 
-    // `run` on an empty directory does the same and trains on from record 2.
+    // `run` on an empty directory does the same and trains on from record 2
+    // (epoch 2): epochs 3 and 4 get sequences 5 and 6, never 3 again.
     let b = tmp.path().join("b");
     let cfg_b = write_config(tmp.path(), "b.toml", &config(&server, "f", &b, 4, ""));
     let lines = run_to_end(&server, &cfg_b);
@@ -241,9 +247,36 @@ fn flipped_byte_in_a_stored_object_is_named_and_restore_uses_the_previous_record
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("restored from the remote copy") && l.contains("seq=2")),
+            .any(|l| l.contains("restored from the remote copy")
+                && field(l, "seq") == Some(4)
+                && field(l, "remote_seq") == Some(2)),
         "{all}"
     );
+    assert_eq!(durable_seqs(&lines), vec![5, 6], "{all}");
+    // The remote: every sequence names one object; the damaged one is
+    // untouched (nothing was uploaded under its sequence); the restored
+    // record went up as sequence 4 and the pointer moved past the damage.
+    let keys = server.record_keys("f");
+    let seqs: Vec<u64> = keys
+        .iter()
+        .map(|k| k.rsplit('/').next().unwrap()[..20].parse().unwrap())
+        .collect();
+    let mut unique = seqs.clone();
+    unique.dedup();
+    assert_eq!(seqs, unique, "a sequence names two objects: {keys:?}");
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6], "{keys:?}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        bytes,
+        "damaged object rewritten"
+    );
+    let ptr = server.pointer("f").unwrap();
+    assert_eq!(
+        (ptr["sequence"].as_u64(), ptr["epoch"].as_u64()),
+        (Some(6), Some(4))
+    );
+    let (_, out, err) = epochwal(&server, &["verify", &url]);
+    assert!(out.contains("would use sequence 6"), "{out}{err}");
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Replication faults with the real S3 server and the real binary: wrong
 //! credentials, a missing bucket, an unreachable endpoint (refused by
 //! default, trained through with `required = false`), the server stopped in
-//! the middle of a run and started again, and SIGTERM while the remote is
-//! down.
+//! the middle of a run and started again, SIGTERM while the remote is down,
+//! a run that ends on its own with the remote down (the wait for the last
+//! upload is bounded), and two writers on one prefix.
 
 mod common;
 
@@ -220,4 +221,240 @@ fn sigterm_while_the_remote_is_down_keeps_the_local_checkpoint_and_says_so() {
     // The final record is durable locally and the daemon resumes from it.
     let rec = epochwal::wal::recover(&data).unwrap();
     assert_eq!(rec.record.unwrap().header().sequence, last);
+}
+
+#[test]
+fn run_that_ends_with_the_remote_down_waits_at_most_the_grace_period() {
+    let Some(mut server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let url = server.url("ends");
+    // 40 epochs of 256 steps: seconds of training, long after the server
+    // is gone. Uploads to a dead server retry forever; only the grace
+    // period ends the wait for the final record.
+    let body = config(&url, &data, 40, "retry_max_seconds = 1")
+        .replace("epochs = 40", "epochs = 40\nshutdown_grace_seconds = 2")
+        .replace("n = 1024", "n = 8192");
+    let cfg = write_config(tmp.path(), "c.toml", &body);
+    let d = spawn_daemon(&server, &cfg, &[]);
+    assert!(
+        d.wait_for("training started", Duration::from_secs(60))
+            .is_some(),
+        "{}",
+        d.lines().join("\n")
+    );
+    server.stop();
+    let (status, lines) = d.wait(Duration::from_secs(300));
+    let all = lines.join("\n");
+    assert!(status.success(), "{all}");
+    let last = *durable_seqs(&lines).last().unwrap();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("checkpoint durable"))
+            .filter_map(|l| field(l, "epoch"))
+            .max(),
+        Some(40),
+        "the run ended on its own: {all}"
+    );
+    // The wait is announced with its bound...
+    let waiting = lines
+        .iter()
+        .find(|l| l.contains("waiting for the final checkpoint to reach the remote"))
+        .unwrap_or_else(|| panic!("{all}"));
+    assert_eq!(field(waiting, "seq"), Some(last), "{waiting}");
+    assert!(
+        field(waiting, "wait_at_most_ms").unwrap() <= 2000,
+        "{waiting}"
+    );
+    // ...ends at it, says the final record did not reach the remote...
+    let note = lines
+        .iter()
+        .find(|l| l.contains("did NOT reach the remote"))
+        .unwrap_or_else(|| panic!("{all}"));
+    assert_eq!(field(note, "seq"), Some(last), "{note}");
+    let waited = field(note, "waited_ms").unwrap();
+    assert!(
+        (1000..=3000).contains(&waited),
+        "waited {waited} ms for a 2 s grace period: {note}"
+    );
+    // ...and the process then exits cleanly.
+    let at = lines.iter().position(|l| l == note).unwrap();
+    assert!(
+        lines[at..].iter().any(|l| l.contains("exiting cleanly")),
+        "{all}"
+    );
+    let rec = epochwal::wal::recover(&data).unwrap();
+    assert_eq!(rec.record.unwrap().header().sequence, last);
+    if let Some(p) = server.pointer("ends") {
+        assert!(p["sequence"].as_u64().unwrap() < last, "{p}");
+    }
+}
+
+/// The pointer's sequence as the server stores it, if it is there and whole.
+fn pointer_seq(server: &S3Server, prefix: &str) -> Option<u64> {
+    let bytes = std::fs::read(server.object_file(&format!("{prefix}/HEAD"))).ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes).ok()?["sequence"].as_u64()
+}
+
+#[test]
+fn second_writer_on_one_prefix_is_stopped_and_the_pointer_never_goes_back() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let url = server.url("two");
+    let dirs = [tmp.path().join("a"), tmp.path().join("b")];
+    let cfgs: Vec<_> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            write_config(
+                tmp.path(),
+                &format!("{i}.toml"),
+                &config(&url, dir, 0, "retry_max_seconds = 1"),
+            )
+        })
+        .collect();
+    // A replicates; B starts on an empty directory with the same prefix,
+    // restores A's newest record and goes on with the same log: two
+    // writers of one log (a copy started elsewhere while A still runs).
+    let a = spawn_daemon(&server, &cfgs[0], &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a
+        .lines()
+        .iter()
+        .filter(|l| l.contains(" replicated"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{}", a.lines().join("\n"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let b = spawn_daemon(&server, &cfgs[1], &[]);
+    let daemons = [a, b];
+    const STOPPED: &str = "another writer moved the pointer";
+    // Watch the pointer until one of them notices the other.
+    let mut highest = 0u64;
+    let mut seen = 0usize;
+    let stopped_line = |d: &Daemon| d.lines().iter().position(|l| l.contains(STOPPED));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let loser = loop {
+        if let Some(seq) = pointer_seq(&server, "two") {
+            assert!(
+                seq >= highest,
+                "the pointer went back from {highest} to {seq}"
+            );
+            highest = seq;
+            seen += 1;
+        }
+        if let Some(i) = daemons.iter().position(|d| stopped_line(d).is_some()) {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no writer noticed the other:\nA:\n{}\nB:\n{}",
+            daemons[0].lines().join("\n"),
+            daemons[1].lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let winner = 1 - loser;
+    eprintln!(
+        "writer {} stopped: {}",
+        ["A (the first)", "B (the restored copy)"][loser],
+        daemons[loser].lines()[stopped_line(&daemons[loser]).unwrap()]
+    );
+    let b_lines = daemons[1].lines();
+    assert!(
+        b_lines
+            .iter()
+            .any(|l| l.contains("restored from the remote copy")),
+        "{}",
+        b_lines.join("\n")
+    );
+    // The loser keeps training locally but uploads nothing more; the
+    // winner keeps replicating; the pointer still never goes back.
+    let at = stopped_line(&daemons[loser]).unwrap();
+    let count = |d: &Daemon, what: &str, from: usize| {
+        d.lines()[from..]
+            .iter()
+            .filter(|l| l.contains(what))
+            .count()
+    };
+    let winner_from = daemons[winner].lines().len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&daemons[winner], " replicated", winner_from) < 2
+        || count(&daemons[loser], "checkpoint durable", at) < 2
+    {
+        if let Some(seq) = pointer_seq(&server, "two") {
+            assert!(
+                seq >= highest,
+                "the pointer went back from {highest} to {seq}"
+            );
+            highest = seq;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the conflict:\nwinner:\n{}\nloser:\n{}",
+            daemons[winner].lines().join("\n"),
+            daemons[loser].lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for d in &daemons {
+        d.signal(libc::SIGTERM);
+    }
+    let [a, b] = daemons;
+    let ends = [
+        a.wait(Duration::from_secs(60)),
+        b.wait(Duration::from_secs(60)),
+    ];
+    let (loser_status, loser_lines) = &ends[loser];
+    let (winner_status, winner_lines) = &ends[winner];
+    assert!(loser_status.success(), "{}", loser_lines.join("\n"));
+    assert!(winner_status.success(), "{}", winner_lines.join("\n"));
+    let stop = &loser_lines[at];
+    assert!(stop.contains("replication stopped"), "{stop}");
+    assert!(stop.contains(&url), "the error names the pointer: {stop}");
+    assert_eq!(
+        loser_lines[at..]
+            .iter()
+            .filter(|l| l.contains(" replicated"))
+            .count(),
+        0,
+        "{}",
+        loser_lines.join("\n")
+    );
+    assert!(
+        loser_lines
+            .iter()
+            .any(|l| l.contains("did NOT reach the remote")),
+        "{}",
+        loser_lines.join("\n")
+    );
+    assert!(
+        !winner_lines.iter().any(|l| l.contains(STOPPED)),
+        "{}",
+        winner_lines.join("\n")
+    );
+    assert!(
+        winner_lines
+            .iter()
+            .any(|l| l.contains("the final checkpoint reached the remote")),
+        "{}",
+        winner_lines.join("\n")
+    );
+    // The pointer ends on the winner's final record, and a restore gets it.
+    let last = *durable_seqs(winner_lines).last().unwrap();
+    assert_eq!(pointer_seq(&server, "two"), Some(last));
+    assert!(seen > 0 && last >= highest);
+    let pulled = tmp.path().join("pulled");
+    let (code, _, err) = epochwal(&server, &["pull", &url, pulled.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (_, restored) = common::daemon::newest_state(&pulled).unwrap();
+    let (_, final_state) = common::daemon::newest_state(&dirs[winner]).unwrap();
+    common::daemon::assert_same_training_state(&restored, &final_state);
 }

@@ -4,6 +4,9 @@
 //! a restore on an empty directory gets a record at least as new as the
 //! pointer says.
 //!
+//! It prints how many kills landed while an upload was in flight (the
+//! daemon's last "upload started" line not yet answered) and fails unless
+//! some did: `cargo test --test replicate_kill -- --nocapture` shows it.
 //! `EPOCHWAL_KILLS` sets the number of kills, `EPOCHWAL_KILL_SEED` replays one
 //! run.
 
@@ -51,6 +54,21 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
+}
+
+/// Whether the daemon was killed while an upload was in flight: its last
+/// "upload started" line has no line after it that ends the attempt
+/// (uploaded, failed, not uploaded, replication stopped).
+fn upload_in_flight(lines: &[String]) -> bool {
+    let Some(start) = lines.iter().rposition(|l| l.contains("upload started")) else {
+        return false;
+    };
+    !lines[start..].iter().any(|l| {
+        l.contains(" replicated")
+            || l.contains("upload failed")
+            || l.contains("not uploaded")
+            || l.contains("replication stopped")
+    })
 }
 
 #[test]
@@ -111,12 +129,7 @@ fn sigkill_during_uploads_never_exposes_an_incomplete_record() {
         }
         d.signal(libc::SIGKILL);
         let (_, lines) = d.wait(Duration::from_secs(30));
-        let durable = lines
-            .iter()
-            .filter(|l| l.contains("checkpoint durable"))
-            .count();
-        let replicated = lines.iter().filter(|l| l.contains(" replicated")).count();
-        if durable > replicated {
+        if upload_in_flight(&lines) {
             uploads_cut += 1;
         }
 
@@ -144,7 +157,9 @@ fn sigkill_during_uploads_never_exposes_an_incomplete_record() {
         assert!(restored.header().sequence >= seq, "kill {i}");
         std::fs::remove_dir_all(&fresh).unwrap();
     }
-    eprintln!("{kills} kills, {uploads_cut} of them with an upload not finished; pointer at {last_pointer}");
+    println!(
+        "{kills} kills, {uploads_cut} of them while an upload was in flight; pointer at {last_pointer}"
+    );
     assert!(last_pointer > 0, "nothing was ever replicated");
     assert!(
         uploads_cut > 0,

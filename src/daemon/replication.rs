@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 use super::Notify;
 use crate::config::{Config, ReplicateConfig};
 use crate::replicate::{
-    restore_into, write_remote_file, PointerState, Progress, Remote, RestoreError, Restored,
+    restore_into, write_remote_file, PointerAtStart, Progress, Remote, RestoreError, Restored,
     Uploader, UploaderOptions,
 };
 use crate::wal::{Durable, RecordHeader};
@@ -23,7 +23,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The remote after the start-up contact.
 pub(crate) struct Prepared {
     remote: Remote,
-    pointer: Option<PointerState>,
+    pointer: PointerAtStart,
 }
 
 /// Contacts the remote and, when the local directory holds no record (or an
@@ -63,7 +63,7 @@ pub(crate) fn prepare(
             unusable(e)?;
             return Ok(Prepared {
                 remote,
-                pointer: None,
+                pointer: PointerAtStart::Unread,
             });
         }
     };
@@ -82,6 +82,7 @@ pub(crate) fn prepare(
     match restored {
         Ok(Restored::Record {
             header,
+            remote_sequence,
             url,
             skipped,
         }) => {
@@ -90,6 +91,7 @@ pub(crate) fn prepare(
             }
             info!(
                 seq = header.sequence,
+                remote_seq = remote_sequence,
                 epoch = header.epoch,
                 step = header.step,
                 object = %url,
@@ -102,7 +104,10 @@ pub(crate) fn prepare(
         Err(RestoreError::Local(e)) => return Err(e.into()),
         Err(RestoreError::Remote(e)) => unusable(e.to_string())?,
     }
-    Ok(Prepared { remote, pointer })
+    Ok(Prepared {
+        remote,
+        pointer: PointerAtStart::Read(pointer),
+    })
 }
 
 /// The running replication.
@@ -185,17 +190,30 @@ impl Replication {
         format!("{base}; {}", self.progress().status_text())
     }
 
-    /// At shutdown, after the final local checkpoint: waits until the remote
-    /// holds `seq` or `deadline` passes, and says which happened.
+    /// At shutdown (SIGTERM, or the last epoch done), after the final local
+    /// checkpoint: waits until the remote holds `seq` or `deadline` passes
+    /// (never longer: uploads to an unreachable remote retry forever), and
+    /// says which happened.
     pub(crate) fn finish(&self, seq: u64, deadline: Instant) -> bool {
+        let started = Instant::now();
+        if seq > 0 && self.progress().remote_seq < seq {
+            info!(
+                seq,
+                url = %self.url,
+                wait_at_most_ms = deadline.saturating_duration_since(started).as_millis() as u64,
+                "waiting for the final checkpoint to reach the remote (bounded by shutdown_grace_seconds)"
+            );
+        }
         let reached = seq == 0 || self.uploader.wait_for(seq, deadline);
+        let waited_ms = started.elapsed().as_millis() as u64;
         let p = self.progress();
         if reached {
-            info!(seq, url = %self.url, skipped = p.skipped, "the final checkpoint reached the remote");
+            info!(seq, url = %self.url, skipped = p.skipped, waited_ms, "the final checkpoint reached the remote");
         } else {
             warn!(
                 seq,
                 remote_seq = p.remote_seq,
+                waited_ms,
                 url = %self.url,
                 last_error = p.last_error.as_deref().unwrap_or(p.stopped.as_deref().unwrap_or("-")),
                 "the final checkpoint did NOT reach the remote within shutdown_grace_seconds; it is durable locally"

@@ -26,9 +26,12 @@ pub use layout::Pointer;
 pub use remote::{
     Cause, FetchedRecord, PointerState, Remote, RemoteError, RemoteObject, RemoteUrl,
 };
-pub use restore::{newest_valid, restore_into, Found, RestoreError, Restored};
+pub use restore::{
+    check_against_pointer, newest_valid, restore_into, Found, RestoreError, Restored,
+};
 pub use uploader::{
-    read_remote_file, write_remote_file, Progress, RemoteFile, Uploader, UploaderOptions,
+    read_remote_file, write_remote_file, PointerAtStart, Progress, RemoteFile, Uploader,
+    UploaderOptions,
 };
 
 /// Runs `fut` on a small single-threaded runtime (for the command-line

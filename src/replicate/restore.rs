@@ -1,6 +1,7 @@
 //! Restore: the newest remote record that validates, written into a local
 //! log directory as a fresh segment.
 
+use std::collections::VecDeque;
 use std::path::Path;
 
 use super::layout::Pointer;
@@ -16,13 +17,28 @@ pub struct Found {
     /// Record objects that failed validation (newest first), each naming
     /// the object and the reason.
     pub skipped: Vec<RemoteError>,
+    /// The highest sequence the remote shows for this log: the pointer's, or
+    /// a listed record object's if higher (an upload whose pointer update
+    /// never happened). A restored log numbers its records after it.
+    pub highest_sequence: u64,
+}
+
+fn pointer_damaged(remote: &Remote, detail: String) -> RemoteError {
+    RemoteError {
+        url: remote.url().to_string(),
+        what: "reading the pointer".into(),
+        cause: Cause::Damaged,
+        detail,
+    }
 }
 
 /// Finds the newest complete remote record that validates: the one the
 /// pointer names, else the next older record object of the same log, and
 /// so on. `Ok(None)` when the remote holds no pointer (nothing replicated
-/// yet). Damaged or missing objects are reported in [`Found::skipped`];
-/// network and permission errors end the search.
+/// yet). Damaged or missing objects are reported in [`Found::skipped`]; so
+/// is a pointer's object whose payload checksum is not the one the pointer
+/// names (replaced by another writer of the same log). Network and
+/// permission errors end the search.
 pub async fn newest_valid(
     remote: &Remote,
     pointer: Option<PointerState>,
@@ -32,43 +48,44 @@ pub async fn newest_valid(
         return Ok(None);
     };
     let pointer = state.pointer;
-    let mut skipped = Vec::new();
-    let passable = |e: &RemoteError| matches!(e.cause, Cause::Damaged | Cause::NotFound);
-    match remote
-        .fetch_record(&remote.pointer_object(&pointer), tmp_dir)
-        .await
-    {
-        Ok(fetched) => {
-            return Ok(Some(Found {
-                fetched,
-                pointer,
-                skipped,
-            }))
-        }
-        Err(e) if passable(&e) => skipped.push(e),
-        Err(e) => return Err(e),
-    }
-    let log_id = pointer.log_id().map_err(|detail| RemoteError {
-        url: remote.url().to_string(),
-        what: "reading the pointer".into(),
-        cause: Cause::Damaged,
-        detail,
-    })?;
+    let log_id = pointer
+        .log_id()
+        .map_err(|detail| pointer_damaged(remote, detail))?;
+    // One listing: the older records to fall back on, and the highest
+    // sequence the remote has used (the pointer's object is tried first
+    // whatever the listing says: listings may lag).
     let (records, _) = remote.list_records(log_id).await?;
-    for obj in records
+    let highest_sequence = records
+        .iter()
+        .map(|r| r.sequence)
+        .fold(pointer.sequence, u64::max);
+    let mut candidates: VecDeque<_> = records
         .iter()
         .rev()
         .filter(|r| r.sequence < pointer.sequence)
-    {
-        match remote.fetch_record(&obj.path, tmp_dir).await {
+        .map(|r| (r.path.clone(), None))
+        .collect();
+    candidates.push_front((remote.pointer_object(&pointer), Some(&pointer)));
+    let mut skipped = Vec::new();
+    for (path, named_by) in candidates {
+        let checked =
+            remote
+                .fetch_record(&path, tmp_dir)
+                .await
+                .and_then(|fetched| match named_by {
+                    Some(p) => check_against_pointer(fetched, p),
+                    None => Ok(fetched),
+                });
+        match checked {
             Ok(fetched) => {
                 return Ok(Some(Found {
                     fetched,
                     pointer,
                     skipped,
+                    highest_sequence,
                 }))
             }
-            Err(e) if passable(&e) => skipped.push(e),
+            Err(e) if matches!(e.cause, Cause::Damaged | Cause::NotFound) => skipped.push(e),
             Err(e) => return Err(e),
         }
     }
@@ -88,12 +105,39 @@ pub async fn newest_valid(
     })
 }
 
+/// The pointer's object must hold the very record the pointer names: an
+/// object of the same name written by another writer of the same log
+/// validates on its own but is another record (reported as damaged).
+pub fn check_against_pointer(
+    fetched: FetchedRecord,
+    pointer: &Pointer,
+) -> Result<FetchedRecord, RemoteError> {
+    let h = fetched.record.header();
+    let checksum = format!("{:016x}", h.payload_checksum);
+    if checksum != pointer.payload_checksum || h.unix_ns != pointer.unix_ns {
+        return Err(RemoteError {
+            url: fetched.url.clone(),
+            what: "checking the record object against the pointer".into(),
+            cause: Cause::Damaged,
+            detail: format!(
+                "it holds another record than the pointer names (payload checksum {checksum}, \
+                 time {}; the pointer says {} and {}): replaced by another writer of this log",
+                h.unix_ns, pointer.payload_checksum, pointer.unix_ns
+            ),
+        });
+    }
+    Ok(fetched)
+}
+
 /// What [`restore_into`] did.
 pub enum Restored {
     /// A remote record was written into the directory.
     Record {
-        /// Its header as restored (new segment and offset).
+        /// Its header as restored (new segment and offset, and a new
+        /// sequence when it is not the remote's highest; see `remote_sequence`).
         header: RecordHeader,
+        /// Its sequence in the remote copy.
+        remote_sequence: u64,
         /// The object it came from.
         url: String,
         /// Newer record objects that were damaged and passed over.
@@ -131,7 +175,10 @@ pub enum RestoreError {
 
 /// Restores the newest valid remote record into `dir` (created if missing)
 /// unless the directory already holds it or something newer of the same
-/// log. Refuses a directory that holds another log, naming both ids.
+/// log. Refuses a directory that holds another log, naming both ids. The
+/// restored record keeps its sequence when it is the highest the remote
+/// shows for the log, and gets the next one after that otherwise
+/// (FORMAT.md §7.7).
 pub async fn restore_into(
     remote: &Remote,
     pointer: Option<PointerState>,
@@ -174,14 +221,23 @@ pub async fn restore_into(
     let Some(found) = newest_valid(remote, pointer.clone(), dir).await? else {
         return Ok(Restored::RemoteEmpty);
     };
-    let header = *found.fetched.record.header();
-    if header.sequence < local_next {
+    let mut header = *found.fetched.record.header();
+    let remote_sequence = header.sequence;
+    if remote_sequence < local_next {
         return Ok(Restored::UpToDate(local_next - 1));
+    }
+    // The remote has used sequences above this record (a damaged pointer
+    // object passed over, or an upload whose pointer update never
+    // happened): the restored log numbers after them, so that no sequence
+    // ever names two different records.
+    if remote_sequence < found.highest_sequence {
+        header.sequence = found.highest_sequence + 1;
     }
     let (mut log, _) = Log::open(dir, options)?;
     let durable = log.import(&header, found.fetched.record.payload())?;
     Ok(Restored::Record {
         header: durable.header,
+        remote_sequence,
         url: found.fetched.url,
         skipped: found.skipped,
     })

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{error, info, warn};
 
-use super::layout::Pointer;
+use super::layout::{self, Pointer};
 use super::remote::{Cause, PointerState, Remote, RemoteError};
 use crate::wal::{format, LogReader, RecordHeader};
 
@@ -130,6 +130,9 @@ struct Slot {
     progress: Progress,
     /// The pointer as last read or written.
     pointer: Option<PointerState>,
+    /// False until the pointer was read once (the start-up contact failed):
+    /// the first upload then takes the remote pointer as it finds it.
+    pointer_known: bool,
     /// (sequence, snapshot time) of offered records newer than the remote's.
     pending: std::collections::VecDeque<(u64, u64)>,
 }
@@ -161,6 +164,18 @@ fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
 /// uploader thread: the daemon updates its STATUS and the `REMOTE` file.
 pub type OnProgress = Box<dyn Fn(&Progress) + Send>;
 
+/// What the daemon knows of the remote pointer when the uploader starts.
+#[derive(Debug, Clone)]
+pub enum PointerAtStart {
+    /// Read at start: the pointer, or none yet. Any later change by someone
+    /// else is another writer, and stops replication.
+    Read(Option<PointerState>),
+    /// Could not be read (the remote was unreachable at start): the first
+    /// upload adopts the pointer it finds, if that names an older record of
+    /// the same log.
+    Unread,
+}
+
 /// The uploader thread and its mailbox.
 pub struct Uploader {
     shared: Arc<Shared>,
@@ -172,15 +187,18 @@ impl Uploader {
     /// (it must name this log or nothing).
     pub fn start(
         remote: Remote,
-        pointer: Option<PointerState>,
+        pointer: PointerAtStart,
         options: UploaderOptions,
         on_progress: OnProgress,
     ) -> std::io::Result<Uploader> {
         let mut slot = Slot::default();
-        if let Some(p) = &pointer {
-            slot.set_remote(p.pointer.sequence, p.pointer.unix_ns);
+        if let PointerAtStart::Read(pointer) = pointer {
+            if let Some(p) = &pointer {
+                slot.set_remote(p.pointer.sequence, p.pointer.unix_ns);
+            }
+            slot.pointer = pointer;
+            slot.pointer_known = true;
         }
-        slot.pointer = pointer;
         let shared = Arc::new(Shared {
             slot: Mutex::new(slot),
             wake: Condvar::new(),
@@ -311,7 +329,10 @@ fn run(shared: &Shared, remote: Remote, options: UploaderOptions, on_progress: O
                 slot = shared.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let previous = lock(&shared.slot).pointer.clone();
+        let (previous, known) = {
+            let slot = lock(&shared.slot);
+            (slot.pointer.clone(), slot.pointer_known)
+        };
         if previous
             .as_ref()
             .is_some_and(|p| p.pointer.sequence >= offer.header.sequence)
@@ -319,7 +340,14 @@ fn run(shared: &Shared, remote: Remote, options: UploaderOptions, on_progress: O
             continue;
         }
         let started = Instant::now();
-        match runtime.block_on(upload(&remote, &offer, previous.as_ref(), &options)) {
+        info!(
+            seq = offer.header.sequence,
+            epoch = offer.header.epoch,
+            bytes = offer.header.payload_len + format::PAGE,
+            "upload started"
+        );
+        let expected = known.then_some(previous.as_ref());
+        match runtime.block_on(upload(&remote, &offer, expected, &options)) {
             Ok(Uploaded::Done { state, bytes }) => {
                 backoff = Duration::from_millis(250);
                 let upload_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -329,6 +357,7 @@ fn run(shared: &Shared, remote: Remote, options: UploaderOptions, on_progress: O
                     slot.progress.uploaded += 1;
                     slot.progress.last_error = None;
                     slot.pointer = Some(state.clone());
+                    slot.pointer_known = true;
                     slot.progress.clone()
                 };
                 shared.changed.notify_all();
@@ -358,13 +387,16 @@ fn run(shared: &Shared, remote: Remote, options: UploaderOptions, on_progress: O
                 warn!(seq = offer.header.sequence, reason = %reason, "record no longer readable locally; not uploaded");
                 on_progress(&progress);
             }
-            Ok(Uploaded::Behind(state)) => {
-                // Someone else (another process of this log) moved the
-                // pointer past this record; adopt it.
+            Ok(Uploaded::AlreadyThere(state)) => {
+                // The pointer already names this very record (an earlier
+                // run of this log uploaded it).
+                backoff = Duration::from_millis(250);
                 let progress = {
                     let mut slot = lock(&shared.slot);
                     slot.set_remote(state.pointer.sequence, state.pointer.unix_ns);
+                    slot.progress.last_error = None;
                     slot.pointer = Some(state);
+                    slot.pointer_known = true;
                     slot.progress.clone()
                 };
                 shared.changed.notify_all();
@@ -431,8 +463,8 @@ enum Uploaded {
     },
     /// The record vanished locally (retention) or failed validation.
     Gone(String),
-    /// The pointer already names this record or a newer one.
-    Behind(PointerState),
+    /// The pointer already names this very record.
+    AlreadyThere(PointerState),
 }
 
 enum Failure {
@@ -440,10 +472,68 @@ enum Failure {
     Fatal(String),
 }
 
+/// What the pointer found on the remote means for an upload.
+enum Judged {
+    /// Write over this state (the one expected, or an older record of the
+    /// same log when nothing was expected).
+    Replace(Option<PointerState>),
+    /// It already names the record being uploaded.
+    Holds(PointerState),
+}
+
+/// Compares the pointer found on the remote (`current`) with the one this
+/// uploader last read or wrote (`expected`; `None` when it never could read
+/// it). Anything else than what was expected is another writer: the pointer
+/// is never written over then, and replication stops (FORMAT.md §7.5).
+fn judge(
+    remote: &Remote,
+    ours: &Pointer,
+    expected: Option<Option<&PointerState>>,
+    current: Option<PointerState>,
+) -> Result<Judged, Failure> {
+    let describe = |p: &Pointer| {
+        format!(
+            "log {} sequence {} (epoch {}, step {})",
+            p.log_id, p.sequence, p.epoch, p.step
+        )
+    };
+    match (current, expected) {
+        (Some(cur), _) if cur.pointer == *ours => Ok(Judged::Holds(cur)),
+        (Some(cur), _) if cur.pointer.log_id != ours.log_id => Err(Failure::Fatal(format!(
+            "the pointer {}/{} names {}, but this daemon writes log {}; not overwriting it \
+             (use another prefix for this log)",
+            remote.url(),
+            layout::POINTER_NAME,
+            describe(&cur.pointer),
+            ours.log_id
+        ))),
+        (cur, Some(exp)) if cur.as_ref().map(|c| &c.pointer) == exp.map(|e| &e.pointer) => {
+            Ok(Judged::Replace(cur))
+        }
+        (None, None) => Ok(Judged::Replace(None)),
+        (Some(cur), None) if cur.pointer.sequence < ours.sequence => Ok(Judged::Replace(Some(cur))),
+        (cur, exp) => Err(Failure::Fatal(format!(
+            "another writer moved the pointer {}/{}: it names {}, where this daemon {} \
+             (two processes replicate log {} to one prefix, e.g. a copy restored on another \
+             machine while this one still runs); not overwriting it",
+            remote.url(),
+            layout::POINTER_NAME,
+            cur.as_ref()
+                .map_or_else(|| "nothing (deleted)".to_string(), |c| describe(&c.pointer)),
+            match exp {
+                Some(Some(e)) => format!("last wrote or read {}", describe(&e.pointer)),
+                Some(None) => "found no pointer at start".to_string(),
+                None => format!("is about to upload sequence {}", ours.sequence),
+            },
+            ours.log_id
+        ))),
+    }
+}
+
 async fn upload(
     remote: &Remote,
     offer: &Offer,
-    previous: Option<&PointerState>,
+    expected: Option<Option<&PointerState>>,
     options: &UploaderOptions,
 ) -> Result<Uploaded, Failure> {
     let reader = match LogReader::open(offer.segment.parent().unwrap_or(std::path::Path::new(".")))
@@ -455,6 +545,15 @@ async fn upload(
         Ok(r) => Arc::new(r),
         Err(e) => return Ok(Uploaded::Gone(e.to_string())),
     };
+    let pointer = Pointer::for_record(&offer.header);
+    // Before anything is written: is the pointer still the one this daemon
+    // left? (Works on every store; the conditional put below closes the
+    // window between this read and the write where the server honours it.)
+    let current = remote.read_pointer().await.map_err(Failure::Retry)?;
+    let baseline = match judge(remote, &pointer, expected, current)? {
+        Judged::Holds(state) => return Ok(Uploaded::AlreadyThere(state)),
+        Judged::Replace(b) => b,
+    };
     let bytes = remote
         .put_record(
             &record,
@@ -464,27 +563,16 @@ async fn upload(
         .await
         .map_err(Failure::Retry)?;
     drop(record);
-    let pointer = Pointer::for_record(&offer.header);
-    match remote.write_pointer(&pointer, previous).await {
+    match remote.write_pointer(&pointer, baseline.as_ref()).await {
         Ok(state) => Ok(Uploaded::Done { state, bytes }),
         Err(e) if e.cause == Cause::Conflict => {
-            // The pointer changed under us: read it again and decide.
+            // The pointer changed between the read above and the write: our
+            // own earlier attempt whose answer was lost, or another writer.
             let current = remote.read_pointer().await.map_err(Failure::Retry)?;
-            match current {
-                Some(cur) if cur.pointer.log_id != pointer.log_id => Err(Failure::Fatal(format!(
-                    "the pointer {} now names log {}, this daemon writes log {}; not overwriting it",
-                    remote.url(),
-                    cur.pointer.log_id,
-                    pointer.log_id
-                ))),
-                Some(cur) if cur.pointer.sequence >= pointer.sequence => Ok(Uploaded::Behind(cur)),
-                other => {
-                    let state = remote
-                        .write_pointer(&pointer, other.as_ref())
-                        .await
-                        .map_err(Failure::Retry)?;
-                    Ok(Uploaded::Done { state, bytes })
-                }
+            match judge(remote, &pointer, Some(baseline.as_ref()), current)? {
+                Judged::Holds(state) => Ok(Uploaded::Done { state, bytes }),
+                // Unchanged after all (a version mismatch only): try again.
+                Judged::Replace(_) => Err(Failure::Retry(e)),
             }
         }
         Err(e) => Err(Failure::Retry(e)),

@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use super::{Selected, Selection, UsageError};
 use crate::replicate::{
-    block_on, newest_valid, restore_into, Cause, PointerState, Remote, RemoteUrl, Restored,
+    block_on, check_against_pointer, newest_valid, restore_into, Cause, PointerState, Remote,
+    RemoteUrl, Restored,
 };
 use crate::wal::LogOptions;
 
@@ -208,7 +209,13 @@ pub(crate) fn verify(url: &Path, json: bool) -> anyhow::Result<i32> {
             });
         }
         for obj in &records {
-            match remote.fetch_record(&obj.path, &tmp).await {
+            let fetched = remote.fetch_record(&obj.path, &tmp).await;
+            let fetched = if obj.path == pointed {
+                fetched.and_then(|f| check_against_pointer(f, p))
+            } else {
+                fetched
+            };
+            match fetched {
                 Ok(f) => {
                     report.good += 1;
                     report.payload_bytes += f.record.header().payload_len;
@@ -299,6 +306,7 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<i32> {
     match outcome {
         Restored::Record {
             header,
+            remote_sequence,
             url,
             skipped,
         } => {
@@ -309,11 +317,19 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<i32> {
                 );
             }
             eprintln!(
-                "epochwal: restored record {} (epoch {}, step {}) from {url} into {}",
-                header.sequence,
+                "epochwal: restored record {remote_sequence} (epoch {}, step {}) from {url} into {}{}",
                 header.epoch,
                 header.step,
-                args.dir.display()
+                args.dir.display(),
+                if header.sequence == remote_sequence {
+                    String::new()
+                } else {
+                    format!(
+                        " as sequence {} (the remote has used sequences up to {}; the log numbers after them)",
+                        header.sequence,
+                        header.sequence - 1
+                    )
+                }
             );
             Ok(0)
         }
