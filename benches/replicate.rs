@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench replicate
 //! EPOCHWAL_BENCH_SIZES=16M,256M EPOCHWAL_BENCH_RUNS=5 cargo bench --bench replicate
+//! EPOCHWAL_BENCH_SIZES= cargo bench --bench replicate   # overhead_per_epoch only
 //! ```
 //!
 //! - `replicate_vs_raw_put`: throughput of the uploader (record read back and
@@ -83,7 +84,12 @@ fn replicate_vs_raw_put(server: &S3Server, work: &Path, size: u64, runs: usize) 
     let payload = records[0].header.payload_len;
     let object_bytes = 4096 + payload;
     let remote = Remote::open(&server.url(&format!("bench-{size}")), true).unwrap();
-    let (store, prefix) = remote.store();
+    // The raw side gets a client of its own: an HTTP client's pooled
+    // connections belong to the runtime that opened them, and this
+    // thread's runtime is idle while the uploader's thread works.
+    let (store, prefix) = Remote::open(&server.url(&format!("bench-{size}")), true)
+        .unwrap()
+        .store();
     let uploader = Uploader::start(
         remote,
         PointerAtStart::Read(None),
@@ -273,12 +279,16 @@ fn main() {
     let root = std::env::var_os("EPOCHWAL_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from("target/bench-tmp"));
+    // Absolute: the daemon's configuration names its data directory, and a
+    // relative one would be taken from the configuration file's directory.
+    let root = std::env::current_dir().unwrap().join(root);
     let work = root.join("replicate-bench");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
     let sizes: Vec<u64> = std::env::var("EPOCHWAL_BENCH_SIZES")
         .unwrap_or_else(|_| "64M,256M".into())
         .split(',')
+        .filter(|s| !s.trim().is_empty())
         .map(parse_size)
         .collect();
     let runs: usize = std::env::var("EPOCHWAL_BENCH_RUNS")

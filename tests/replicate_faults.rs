@@ -291,6 +291,19 @@ fn run_that_ends_with_the_remote_down_waits_at_most_the_grace_period() {
     if let Some(p) = server.pointer("ends") {
         assert!(p["sequence"].as_u64().unwrap() < last, "{p}");
     }
+    // With the server back, the next start finds the run complete and
+    // uploads the final record before it exits.
+    server.restart();
+    let (status, lines) = spawn_daemon(&server, &cfg, &[]).wait(Duration::from_secs(120));
+    let all = lines.join("\n");
+    assert!(status.success(), "{all}");
+    assert!(all.contains("the run is already complete"), "{all}");
+    let reached = lines
+        .iter()
+        .find(|l| l.contains("the final checkpoint reached the remote"))
+        .unwrap_or_else(|| panic!("{all}"));
+    assert_eq!(field(reached, "seq"), Some(last), "{reached}");
+    assert_eq!(server.pointer("ends").unwrap()["sequence"], last);
 }
 
 /// The pointer's sequence as the server stores it, if it is there and whole.

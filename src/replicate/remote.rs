@@ -236,6 +236,7 @@ pub struct Remote {
     /// Whether the server honours conditional puts; cleared when it says it
     /// does not (the pointer is then overwritten unconditionally).
     conditional: AtomicBool,
+    allow_http: bool,
 }
 
 impl std::fmt::Debug for Remote {
@@ -312,7 +313,21 @@ impl Remote {
             url: parsed,
             store,
             conditional: AtomicBool::new(true),
+            allow_http,
         })
+    }
+
+    /// The same remote with a client of its own. An HTTP client pools its
+    /// connections, and a pooled connection is driven by the tokio runtime
+    /// that opened it: a thread with its own runtime (the uploader) must not
+    /// reuse connections of a runtime that may sit idle meanwhile (the
+    /// daemon's main thread), or its requests wait forever.
+    pub fn with_own_client(&self) -> Result<Remote, RemoteError> {
+        let fresh = Remote::open(&self.url.url, self.allow_http)?;
+        fresh
+            .conditional
+            .store(self.conditional.load(Ordering::Relaxed), Ordering::Relaxed);
+        Ok(fresh)
     }
 
     /// The URL as configured.

@@ -184,13 +184,15 @@ pub struct Uploader {
 
 impl Uploader {
     /// Starts the thread. `pointer` is the remote pointer read at start
-    /// (it must name this log or nothing).
+    /// (it must name this log or nothing). The thread talks to the remote
+    /// through a client of its own (see [`Remote::with_own_client`]).
     pub fn start(
         remote: Remote,
         pointer: PointerAtStart,
         options: UploaderOptions,
         on_progress: OnProgress,
     ) -> std::io::Result<Uploader> {
+        let remote = remote.with_own_client().map_err(std::io::Error::other)?;
         let mut slot = Slot::default();
         if let PointerAtStart::Read(pointer) = pointer {
             if let Some(p) = &pointer {
