@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::layout::{self, Pointer};
 use super::remote::{Cause, PointerState, Remote, RemoteError};
@@ -342,7 +342,7 @@ fn run(shared: &Shared, remote: Remote, options: UploaderOptions, on_progress: O
             continue;
         }
         let started = Instant::now();
-        info!(
+        debug!(
             seq = offer.header.sequence,
             epoch = offer.header.epoch,
             bytes = offer.header.payload_len + format::PAGE,
