@@ -52,7 +52,7 @@ def main():
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "epoch_ms": times,
-        "final_loss": float(loss),
+        "final_loss": float(loss.detach()),
     }))
 
 

@@ -154,6 +154,15 @@ fn pull_restores_without_training_and_readers_take_the_url() {
     let (code, out, err) = epochwal(&server, &["inspect", &url, "--seq", "2"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("sequence 2"), "{out}");
+    // --best on the URL picks what --best picks on the directory (figures
+    // from the remote headers).
+    let best = |target: &str| {
+        let (code, out, err) = epochwal(&server, &["inspect", target, "--best", "--json"]);
+        assert_eq!(code, 0, "{target}: {err}");
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        doc["sequence"].as_u64().unwrap()
+    };
+    assert_eq!(best(&url), best(data.to_str().unwrap()));
     let st = tmp.path().join("w.safetensors");
     let (code, _, err) = epochwal(&server, &["export", &url, "-o", st.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");

@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::{Selected, Selection, UsageError};
 use crate::replicate::{
     block_on, check_against_pointer, newest_valid, restore_into, Cause, PointerState, Remote,
-    RemoteUrl, Restored,
+    RemoteObject, RemoteUrl, Restored,
 };
 use crate::wal::LogOptions;
 
@@ -76,7 +76,7 @@ pub(crate) fn select(url: &Path, sel: Selection) -> anyhow::Result<Selected> {
             }
             Selection::Best => {
                 // Validation figures are in the record headers: read every
-                // header (a range read each), then fetch the best that
+                // header (a range read each), then take the best that
                 // validates.
                 let (records, _) = remote.list_records(log_id).await?;
                 let mut ranked = Vec::new();
@@ -93,58 +93,50 @@ pub(crate) fn select(url: &Path, sel: Selection) -> anyhow::Result<Selected> {
                     }
                 }
                 ranked.sort_by(|a, b| crate::wal::format::best_first((a.0, a.1), (b.0, b.1)));
-                let mut skipped = Vec::new();
-                for (_, _, obj) in ranked {
-                    match remote.fetch_record(&obj.path, &tmp).await {
-                        Ok(f) => {
-                            return Ok(Selected {
-                                record: f.record,
-                                skipped,
-                            })
-                        }
-                        Err(e) if matches!(e.cause, Cause::Damaged | Cause::NotFound) => {
-                            skipped.push(e.to_string())
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                anyhow::bail!(
-                    "{}: no valid record object with validation figures (run with validation_fraction > 0){}",
-                    remote.url(),
-                    if skipped.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", skipped.join("; "))
-                    }
-                )
+                let objs = ranked.into_iter().map(|(_, _, o)| o);
+                first_valid(&remote, objs, &tmp, "with validation figures (records get them at an epoch end when validation_fraction > 0)").await
             }
             Selection::Epoch(epoch) => {
                 let (records, _) = remote.list_records(log_id).await?;
-                let mut skipped = Vec::new();
-                for obj in records.iter().rev().filter(|r| r.epoch == epoch) {
-                    match remote.fetch_record(&obj.path, &tmp).await {
-                        Ok(f) => {
-                            return Ok(Selected {
-                                record: f.record,
-                                skipped,
-                            })
-                        }
-                        Err(e) if e.cause == Cause::Damaged => skipped.push(e.to_string()),
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                anyhow::bail!(
-                    "{}: no valid record object of epoch {epoch}{}",
-                    remote.url(),
-                    if skipped.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", skipped.join("; "))
-                    }
-                )
+                let objs = records.iter().rev().filter(|r| r.epoch == epoch);
+                first_valid(&remote, objs, &tmp, &format!("of epoch {epoch}")).await
             }
         }
     })?
+}
+
+/// The first of `objs` that validates, passing over damaged or vanished
+/// ones; an error naming them (and `what` was asked for) if none does.
+async fn first_valid<'a>(
+    remote: &Remote,
+    objs: impl Iterator<Item = &'a RemoteObject>,
+    tmp: &Path,
+    what: &str,
+) -> anyhow::Result<Selected> {
+    let mut skipped = Vec::new();
+    for obj in objs {
+        match remote.fetch_record(&obj.path, tmp).await {
+            Ok(f) => {
+                return Ok(Selected {
+                    record: f.record,
+                    skipped,
+                })
+            }
+            Err(e) if matches!(e.cause, Cause::Damaged | Cause::NotFound) => {
+                skipped.push(e.to_string())
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!(
+        "{}: no valid record object {what}{}",
+        remote.url(),
+        if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", skipped.join("; "))
+        }
+    )
 }
 
 /// One damaged object.
