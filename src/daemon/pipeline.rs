@@ -603,9 +603,11 @@ impl TrainLoop {
     }
 
     fn run(&mut self) -> Outcome {
-        // When the last checkpoint began (for every_seconds and
-        // min_seconds_between).
+        // When the last checkpoint began, or the run (for every_seconds).
         let mut last_checkpoint = Instant::now();
+        // When the last checkpoint of this run began (for
+        // min_seconds_between: the first one is never held back).
+        let mut last_begun: Option<Instant> = None;
         let mut progress = Progress::new();
         // A due checkpoint that could not start while the previous one was
         // in flight: (reason, only at an epoch end).
@@ -661,7 +663,8 @@ impl TrainLoop {
             if let Some(reason) = reason {
                 let throttled = !forced
                     && cfg.min_seconds_between > 0.0
-                    && last_checkpoint.elapsed().as_secs_f64() < cfg.min_seconds_between;
+                    && last_begun
+                        .is_some_and(|t| t.elapsed().as_secs_f64() < cfg.min_seconds_between);
                 if throttled {
                     note = CheckpointNote::Throttled;
                     deferred = None;
@@ -684,6 +687,7 @@ impl TrainLoop {
                     match self.checkpoint(reason) {
                         Ok(Some(seq)) => {
                             last_checkpoint = Instant::now();
+                            last_begun = Some(last_checkpoint);
                             deferred = None;
                             note = CheckpointNote::Begun(seq);
                         }
