@@ -22,6 +22,7 @@
 mod error;
 pub mod format;
 mod reader;
+mod stream;
 mod sys;
 mod writer;
 

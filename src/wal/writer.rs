@@ -624,9 +624,10 @@ impl Log {
         // was checked or the new segment was sized for it), no other append is
         // in flight, and finished records lie strictly before `offset`.
         let dest = unsafe { segment.range_mut(payload_offset, payload_len) };
+        // Tensors go in with non-temporal stores (see `stream.rs`).
         let written = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
             state,
-            rkyv::ser::writer::Buffer::from(&mut *dest),
+            super::stream::StreamWriter::new(&mut *dest),
         )
         .map_err(|e| WalError::Serialize {
             path: segment.path.clone(),
