@@ -204,13 +204,55 @@ keep_records = 3
     s
 }
 
-/// Training time of one whole daemon run, from the final record.
-fn train_ms(server: &S3Server, work: &Path, name: &str, body: &str) -> (f64, String) {
+/// CPU time (user + system) of the waited-for children of this process, ms.
+fn children_cpu_ms() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN is a valid `who`.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    ms(u.ru_utime) + ms(u.ru_stime)
+}
+
+/// CPU time (user + system) a running process has used so far, ms.
+fn process_cpu_ms(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesized command name; utime and stime are the
+    // 14th and 15th fields of the line, in clock ticks.
+    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks * 1e3 / hz
+}
+
+/// One whole daemon run.
+struct RunFigures {
+    /// The trainer's own training time, from the final record.
+    train_ms: f64,
+    /// CPU the daemon used (all its threads).
+    daemon_cpu_ms: f64,
+    /// CPU the S3 server used meanwhile.
+    server_cpu_ms: f64,
+    uploaded: usize,
+    skipped: u64,
+    /// The uploader thread's CPU per upload (its own clock), median.
+    upload_cpu_ms: f64,
+}
+
+fn run_daemon(server: &S3Server, work: &Path, name: &str, body: &str) -> RunFigures {
     let data = work.join(name);
     let _ = std::fs::remove_dir_all(&data);
     let cfg = common::daemon::write_config(work, &format!("{name}.toml"), body);
+    let server_pid = server.pid().expect("server runs");
+    let (cpu0, srv0) = (children_cpu_ms(), process_cpu_ms(server_pid));
     let d = common::s3::spawn_daemon(server, &cfg, &[]);
     let (status, lines) = d.wait(Duration::from_secs(1800));
+    let (cpu1, srv1) = (children_cpu_ms(), process_cpu_ms(server_pid));
     assert!(status.success(), "{}", lines.join("\n"));
     let (_, state) = common::daemon::newest_state(&data).unwrap();
     let skipped = lines
@@ -220,46 +262,81 @@ fn train_ms(server: &S3Server, work: &Path, name: &str, body: &str) -> (f64, Str
         .max()
         .unwrap_or(0);
     let uploaded = lines.iter().filter(|l| l.contains(" replicated")).count();
+    let cpu: Vec<f64> = lines
+        .iter()
+        .filter(|l| l.contains(" replicated"))
+        .filter_map(|l| {
+            let v = l.split(" cpu_ms=").nth(1)?.split(' ').next()?;
+            v.parse().ok()
+        })
+        .collect();
     let _ = std::fs::remove_dir_all(&data);
-    (
-        state.train_time_ms as f64,
-        format!("uploaded={uploaded} skipped={skipped}"),
-    )
+    RunFigures {
+        upload_cpu_ms: if cpu.is_empty() { 0.0 } else { median(cpu) },
+        train_ms: state.train_time_ms as f64,
+        daemon_cpu_ms: cpu1 - cpu0,
+        server_cpu_ms: srv1 - srv0,
+        uploaded,
+        skipped,
+    }
 }
 
 fn overhead_per_epoch(server: &S3Server, work: &Path, runs: usize) -> String {
     let epochs = 30;
     let hidden = 512;
+    let threads = std::env::var("EPOCHWAL_BENCH_THREADS").ok();
+    let extra = threads
+        .as_ref()
+        .map_or(String::new(), |t| format!("threads = {t}\n"));
     let mut ratios = Vec::new();
-    let mut notes = String::new();
     let mut off_ms = Vec::new();
+    let (mut cpu_off, mut cpu_on, mut srv_on) = (Vec::new(), Vec::new(), Vec::new());
+    let mut upload_cpu = Vec::new();
+    let mut notes = String::new();
     for i in 0..=runs {
         let url = server.url(&format!("overhead-{i}"));
-        let (off, _) = train_ms(
-            server,
-            work,
-            "off",
-            &daemon_config(&work.join("off"), epochs, hidden, None),
+        let off_cfg = format!(
+            "{extra}{}",
+            daemon_config(&work.join("off"), epochs, hidden, None)
         );
-        let (on, note) = train_ms(
-            server,
-            work,
-            "on",
-            &daemon_config(&work.join("on"), epochs, hidden, Some(&url)),
+        let on_cfg = format!(
+            "{extra}{}",
+            daemon_config(&work.join("on"), epochs, hidden, Some(&url))
         );
+        // The side that goes first alternates from run to run.
+        let (off, on) = if i % 2 == 0 {
+            let off = run_daemon(server, work, "off", &off_cfg);
+            (off, run_daemon(server, work, "on", &on_cfg))
+        } else {
+            let on = run_daemon(server, work, "on", &on_cfg);
+            (run_daemon(server, work, "off", &off_cfg), on)
+        };
         if i == 0 {
-            continue;
+            continue; // warm-up
         }
-        ratios.push(on / off);
-        off_ms.push(off / epochs as f64);
-        notes = note;
+        let e = epochs as f64;
+        ratios.push(on.train_ms / off.train_ms);
+        off_ms.push(off.train_ms / e);
+        cpu_off.push(off.daemon_cpu_ms / e);
+        cpu_on.push(on.daemon_cpu_ms / e);
+        srv_on.push(on.server_cpu_ms / e);
+        upload_cpu.push(on.upload_cpu_ms);
+        notes = format!("uploaded={} skipped={}", on.uploaded, on.skipped);
     }
     let m = median(ratios.clone());
     format!(
-        "overhead_per_epoch hidden={hidden}x{hidden} {} goal<=1.03 status={} epoch_ms_off={:.1} epochs={epochs} last_run_{notes}",
+        "overhead_per_epoch hidden={hidden}x{hidden} {} goal<=1.03 status={} epoch_ms_off={:.1} \
+         daemon_cpu_ms_per_epoch_off={:.1} daemon_cpu_ms_per_epoch_on={:.1} \
+         uploader_cpu_ms_per_upload={:.2} server_cpu_ms_per_epoch={:.1} \
+         threads={} epochs={epochs} last_run_{notes}",
         stats(&ratios),
         if m <= 1.03 { "met" } else { "MISSED" },
-        median(off_ms)
+        median(off_ms),
+        median(cpu_off),
+        median(cpu_on),
+        median(upload_cpu),
+        median(srv_on),
+        threads.as_deref().unwrap_or("all")
     )
 }
 
@@ -312,7 +389,7 @@ fn main() {
         println!("{l}");
         lines.push(l);
     }
-    let l = overhead_per_epoch(&server, &work, runs.min(3));
+    let l = overhead_per_epoch(&server, &work, runs);
     println!("{l}");
     lines.push(l);
     println!(

@@ -108,6 +108,12 @@ impl S3Server {
         }
     }
 
+    /// The server's process id while it runs.
+    #[allow(dead_code)] // used by the replicate bench only
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (SIGKILL); its files stay.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
