@@ -99,6 +99,7 @@ fn replicate_vs_raw_put(server: &S3Server, work: &Path, size: u64, runs: usize) 
             retry_max: Duration::from_secs(1),
             keep_records: 2,
             keep_every_epochs: 0,
+            keep_best: 0,
         },
         Box::new(|_| {}),
     )

@@ -88,6 +88,10 @@ pub struct ReplicateConfig {
     /// divisible by N; 0 = off. Default: `checkpoint.keep_every_epochs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_every_epochs: Option<u64>,
+    /// Remote retention: also keep the N record objects with the lowest
+    /// validation loss. Default: `checkpoint.keep_best`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_best: Option<u64>,
     /// Records larger than this are uploaded in parts of this size
     /// (multipart upload); at least 5 MiB, S3's smallest part. Default 16 MiB.
     #[serde(default = "default_part_bytes")]
@@ -411,6 +415,19 @@ impl Config {
         if self.checkpoint.keep_best > 0 && self.validation_fraction == Some(0.0) {
             return Err(invalid(
                 "checkpoint.keep_best",
+                "needs validation figures, but validation_fraction = 0 turns validation off; \
+                 set validation_fraction > 0 or keep_best = 0",
+            ));
+        }
+        if self
+            .replicate
+            .as_ref()
+            .and_then(|r| r.keep_best)
+            .is_some_and(|k| k > 0)
+            && self.validation_fraction == Some(0.0)
+        {
+            return Err(invalid(
+                "replicate.keep_best",
                 "needs validation figures, but validation_fraction = 0 turns validation off; \
                  set validation_fraction > 0 or keep_best = 0",
             ));
@@ -798,6 +815,20 @@ mod tests {
         );
         let ok = Config::parse("[checkpoint]\nkeep_best = 3\n", Path::new("c.toml")).unwrap();
         assert_eq!(ok.log_options().retention.keep_best, 3);
+    }
+
+    #[test]
+    fn remote_keep_best_without_validation_is_refused() {
+        let err = Config::parse(
+            "validation_fraction = 0.0\n[replicate]\nurl = \"file:///tmp/x\"\nkeep_best = 2\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`replicate.keep_best`") && err.contains("validation"),
+            "{err}"
+        );
     }
 
     #[test]

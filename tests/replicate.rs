@@ -367,3 +367,71 @@ fn tail_follow_on_a_url_polls_the_pointer() {
     let st = tail.wait().unwrap();
     assert!(st.success(), "{st}");
 }
+
+#[test]
+fn remote_retention_keeps_the_best_records_by_validation_loss() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Locally everything is kept (the headers are the reference); remotely
+    // the newest 3 and the best 3. A high learning rate makes the
+    // validation loss go up and down, so the best are not the newest.
+    let body = format!(
+        "{}\n[optimizer]\nlr = 0.05\n",
+        config(
+            &server,
+            "best",
+            &data,
+            40,
+            "keep_records = 3\nkeep_best = 3"
+        )
+    );
+    let cfg = write_config(tmp.path(), "c.toml", &body);
+    let lines = run_to_end(&server, &cfg);
+    // Records that reached the remote (latest wins may skip some).
+    let uploaded: Vec<u64> = lines
+        .iter()
+        .filter(|l| l.contains(" replicated ") || l.ends_with("replicated"))
+        .filter_map(|l| field(l, "seq"))
+        .collect();
+    assert!(uploaded.len() > 10, "{}", lines.join("\n"));
+    let headers: Vec<_> = epochwal::wal::LogReader::open(&data)
+        .unwrap()
+        .scan()
+        .unwrap()
+        .segments
+        .iter()
+        .flat_map(|s| s.records.clone())
+        .collect();
+    let mut ranked: Vec<(f32, u64)> = headers
+        .iter()
+        .filter(|h| uploaded.contains(&h.sequence))
+        .filter_map(|h| h.validation_loss().map(|l| (l, h.sequence)))
+        .collect();
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let best: Vec<u64> = ranked[..3].iter().map(|r| r.1).collect();
+    let newest = *uploaded.iter().max().unwrap();
+    assert!(
+        best.iter().any(|s| *s + 3 <= newest),
+        "the loss must not simply fall: best {best:?}, newest {newest}"
+    );
+    let remote: Vec<u64> = server
+        .record_keys("best")
+        .iter()
+        .map(|k| {
+            let name = k.rsplit('/').next().unwrap();
+            name.split('-').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    for seq in best.iter().chain([&newest]) {
+        assert!(
+            remote.contains(seq),
+            "record {seq} missing remotely: {remote:?} (best {best:?})"
+        );
+    }
+    // The newest 3, the best 3, and at most one more when the daemon
+    // exited before the last upload's retention pass.
+    assert!(remote.len() <= 7, "retention ran: {remote:?}");
+}

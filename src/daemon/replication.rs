@@ -127,6 +127,7 @@ fn remote_options(cfg: &ReplicateConfig, config: &Config) -> UploaderOptions {
         keep_every_epochs: cfg
             .keep_every_epochs
             .unwrap_or(config.checkpoint.keep_every_epochs),
+        keep_best: cfg.keep_best.unwrap_or(config.checkpoint.keep_best),
     }
 }
 

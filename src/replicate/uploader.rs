@@ -10,6 +10,7 @@
 //! retried with exponential backoff, switching to a newer record if one
 //! arrives meanwhile.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,6 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use super::layout::{self, Pointer};
 use super::remote::{Cause, PointerState, Remote, RemoteError};
+use crate::wal::format::best_first;
 use crate::wal::{format, LogReader, RecordHeader};
 
 /// How the uploader works.
@@ -34,6 +36,9 @@ pub struct UploaderOptions {
     /// Remote retention: also keep the newest record of every epoch
     /// divisible by N (0 = off).
     pub keep_every_epochs: u64,
+    /// Remote retention: also keep the N record objects with the lowest
+    /// validation loss in their headers (0 = off).
+    pub keep_best: u64,
 }
 
 impl Default for UploaderOptions {
@@ -44,6 +49,7 @@ impl Default for UploaderOptions {
             retry_max: Duration::from_secs(30),
             keep_records: 10,
             keep_every_epochs: 0,
+            keep_best: 0,
         }
     }
 }
@@ -348,6 +354,9 @@ fn run(shared: &Shared, remote: Remote, options: UploaderOptions, on_progress: O
         }
     };
     let mut backoff = Duration::from_millis(250);
+    // Validation losses of remote records by sequence, for keep_best (a
+    // record object never changes, so its header is read once).
+    let mut losses = HashMap::new();
     loop {
         // Take the newest offer.
         let offer = {
@@ -417,7 +426,9 @@ fn run(shared: &Shared, remote: Remote, options: UploaderOptions, on_progress: O
                 };
                 shared.changed.notify_all();
                 on_progress(&progress);
-                if let Err(e) = runtime.block_on(retention(&remote, &state.pointer, &options)) {
+                if let Err(e) =
+                    runtime.block_on(retention(&remote, &state.pointer, &options, &mut losses))
+                {
                     warn!(error = %e, "remote retention failed; old record objects stay until the next upload");
                 }
             }
@@ -628,6 +639,7 @@ async fn retention(
     remote: &Remote,
     pointer: &Pointer,
     options: &UploaderOptions,
+    losses: &mut HashMap<u64, Option<f32>>,
 ) -> Result<(), RemoteError> {
     if options.keep_records == 0 {
         return Ok(());
@@ -640,7 +652,35 @@ async fn retention(
         .iter()
         .filter(|r| r.sequence <= pointer.sequence)
         .collect();
-    let mut epochs_kept = std::collections::HashSet::new();
+    let best = if options.keep_best > 0 {
+        // The validation loss is in the record header: one range read per
+        // record object not seen before.
+        losses.retain(|seq, _| older.iter().any(|r| r.sequence == *seq));
+        let mut ranked = Vec::new();
+        for r in &older {
+            let loss = match losses.get(&r.sequence) {
+                Some(l) => *l,
+                None => match remote.fetch_header(&r.path).await {
+                    Ok(h) => *losses.entry(r.sequence).or_insert(h.validation_loss()),
+                    // Gone between the listing and the read.
+                    Err(e) if e.cause == Cause::NotFound => None,
+                    Err(e) => return Err(e),
+                },
+            };
+            if let Some(l) = loss {
+                ranked.push((l, r.sequence));
+            }
+        }
+        ranked.sort_by(|a, b| best_first(*a, *b));
+        ranked
+            .iter()
+            .take(options.keep_best as usize)
+            .map(|&(_, seq)| seq)
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    let mut epochs_kept = HashSet::new();
     let mut doomed = Vec::new();
     for (i, r) in older.iter().rev().enumerate() {
         let newest = r.sequence == pointer.sequence;
@@ -648,7 +688,7 @@ async fn retention(
         let milestone = options.keep_every_epochs > 0
             && r.epoch % options.keep_every_epochs == 0
             && epochs_kept.insert(r.epoch);
-        if !(newest || within || milestone) {
+        if !(newest || within || milestone || best.contains(&r.sequence)) {
             doomed.push(r.path.clone());
         }
     }
