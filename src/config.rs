@@ -43,7 +43,10 @@ pub struct Config {
     pub validation_fraction: Option<f64>,
     /// Longest the final checkpoint on shutdown may take before the daemon
     /// gives up on it (the log stays valid: the previous record is kept).
-    /// Also what it asks systemd for with EXTEND_TIMEOUT_USEC. Default 300.
+    /// Also what it asks systemd for with EXTEND_TIMEOUT_USEC, and the bound
+    /// on waiting for the final record's upload with `[replicate]` (what is
+    /// left of it after SIGTERM; all of it after a run's last epoch).
+    /// Default 300.
     pub shutdown_grace_seconds: u64,
     /// What to do when the loss or a parameter becomes NaN or infinite.
     /// Default `"stop"`.
