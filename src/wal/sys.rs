@@ -85,6 +85,14 @@ pub fn system_page_size() -> u64 {
     }
 }
 
+/// Turns readahead off for reads through `file` (`POSIX_FADV_RANDOM`; this
+/// descriptor only). Advice: a failure changes nothing but speed, so it is
+/// ignored.
+pub fn advise_random(file: &File) {
+    // SAFETY: posix_fadvise only reads its integer arguments.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+}
+
 /// Starts write-back of the dirty pages of `[offset, offset + len)` without
 /// waiting for it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). It is only a
 /// head start, never a barrier: it guarantees nothing about durability (no
