@@ -1023,12 +1023,21 @@ fn sum_all(v: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + rest
 }
 
+/// CPU time (user + system) of this process, all threads, so far.
+fn self_cpu() -> Duration {
+    rusage_cpu(libc::RUSAGE_SELF)
+}
+
 /// CPU time (user + system) used by waited-for children so far.
 fn children_cpu() -> Duration {
+    rusage_cpu(libc::RUSAGE_CHILDREN)
+}
+
+fn rusage_cpu(who: libc::c_int) -> Duration {
     // SAFETY: an all-zero rusage is a valid value of a plain C struct.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid out pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    unsafe { libc::getrusage(who, &mut ru) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
@@ -1485,6 +1494,9 @@ fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
     let dir = work.join("train");
     fresh_dir(&dir);
     let (mut off, mut on, mut on_thread) = (vec![], vec![], vec![]);
+    // CPU time of the whole process (all threads) per side: what the
+    // checkpoints add, whatever else runs on the machine.
+    let (mut cpu_off, mut cpu_on) = (vec![], vec![]);
     let (mut pause, mut wait, mut persist, mut final_wait) = (vec![], vec![], vec![], vec![]);
     let mut deferred = 0u64;
     for run in 0..=runs {
@@ -1497,7 +1509,9 @@ fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
             sync_all_fs();
             if with {
                 let log_dir = dir.join(format!("log-{run}"));
+                let cpu0 = self_cpu();
                 let r = train_with_checkpoints(&cfg, shape.epochs, &log_dir);
+                let cpu = ms(self_cpu() - cpu0);
                 remove(&log_dir);
                 if run > 0 {
                     on.push(ms(r.total));
@@ -1507,11 +1521,15 @@ fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
                     pause.extend(r.pause);
                     wait.extend(r.wait);
                     persist.extend(r.persist);
+                    cpu_on.push(cpu);
                 }
             } else {
+                let cpu0 = self_cpu();
                 let t = train_without_checkpoints(&cfg, shape.epochs);
+                let cpu = ms(self_cpu() - cpu0);
                 if run > 0 {
                     off.push(ms(t));
+                    cpu_off.push(cpu);
                 }
             }
         }
@@ -1547,6 +1565,26 @@ fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
         .ms_of("wait_prev_ms", &wait)
         .ms_of("final_wait_ms", &final_wait)
         .kv("deferred_checkpoints", deferred)
+        .kv(
+            "cpu_ratio",
+            format!(
+                "{:.3}",
+                median(
+                    &cpu_on
+                        .iter()
+                        .zip(&cpu_off)
+                        .map(|(a, b)| a / b)
+                        .collect::<Vec<_>>()
+                )
+            ),
+        )
+        .kv(
+            "extra_cpu_ms_per_checkpoint",
+            format!(
+                "{:.1}",
+                (median(&cpu_on) - median(&cpu_off)) / shape.epochs as f64
+            ),
+        )
         .kv(
             "threads",
             std::env::var("EPOCHWAL_BENCH_TRAIN_THREADS").unwrap_or_else(|_| "1".into()),
