@@ -228,6 +228,7 @@ fn mount_of(path: &Path) -> (String, String, String, String) {
 fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: an all-zero statvfs is a valid value of a plain C struct.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and out pointer.
     (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)

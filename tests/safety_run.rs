@@ -506,6 +506,7 @@ fn a_segment_larger_than_the_disk_fails_at_start_naming_segment_bytes() {
 
 #[test]
 fn an_unwritable_data_directory_fails_at_start() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         println!("skipped: chattr +i needs root (CI runs as root)");
         return;
