@@ -378,6 +378,8 @@ fn remote_retention_keeps_the_best_records_by_validation_loss() {
     // Locally everything is kept (the headers are the reference); remotely
     // the newest 3 and the best 3. A high learning rate makes the
     // validation loss go up and down, so the best are not the newest.
+    // 16384 rows: epochs long enough that uploads keep up (latest wins
+    // would otherwise skip most records of this tiny model).
     let body = format!(
         "{}\n[optimizer]\nlr = 0.05\n",
         config(
@@ -387,7 +389,8 @@ fn remote_retention_keeps_the_best_records_by_validation_loss() {
             40,
             "keep_records = 3\nkeep_best = 3"
         )
-    );
+    )
+    .replace("n = 1024", "n = 16384");
     let cfg = write_config(tmp.path(), "c.toml", &body);
     let lines = run_to_end(&server, &cfg);
     // Records that reached the remote (latest wins may skip some).
