@@ -423,7 +423,7 @@ impl Progress {
         validation: Option<Validation>,
         note: CheckpointNote,
         durable_seq: u64,
-        remote: Option<String>,
+        remote: Option<&Replication>,
         control: &Control,
     ) {
         let now = Instant::now();
@@ -480,7 +480,9 @@ impl Progress {
         });
         line.push_str(&format!(" (durable: {})", durable_seq));
         if let Some(r) = remote {
-            line.push_str(&format!("  {r}"));
+            // Only when a line is written: a fast loop ends epochs far more
+            // often than that.
+            line.push_str(&format!("  {}", r.progress().status_text()));
         }
         if self.epochs_since > 1 {
             line.push_str(&format!(
@@ -703,7 +705,7 @@ impl TrainLoop {
                     validation,
                     note,
                     self.control.last_durable_seq.load(Ordering::SeqCst),
-                    self.remote.as_ref().map(|r| r.progress().status_text()),
+                    self.remote.as_deref(),
                     &self.control,
                 );
             }

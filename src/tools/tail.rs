@@ -171,28 +171,11 @@ fn rows(scan: &LogScan) -> (Vec<Row>, Vec<String>) {
             continue;
         }
         let name = file_name(&seg.path);
-        out.extend(seg.records.iter().map(|r| Row {
-            sequence: r.sequence,
-            epoch: r.epoch,
-            step: r.step,
-            loss: r.loss,
-            val_loss: r.validation.map(|v| v.loss),
-            val_accuracy: r.validation.and_then(|v| v.accuracy),
-            best: false,
-            payload_bytes: r.payload_len,
-            unix_ns: r.unix_ns,
-            time: format_unix_ns(r.unix_ns),
-            segment: name.clone(),
-            offset: r.offset,
-            intact: true,
-            damage: None,
-            remote_sequence: None,
-            remote_lag_records: None,
-            remote_lag_seconds: None,
-            log_id: h.log_id,
-            path: seg.path.clone(),
-            header: *r,
-        }));
+        out.extend(
+            seg.records
+                .iter()
+                .map(|r| Row::from_header(r, name.clone(), seg.path.clone())),
+        );
     }
     out.sort_by_key(|r| r.sequence);
     out.dedup_by_key(|r| r.sequence);
@@ -234,8 +217,10 @@ impl Row {
         });
     }
 
-    fn from_remote(h: &RecordHeader, object: String) -> Row {
-        let segment = object.clone();
+    /// A row for a record whose header passed validation. Payloads are
+    /// not read here (remote ones are not even downloaded): `verify` checks
+    /// them.
+    fn from_header(h: &RecordHeader, segment: String, path: PathBuf) -> Row {
         Row {
             sequence: h.sequence,
             epoch: h.epoch,
@@ -249,17 +234,20 @@ impl Row {
             time: format_unix_ns(h.unix_ns),
             segment,
             offset: h.offset,
-            // Remote payloads are not downloaded by `tail`; `verify URL`
-            // checks them.
             intact: true,
             damage: None,
             remote_sequence: None,
             remote_lag_records: None,
             remote_lag_seconds: None,
             log_id: h.log_id,
-            path: PathBuf::from(&object),
+            path,
             header: *h,
         }
+    }
+
+    fn from_remote(h: &RecordHeader, object: String) -> Row {
+        let path = PathBuf::from(&object);
+        Row::from_header(h, object, path)
     }
 }
 

@@ -665,27 +665,14 @@ fn load_csv(
         };
         csv_err(line, column, message)
     };
-    let mut scaling = Scaling::default();
-    let targets = make_targets(
-        &raw_y,
-        k,
-        loss,
-        classes,
-        standardize_targets,
-        &mut scaling,
+    assemble(
+        "csv",
+        (n, d, k),
+        (&raw_x, &raw_y),
+        (loss, classes),
+        (standardize_inputs, standardize_targets),
         &locate,
-    )?;
-    let (inputs, input_mean, input_std) = scale_inputs(&raw_x, d, standardize_inputs);
-    scaling.input_mean = input_mean;
-    scaling.input_std = input_std;
-    Ok(Dataset {
-        kind: "csv",
-        n,
-        input_dim: d,
-        inputs,
-        targets,
-        scaling,
-    })
+    )
 }
 
 /// The diabetes regression dataset (442 patients, 10 features, disease
@@ -708,27 +695,14 @@ fn diabetes(
     let locate = |row: usize, _col: usize, message: String| {
         dataset_error("diabetes", format!("example {row}: {message}"))
     };
-    let mut scaling = Scaling::default();
-    let targets = make_targets(
-        &raw_y,
-        1,
-        loss,
-        None,
-        standardize_targets,
-        &mut scaling,
+    assemble(
+        "diabetes",
+        (n, d, 1),
+        (&raw_x, &raw_y),
+        (loss, None),
+        (standardize_inputs, standardize_targets),
         &locate,
-    )?;
-    let (inputs, input_mean, input_std) = scale_inputs(&raw_x, d, standardize_inputs);
-    scaling.input_mean = input_mean;
-    scaling.input_std = input_std;
-    Ok(Dataset {
-        kind: "diabetes",
-        n,
-        input_dim: d,
-        inputs,
-        targets,
-        scaling,
-    })
+    )
 }
 
 /// The red wine quality dataset (1599 wines, 11 features, quality score 3–8)
@@ -742,13 +716,42 @@ fn winequality(loss: Loss, standardize_inputs: bool) -> Result<Dataset, TrainErr
     let locate = |row: usize, _col: usize, message: String| {
         dataset_error("winequality", format!("example {row}: {message}"))
     };
+    assemble(
+        "winequality",
+        (n, d, 1),
+        (&raw_x, &raw_y),
+        (loss, None),
+        (standardize_inputs, false),
+        &locate,
+    )
+}
+
+/// A dataset from raw row-major inputs (`n × d`) and targets (`n × k`):
+/// targets made for `loss` (scaled when asked, for MSE), inputs scaled when
+/// asked, the scaling recorded.
+fn assemble(
+    kind: &'static str,
+    (n, d, k): (usize, usize, usize),
+    (raw_x, raw_y): (&[f64], &[f64]),
+    (loss, classes): (Loss, Option<usize>),
+    (standardize_inputs, standardize_targets): (bool, bool),
+    locate: &dyn Fn(usize, usize, String) -> TrainError,
+) -> Result<Dataset, TrainError> {
     let mut scaling = Scaling::default();
-    let targets = make_targets(&raw_y, 1, loss, None, false, &mut scaling, &locate)?;
-    let (inputs, input_mean, input_std) = scale_inputs(&raw_x, d, standardize_inputs);
+    let targets = make_targets(
+        raw_y,
+        k,
+        loss,
+        classes,
+        standardize_targets,
+        &mut scaling,
+        locate,
+    )?;
+    let (inputs, input_mean, input_std) = scale_inputs(raw_x, d, standardize_inputs);
     scaling.input_mean = input_mean;
     scaling.input_std = input_std;
     Ok(Dataset {
-        kind: "winequality",
+        kind,
         n,
         input_dim: d,
         inputs,
