@@ -79,20 +79,30 @@ fn readers_on_a_read_only_directory_work_and_create_nothing() {
     } else {
         // the temp dir's parent must be traversable by nobody
         fs::set_permissions(d.parent().unwrap(), fs::Permissions::from_mode(0o1777)).ok();
-        use std::os::unix::process::CommandExt;
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "read_only_child_probe",
-                "--nocapture",
-                "--include-ignored",
-            ])
-            .env("EPOCHWAL_TEST_RO_DIR", d)
-            .uid(65534)
-            .gid(65534)
-            .output();
-        match out {
-            Ok(out) => {
+        // The child is this test binary, copied where nobody can reach it
+        // (a checkout under a 0700 directory hides target/ from nobody).
+        let probe = common::ExeForNobody::copy(&std::env::current_exe().unwrap());
+        let blocked = common::first_closed_ancestor(d);
+        match (probe, blocked) {
+            (Err(why), _) => println!("skipped: the write refusal as nobody: {why}"),
+            (_, Some(closed)) => println!(
+                "skipped: the write refusal as nobody: nobody cannot enter {}",
+                closed.display()
+            ),
+            (Ok(probe), None) => {
+                use std::os::unix::process::CommandExt;
+                let out = std::process::Command::new(&probe.path)
+                    .args([
+                        "--exact",
+                        "read_only_child_probe",
+                        "--nocapture",
+                        "--include-ignored",
+                    ])
+                    .env("EPOCHWAL_TEST_RO_DIR", d)
+                    .uid(common::NOBODY)
+                    .gid(common::NOBODY)
+                    .output()
+                    .expect("start the probe as nobody");
                 let stdout = String::from_utf8_lossy(&out.stdout);
                 assert!(
                     stdout.contains("RO-PROBE: ReadOnly"),
@@ -100,7 +110,6 @@ fn readers_on_a_read_only_directory_work_and_create_nothing() {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            Err(e) => println!("NOTE: running as root and cannot start a child as nobody ({e}); write refusal not checked"),
         }
         assert_eq!(
             listing(d),

@@ -91,3 +91,60 @@ pub fn sample_state(tensor_bytes: usize, epoch: u64) -> TrainState {
         import: Default::default(),
     }
 }
+
+/// The unprivileged user the permission tests run a child as.
+pub const NOBODY: u32 = 65534;
+
+/// A copy of an executable that `nobody` can run wherever the checkout lives.
+///
+/// Root ignores permission bits, so a test that needs "a user who may not
+/// read this" runs a child as `nobody`. That child must first reach the
+/// executable: under a checkout in a 0700 directory (anything under
+/// `/root`, a `mktemp -d`) it cannot reach `target/` at all, and the test
+/// would fail for where the checkout lives rather than for what the product
+/// does. So the executable is copied into a fresh 0755 directory under the
+/// system's temporary directory; the copy is removed on drop.
+pub struct ExeForNobody {
+    _dir: tempfile::TempDir,
+    /// The copy, mode 0755.
+    pub path: PathBuf,
+}
+
+impl ExeForNobody {
+    /// Copies `exe`. `Err` says why `nobody` still could not run it (a
+    /// temporary directory below a directory that others may not enter):
+    /// the caller prints that reason and skips, never silently.
+    pub fn copy(exe: &Path) -> Result<ExeForNobody, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("epochwal-nobody-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod {}: {e}", dir.path().display()))?;
+        if let Some(closed) = first_closed_ancestor(dir.path()) {
+            return Err(format!(
+                "nobody cannot enter {} (mode without o+x), above the temporary directory {}",
+                closed.display(),
+                dir.path().display()
+            ));
+        }
+        let name = exe.file_name().ok_or("executable has no file name")?;
+        let path = dir.path().join(name);
+        std::fs::copy(exe, &path)
+            .map_err(|e| format!("copy {} to {}: {e}", exe.display(), path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        Ok(ExeForNobody { _dir: dir, path })
+    }
+}
+
+/// The first ancestor of `path` (itself excluded) that users other than its
+/// owner may not enter, if any.
+pub fn first_closed_ancestor(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    path.ancestors().skip(1).find_map(|a| {
+        let mode = std::fs::metadata(a).ok()?.permissions().mode();
+        (mode & 0o001 == 0).then(|| a.to_path_buf())
+    })
+}
