@@ -1,6 +1,7 @@
 //! Replication faults with the real S3 server and the real binary: wrong
 //! credentials, a missing bucket, an unreachable endpoint (refused by
-//! default, trained through with `required = false`), the server stopped in
+//! default, trained through with `required = false` when there is a local
+//! checkpoint to resume, refused on an empty directory), the server stopped in
 //! the middle of a run and started again, SIGTERM while the remote is down,
 //! a run that ends on its own with the remote down (the wait for the last
 //! upload is bounded), and two writers on one prefix.
@@ -104,6 +105,21 @@ fn unreachable_endpoint_refuses_by_default_and_trains_locally_when_not_required(
         &config(&url, &data, 2, "required = false\nretry_max_seconds = 1")
             .replace("epochs = 2", "epochs = 2\nshutdown_grace_seconds = 3"),
     );
+    // An empty directory: a fresh run could fork a run the remote holds,
+    // so even required = false does not start one.
+    let (code, log) = run(&cfg, &env);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("holds no checkpoint"), "{log}");
+    assert!(!data.join("00000000000000000001.wal").exists());
+    // With a local checkpoint (an epoch trained without [replicate]) it
+    // trains on locally.
+    let local = write_config(
+        tmp.path(),
+        "local.toml",
+        &synthetic_config(&data, 1, CHECKPOINT),
+    );
+    let (code, log) = run(&local, &[]);
+    assert_eq!(code, Some(0), "{log}");
     let (code, log) = run(&cfg, &env);
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("REPLICATION UNAVAILABLE"), "{log}");

@@ -510,6 +510,7 @@ fn start(config: &Config, args: &RunArgs, dir_existed: bool) -> anyhow::Result<S
         None => None,
     };
     let (mut log, recovery) = Log::open(&config.data_dir, config.log_options())?;
+    refuse_fresh_over_records(config, &recovery)?;
     let recovered = recovery
         .record
         .as_ref()
@@ -523,6 +524,45 @@ fn start(config: &Config, args: &RunArgs, dir_existed: bool) -> anyhow::Result<S
             Err(e)
         }
     }
+}
+
+/// A log that holds record headers but no record that can be used (every
+/// payload damaged or unreadable) is no place for a fresh run: the new run
+/// would take over the log's sequences and its first checkpoint would let
+/// retention delete the old records, which a repaired disk or a copy could
+/// still give back. With `[replicate]`, the remote's valid copy was restored
+/// before this point if it had one.
+fn refuse_fresh_over_records(
+    config: &Config,
+    recovery: &crate::wal::Recovery,
+) -> anyhow::Result<()> {
+    if recovery.record.is_some() || recovery.next_sequence <= 1 {
+        return Ok(());
+    }
+    for skip in &recovery.skipped {
+        error!(file = %skip.file.display(), offset = skip.offset, reason = %skip.reason, unreadable = skip.unreadable, "recovery passed over a record");
+    }
+    let unreadable = recovery.skipped.iter().filter(|s| s.unreadable).count();
+    bail!(
+        "{}: no record in the log can be used: it holds record headers up to sequence {}, but \
+         every record was passed over ({} problem(s) logged above, {unreadable} of them read errors); refusing \
+         to start a fresh run in this log, which would delete them. {}Copy or repair the disk \
+         and restart, restore a copy with `epochwal pull URL DIR`{}, or move the directory away \
+         to start a new run",
+        config.data_dir.display(),
+        recovery.next_sequence - 1,
+        recovery.skipped.len(),
+        if unreadable > 0 {
+            "A read error may clear: "
+        } else {
+            ""
+        },
+        if config.replicate.is_some() {
+            " (the remote holds no valid copy that is usable)"
+        } else {
+            ""
+        }
+    );
 }
 
 /// Continues from the recovered record, or initialises a fresh run (from

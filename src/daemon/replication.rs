@@ -44,6 +44,19 @@ pub(crate) fn prepare(
                  while uploads retry"
             );
         }
+        if !local_has_records(&config.data_dir)? {
+            // A fresh run here would take a new log id: if the remote holds
+            // this run (a replacement machine), the run would fork, and the
+            // new log could never replicate to this prefix.
+            bail!(
+                "replication: {e}\n  training did not start: {} holds no checkpoint, and the \
+                 remote could not be consulted, so a fresh run could fork a run the remote \
+                 holds (required = false trains locally only when there is a local checkpoint \
+                 to resume). Retry when the remote answers (the service restarts), or start \
+                 a new run deliberately without [replicate] first",
+                config.data_dir.display()
+            );
+        }
         error!(url = %cfg.url, error = %e, "REPLICATION UNAVAILABLE at start: training locally; uploads retry in the background (required = false)");
         Ok(())
     };
@@ -99,15 +112,55 @@ pub(crate) fn prepare(
                 "restored from the remote copy"
             );
         }
+        Ok(Restored::Renumbered {
+            header,
+            local_sequence,
+            remote_highest,
+            skipped,
+        }) => {
+            for s in &skipped {
+                warn!(object = %s.url, reason = %s.detail, "remote record is damaged; the local copy is newer");
+            }
+            warn!(
+                seq = header.sequence,
+                local_seq = local_sequence,
+                remote_highest,
+                epoch = header.epoch,
+                dir = %config.data_dir.display(),
+                "the remote has used sequences beyond this directory's newest intact record: \
+                 copied it as the next sequence, so that no sequence names two records"
+            );
+        }
         Ok(Restored::RemoteEmpty) | Ok(Restored::UpToDate(_)) => {}
-        Err(e @ RestoreError::OtherLog { .. }) => bail!("replication: {e}"),
+        Err(e @ (RestoreError::OtherLog { .. } | RestoreError::WouldLoseUnreadable { .. })) => {
+            bail!("replication: {e}")
+        }
         Err(RestoreError::Local(e)) => return Err(e.into()),
-        Err(RestoreError::Remote(e)) => unusable(e.to_string())?,
+        Err(RestoreError::Remote(e)) => {
+            unusable(e.to_string())?;
+            // The remote was read but not understood: the uploader judges
+            // the pointer afresh, as when it could not be read at all, so
+            // a remote ahead of this directory stops uploads loudly.
+            return Ok(Prepared {
+                remote,
+                pointer: PointerAtStart::Unread,
+            });
+        }
     }
     Ok(Prepared {
         remote,
         pointer: PointerAtStart::Read(pointer),
     })
+}
+
+/// Whether `dir` holds a record (intact or not) to resume from, so that a
+/// start without the remote is no fresh run.
+fn local_has_records(dir: &std::path::Path) -> anyhow::Result<bool> {
+    if !dir.exists() {
+        return Ok(false);
+    }
+    let r = crate::wal::recover(dir)?;
+    Ok(r.record.is_some() || r.next_sequence > 1)
 }
 
 /// The running replication.

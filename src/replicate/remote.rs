@@ -21,6 +21,72 @@ use super::layout::{self, Pointer};
 use crate::wal::format::{PAGE, RECORD_HEADER_LEN};
 use crate::wal::{load_record_copy, MappedRecord, RecordHeader, WalError};
 
+/// Credential names read from systemd's `$CREDENTIALS_DIRECTORY`
+/// (`LoadCredential=aws_access_key_id:/path` and so on in the unit).
+pub const AWS_CREDENTIAL_FILES: [&str; 3] = [
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+];
+
+/// AWS keys passed as systemd credentials.
+struct AwsCredentials {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: Option<String>,
+}
+
+/// The AWS keys in `$CREDENTIALS_DIRECTORY` (systemd's `LoadCredential=`),
+/// if it is set and holds them; they take precedence over `AWS_*` variables.
+/// Credentials in files stay out of the process environment, which every
+/// process of the same user can read (`/proc/PID/environ`) and which child
+/// processes inherit. The error names the file.
+fn aws_credentials_from_directory() -> Result<Option<AwsCredentials>, String> {
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+        return Ok(None);
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let read = |name: &str| -> Result<Option<String>, String> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let value = text.trim_end_matches(['\n', '\r']).to_string();
+                if value.is_empty() || value.contains(char::is_whitespace) {
+                    return Err(format!(
+                        "{}: the credential is empty or holds white space",
+                        path.display()
+                    ));
+                }
+                Ok(Some(value))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    };
+    let [id, secret, token] = AWS_CREDENTIAL_FILES;
+    match (read(id)?, read(secret)?, read(token)?) {
+        (Some(access_key_id), Some(secret_access_key), session_token) => Ok(Some(AwsCredentials {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        })),
+        (None, None, None) => Ok(None),
+        (have_id, have_secret, _) => {
+            let missing: Vec<&str> = [(id, have_id.is_some()), (secret, have_secret.is_some())]
+                .into_iter()
+                .filter(|(_, has)| !has)
+                .map(|(name, _)| name)
+                .collect();
+            Err(format!(
+                "{}: holds some of the AWS credentials but not {}: give {id} and {secret} \
+                 (and {token} if the keys are temporary)",
+                dir.display(),
+                missing.join(" or ")
+            ))
+        }
+    }
+}
+
 /// A parsed `[replicate] url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteUrl {
@@ -114,7 +180,7 @@ impl Cause {
     fn text(self) -> &'static str {
         match self {
             Cause::Unreachable => "cannot reach the endpoint",
-            Cause::Denied => "access denied (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket policy)",
+            Cause::Denied => "access denied (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the aws_access_key_id and aws_secret_access_key credentials in $CREDENTIALS_DIRECTORY, and the bucket policy)",
             Cause::NoBucket => "the bucket does not exist",
             Cause::NotFound => "no such object",
             Cause::Conflict => "the object was changed by another writer",
@@ -237,6 +303,9 @@ pub struct Remote {
     /// does not (the pointer is then overwritten unconditionally).
     conditional: AtomicBool,
     allow_http: bool,
+    /// For `file://`: the local store, whose objects are fsynced (with
+    /// their directories) before a pointer names them.
+    local: Option<Arc<object_store::local::LocalFileSystem>>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -279,11 +348,26 @@ impl Remote {
                 .with_timeout(Duration::from_secs(300))
         };
         let u = parsed.parsed.to_string();
+        let mut local = None;
         let store: Arc<dyn ObjectStore> = match parsed.scheme {
             Scheme::S3 => {
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_url(u)
                     .with_retry(retry);
+                let creds = aws_credentials_from_directory().map_err(|detail| RemoteError {
+                    url: url.to_string(),
+                    what: "reading credentials from $CREDENTIALS_DIRECTORY".into(),
+                    cause: Cause::Denied,
+                    detail,
+                })?;
+                if let Some(c) = creds {
+                    b = b
+                        .with_access_key_id(c.access_key_id)
+                        .with_secret_access_key(c.secret_access_key);
+                    if let Some(t) = c.session_token {
+                        b = b.with_token(t);
+                    }
+                }
                 // from_env reads AWS_ALLOW_HTTP; the config key adds to it.
                 let env_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true");
                 b = b.with_client_options(
@@ -307,13 +391,18 @@ impl Remote {
                     .build()
                     .map_err(build_error)?,
             ),
-            Scheme::File => Arc::new(object_store::local::LocalFileSystem::new()),
+            Scheme::File => {
+                let fs = Arc::new(object_store::local::LocalFileSystem::new());
+                local = Some(Arc::clone(&fs));
+                fs
+            }
         };
         Ok(Remote {
             url: parsed,
             store,
             conditional: AtomicBool::new(true),
             allow_http,
+            local,
         })
     }
 
@@ -361,6 +450,45 @@ impl Remote {
             cause: Cause::Damaged,
             detail: detail.into(),
         }
+    }
+
+    /// For `file://` (a directory, perhaps on a mounted disk): fsyncs the
+    /// object's file and every directory from its own up to the prefix's
+    /// parent (the put may have created them), so that a pointer written
+    /// afterwards never names an object whose bytes or name a power cut can
+    /// take. Object stores have no fsync: a completed PUT is durable.
+    fn make_durable(&self, path: &Path, what: &str) -> Result<(), RemoteError> {
+        let Some(fs) = &self.local else {
+            return Ok(());
+        };
+        let failed = |detail: String| RemoteError {
+            url: self.object_url(path),
+            what: what.to_string(),
+            cause: Cause::Other,
+            detail,
+        };
+        let file = fs
+            .path_to_filesystem(path)
+            .map_err(|e| failed(error_text(&e)))?;
+        let top = fs
+            .path_to_filesystem(self.prefix())
+            .map_err(|e| failed(error_text(&e)))?;
+        let sync = |p: &std::path::Path| {
+            std::fs::File::open(p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| failed(format!("fsync of {}: {e}", p.display())))
+        };
+        sync(&file)?;
+        let stop = top.parent().unwrap_or(&top);
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            sync(d)?;
+            if d == stop || !d.starts_with(stop) {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
     }
 
     /// The first contact: lists the prefix (which proves that the endpoint
@@ -433,13 +561,14 @@ impl Remote {
                 .await
             {
                 Ok(r) => {
+                    self.make_durable(&path, "making the pointer durable")?;
                     return Ok(PointerState {
                         pointer: pointer.clone(),
                         version: r.e_tag.is_some().then_some(UpdateVersion {
                             e_tag: r.e_tag,
                             version: r.version,
                         }),
-                    })
+                    });
                 }
                 Err(
                     object_store::Error::NotImplemented { .. }
@@ -483,6 +612,7 @@ impl Remote {
                 .put(&path, payload)
                 .await
                 .map_err(|e| self.err(&path, "uploading the record", e))?;
+            self.make_durable(&path, "making the record object durable")?;
             return Ok(total as u64);
         }
         let mut upload = self
@@ -522,6 +652,7 @@ impl Remote {
             let _ = upload.abort().await;
             return Err(self.err(&path, "completing the multipart upload", e));
         }
+        self.make_durable(&path, "making the record object durable")?;
         Ok(total as u64)
     }
 
@@ -601,6 +732,12 @@ impl Remote {
         }
         tmp.flush()
             .map_err(|e| local_err("writing a temporary file", e))?;
+        // On the disk before it is checked: pages that are written back can
+        // be dropped from the cache and read again, and a failed write-back
+        // must surface here, not as different bytes at the next read.
+        tmp.as_file()
+            .sync_data()
+            .map_err(|e| local_err("fsync of a temporary file", e))?;
         if written != size {
             return Err(self.damaged(
                 path,

@@ -143,10 +143,27 @@ pub enum Restored {
         /// Newer record objects that were damaged and passed over.
         skipped: Vec<RemoteError>,
     },
+    /// The directory's newest intact record is at least as new as the best
+    /// the remote holds, but the remote has used sequences up to
+    /// `remote_highest` (in objects that are damaged, or that another copy
+    /// of the log uploaded): the local record was copied once more as the
+    /// next sequence after them, so that the log numbers its new records
+    /// after every sequence the remote has used (FORMAT.md §7.7).
+    Renumbered {
+        /// The copy's header (its new sequence, segment and offset).
+        header: RecordHeader,
+        /// The sequence of the local record it copies.
+        local_sequence: u64,
+        /// The highest sequence the remote shows for this log.
+        remote_highest: u64,
+        /// Newer record objects that were damaged and passed over.
+        skipped: Vec<RemoteError>,
+    },
     /// The remote holds nothing yet.
     RemoteEmpty,
-    /// The directory already holds this log's newest remote record or a
-    /// newer one (sequence given).
+    /// The directory already holds an intact record at least as new as the
+    /// best the remote holds, and numbers its next record after every
+    /// sequence the remote has used (its newest sequence given).
     UpToDate(u64),
 }
 
@@ -165,6 +182,22 @@ pub enum RestoreError {
         /// The remote log id (hex).
         remote: String,
     },
+    /// The directory holds records newer than the best remote record that
+    /// could not be read (an I/O error, which may clear): restoring the
+    /// older remote record would let retention delete them.
+    #[error("{dir}: records up to sequence {local_highest} could not be read ({unreadable}), and the newest valid record of {url} is older (sequence {remote_sequence}); refusing to restore it, because retention would then delete the unreadable records, which a repaired disk may give back. Copy the directory elsewhere (or repair the disk) and restart, or move the directory away to resume from sequence {remote_sequence}")]
+    WouldLoseUnreadable {
+        /// The local directory.
+        dir: String,
+        /// The highest record header sequence in the directory.
+        local_highest: u64,
+        /// The first unreadable record, as recovery reported it.
+        unreadable: String,
+        /// The remote URL.
+        url: String,
+        /// The remote record's sequence.
+        remote_sequence: u64,
+    },
     /// A remote error.
     #[error(transparent)]
     Remote(#[from] RemoteError),
@@ -173,12 +206,20 @@ pub enum RestoreError {
     Local(#[from] wal::WalError),
 }
 
+/// Downloads attempted when the restored copy differs from the downloaded
+/// record (the download's bytes changed between their check and the copy).
+const RESTORE_ATTEMPTS: usize = 3;
+
 /// Restores the newest valid remote record into `dir` (created if missing)
-/// unless the directory already holds it or something newer of the same
-/// log. Refuses a directory that holds another log, naming both ids. The
-/// restored record keeps its sequence when it is the highest the remote
-/// shows for the log, and gets the next one after that otherwise
-/// (FORMAT.md §7.7).
+/// unless the directory already holds an *intact* record at least as new (a
+/// record whose header survives but whose payload is damaged or unreadable
+/// does not count: its sequence is no record to resume from). Refuses a
+/// directory that holds another log, naming both ids. The restored record
+/// keeps its sequence when that is the highest the remote and the directory
+/// show for the log, and gets the next one after them otherwise; so does a
+/// local record that is newer than every valid remote one while the remote
+/// has used higher sequences (FORMAT.md §7.7). The copy's checksum is
+/// compared with the original's before it becomes durable.
 pub async fn restore_into(
     remote: &Remote,
     pointer: Option<PointerState>,
@@ -193,12 +234,10 @@ pub async fn restore_into(
     let Some(state) = &pointer else {
         return Ok(Restored::RemoteEmpty);
     };
-    let remote_id = state.pointer.log_id().map_err(|detail| RemoteError {
-        url: remote.url().to_string(),
-        what: "reading the pointer".into(),
-        cause: Cause::Damaged,
-        detail,
-    })?;
+    let remote_id = state
+        .pointer
+        .log_id()
+        .map_err(|detail| pointer_damaged(remote, detail))?;
     if let Some(local_id) = local.as_ref().and_then(|r| r.log_id) {
         if local_id != remote_id {
             return Err(RestoreError::OtherLog {
@@ -210,35 +249,117 @@ pub async fn restore_into(
         }
     }
     let local_next = local.as_ref().map_or(1, |r| r.next_sequence);
-    if local_next > state.pointer.sequence {
-        return Ok(Restored::UpToDate(local_next - 1));
+    let local_intact = local
+        .as_ref()
+        .and_then(|r| r.record.as_ref())
+        .map(|r| r.header().sequence);
+    if local_intact.is_some_and(|s| s >= state.pointer.sequence) {
+        // Nothing to download; only the sequences the remote has used
+        // matter (objects above the pointer: uploads whose pointer update
+        // never happened).
+        let (records, _) = remote.list_records(remote_id).await?;
+        let highest = records
+            .iter()
+            .map(|r| r.sequence)
+            .fold(state.pointer.sequence, u64::max);
+        if local_next > highest {
+            return Ok(Restored::UpToDate(local_next - 1));
+        }
+        return renumber_local(dir, options, highest, Vec::new());
     }
     std::fs::create_dir_all(dir).map_err(|e| wal::WalError::Io {
         path: dir.to_path_buf(),
         op: "creating the log directory",
         source: e,
     })?;
-    let Some(found) = newest_valid(remote, pointer.clone(), dir).await? else {
-        return Ok(Restored::RemoteEmpty);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(found) = newest_valid(remote, pointer.clone(), dir).await? else {
+            return Ok(Restored::RemoteEmpty);
+        };
+        let mut header = *found.fetched.record.header();
+        let remote_sequence = header.sequence;
+        if local_intact.is_some_and(|s| s >= remote_sequence) {
+            // The newer remote objects are all damaged: the local record is
+            // the best copy there is.
+            drop(found.fetched);
+            if local_next > found.highest_sequence {
+                return Ok(Restored::UpToDate(local_next - 1));
+            }
+            return renumber_local(dir, options, found.highest_sequence, found.skipped);
+        }
+        if local_next > remote_sequence + 1 {
+            if let Some(bad) = local
+                .as_ref()
+                .and_then(|r| r.skipped.iter().find(|s| s.unreadable))
+            {
+                return Err(RestoreError::WouldLoseUnreadable {
+                    dir: dir.display().to_string(),
+                    local_highest: local_next - 1,
+                    unreadable: bad.to_string(),
+                    url: remote.url().to_string(),
+                    remote_sequence,
+                });
+            }
+        }
+        let (mut log, _) = Log::open(dir, options)?;
+        // The remote has used sequences above this record (a damaged
+        // pointer object passed over, or an upload whose pointer update
+        // never happened), or the directory holds record headers up to it
+        // or beyond (whose payloads are damaged or unreadable): the restored
+        // log numbers after them, so that no sequence ever names two
+        // different records.
+        let used = found.highest_sequence.max(log.next_sequence() - 1);
+        if remote_sequence < used || remote_sequence < log.next_sequence() {
+            header.sequence = used + 1;
+        }
+        match log.import(&header, found.fetched.record.payload()) {
+            Ok(durable) => {
+                return Ok(Restored::Record {
+                    header: durable.header,
+                    remote_sequence,
+                    url: found.fetched.url,
+                    skipped: found.skipped,
+                })
+            }
+            Err(e @ wal::WalError::CopyDiffers { .. }) if attempt < RESTORE_ATTEMPTS => {
+                tracing::warn!(object = %found.fetched.url, error = %e, "the restored copy differs from the downloaded record; downloading it again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Copies the directory's newest intact record once more as sequence
+/// `remote_highest + 1`, so that the log goes on after every sequence the
+/// remote has used.
+fn renumber_local(
+    dir: &Path,
+    options: LogOptions,
+    remote_highest: u64,
+    skipped: Vec<RemoteError>,
+) -> Result<Restored, RestoreError> {
+    let (mut log, recovery) = Log::open(dir, options)?;
+    // Recovered a moment ago; only another process could have changed it.
+    let Some(record) = recovery.record.as_ref() else {
+        return Err(wal::WalError::ImportRefused {
+            path: dir.to_path_buf(),
+            reason: "the intact record found a moment ago is gone (changed by another process?)"
+                .into(),
+        }
+        .into());
     };
-    let mut header = *found.fetched.record.header();
-    let remote_sequence = header.sequence;
-    if remote_sequence < local_next {
-        return Ok(Restored::UpToDate(local_next - 1));
-    }
-    // The remote has used sequences above this record (a damaged pointer
-    // object passed over, or an upload whose pointer update never
-    // happened): the restored log numbers after them, so that no sequence
-    // ever names two different records.
-    if remote_sequence < found.highest_sequence {
-        header.sequence = found.highest_sequence + 1;
-    }
-    let (mut log, _) = Log::open(dir, options)?;
-    let durable = log.import(&header, found.fetched.record.payload())?;
-    Ok(Restored::Record {
+    let local_sequence = record.header().sequence;
+    let header = RecordHeader {
+        sequence: remote_highest.max(log.next_sequence() - 1) + 1,
+        ..*record.header()
+    };
+    let durable = log.import(&header, record.payload())?;
+    Ok(Restored::Renumbered {
         header: durable.header,
-        remote_sequence,
-        url: found.fetched.url,
-        skipped: found.skipped,
+        local_sequence,
+        remote_highest,
+        skipped,
     })
 }

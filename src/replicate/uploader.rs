@@ -77,6 +77,10 @@ pub struct Progress {
     pub stopped: Option<String>,
     /// Snapshot time of the oldest local record newer than the remote's.
     pub oldest_pending_unix_ns: Option<u64>,
+    /// The newest local record has a sequence the remote already used for
+    /// another record (it was not uploaded); cleared when a newer local
+    /// record reaches the remote.
+    pub diverged: Option<String>,
 }
 
 impl Progress {
@@ -113,7 +117,12 @@ impl Progress {
             if self.lag_records() == 1 { "" } else { "s" },
             self.lag_seconds()
         );
-        if self.last_error.is_some() {
+        if self.diverged.is_some() {
+            s.push_str(&format!(
+                ", local seq {} NOT on the remote (the remote used that sequence for another record)",
+                self.local_seq
+            ));
+        } else if self.last_error.is_some() {
             s.push_str(", uploads failing, retrying");
         }
         s
@@ -146,6 +155,9 @@ struct Slot {
 impl Slot {
     /// Sets the remote's newest record and forgets what it now covers.
     fn set_remote(&mut self, seq: u64, unix_ns: u64) {
+        if seq >= self.progress.local_seq {
+            self.progress.diverged = None;
+        }
         self.progress.remote_seq = seq;
         self.progress.remote_unix_ns = unix_ns;
         while self.pending.front().is_some_and(|(s, _)| *s <= seq) {
@@ -231,6 +243,30 @@ impl Uploader {
             slot.progress.local_unix_ns = header.unix_ns;
         }
         if header.sequence <= slot.progress.remote_seq {
+            // Already there, when the pointer names this very record or a
+            // newer one that follows it. A record the pointer does not name
+            // at a sequence the remote has used is another history of the
+            // log: it is not uploaded, and that is said, not hidden as lag 0.
+            let same = slot.pointer.as_ref().is_some_and(|p| {
+                p.pointer.sequence == header.sequence
+                    && p.pointer.checksum() == header.payload_checksum
+                    && p.pointer.unix_ns == header.unix_ns
+            });
+            if !same && header.sequence == slot.progress.local_seq {
+                let reason = format!(
+                    "local record {} (epoch {}) has a sequence the remote has already used \
+                     (its pointer names sequence {}): not uploaded; the remote holds another \
+                     history of this log",
+                    header.sequence, header.epoch, slot.progress.remote_seq
+                );
+                warn!(
+                    seq = header.sequence,
+                    remote_seq = slot.progress.remote_seq,
+                    "{reason}"
+                );
+                slot.progress.skipped += 1;
+                slot.progress.diverged = Some(reason);
+            }
             return;
         }
         slot.pending.push_back((header.sequence, header.unix_ns));
@@ -716,7 +752,7 @@ pub fn write_remote_file(dir: &std::path::Path, url: &str, p: &Progress) {
         p.local_seq,
         p.local_unix_ns,
         p.skipped,
-        p.last_error.is_some() || p.stopped.is_some(),
+        p.last_error.is_some() || p.stopped.is_some() || p.diverged.is_some(),
         now_unix_ns(),
         url
     );

@@ -325,6 +325,28 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
+        Restored::Renumbered {
+            header,
+            local_sequence,
+            remote_highest,
+            skipped,
+        } => {
+            for s in &skipped {
+                eprintln!(
+                    "epochwal: warning: damaged remote record passed over: {}: {}",
+                    s.url, s.detail
+                );
+            }
+            eprintln!(
+                "epochwal: {} holds record {local_sequence} (epoch {}), as new as the best valid \
+                 remote record, but the remote has used sequences up to {remote_highest}: copied \
+                 it as sequence {}, so that the log numbers after them",
+                args.dir.display(),
+                header.epoch,
+                header.sequence
+            );
+            Ok(0)
+        }
         Restored::UpToDate(seq) => {
             eprintln!(
                 "epochwal: {} already holds this log up to sequence {seq}; nothing to pull",

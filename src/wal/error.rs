@@ -134,6 +134,17 @@ pub enum WalError {
     #[error("{path}: {reason}")]
     ImportRefused { path: PathBuf, reason: String },
 
+    /// A copy of a record made elsewhere ([`crate::wal::Log::import`])
+    /// differs from the original: the bytes written into the segment do not
+    /// have the original's payload checksum. No record was written.
+    #[error("{path} at offset {offset}: the copied payload has checksum {found:016x}, the original's is {expected:016x}: the source changed between its check and the copy; no record was written")]
+    CopyDiffers {
+        path: PathBuf,
+        offset: u64,
+        expected: u64,
+        found: u64,
+    },
+
     /// An append was started while another was still pending.
     #[error("an append is already in flight; persist and finish it first")]
     AppendInFlight,

@@ -290,6 +290,11 @@ pub struct PendingAppend {
     poison: Poison,
     /// How long serialization into the mapping took.
     pub serialize_time: Duration,
+    /// For a copy of a record made elsewhere ([`Log::import`]): the payload
+    /// checksum of the original. The copy's checksum is compared with it
+    /// before the header is written, so a copy that differs never becomes a
+    /// record.
+    expect_checksum: Option<u64>,
 }
 
 /// A record that is durable.
@@ -668,6 +673,7 @@ impl Log {
             dir: self.dir.clone(),
             poison: Arc::clone(&self.poison),
             serialize_time: started.elapsed(),
+            expect_checksum: None,
         })
     }
 
@@ -1043,8 +1049,13 @@ impl Log {
     ///
     /// Refused when the log already belongs to another log id, or already
     /// holds a record header with this sequence or a newer one (sequences
-    /// only grow). The caller validates the payload first; its checksum is
-    /// checked again against `header` after it is durable.
+    /// only grow). The caller validates the payload first. The bytes copied
+    /// into the segment are checksummed while they are written back, and
+    /// compared with `header`'s payload checksum *before* the record's header
+    /// is written: a copy that differs from the original (the source changed
+    /// between its check and the copy) fails with
+    /// [`WalError::CopyDiffers`] and leaves no record, only payload bytes
+    /// without a header, which recovery passes over.
     pub fn import(&mut self, header: &RecordHeader, payload: &[u8]) -> Result<Durable> {
         let refused = |reason: String| WalError::ImportRefused {
             path: self.dir.clone(),
@@ -1105,20 +1116,11 @@ impl Log {
             dir: self.dir.clone(),
             poison: Arc::clone(&self.poison),
             serialize_time: Duration::ZERO,
+            expect_checksum: Some(header.payload_checksum),
         };
         let durable = pending.persist();
         self.finish(&durable)?;
         let durable = durable?;
-        if durable.header.payload_checksum != header.payload_checksum {
-            return Err(WalError::Damaged {
-                path: durable.path.clone(),
-                offset,
-                reason: format!(
-                    "imported payload checksum {:016x} differs from the original's {:016x}",
-                    durable.header.payload_checksum, header.payload_checksum
-                ),
-            });
-        }
         Ok(durable)
     }
 }
@@ -1150,6 +1152,17 @@ impl PendingAppend {
         h.payload_checksum = seg
             .checksum_during_writeback(payload_offset, h.payload_len)
             .map_err(poison)?;
+        if let Some(expected) = self.expect_checksum {
+            if expected != h.payload_checksum {
+                // No header is written: these bytes never become a record.
+                return Err(WalError::CopyDiffers {
+                    path: seg.path.clone(),
+                    offset: h.offset,
+                    expected,
+                    found: h.payload_checksum,
+                });
+            }
+        }
         // First barrier: the payload is durable before its header exists.
         seg.sync(payload_offset, h.payload_len).map_err(poison)?;
         // SAFETY: the header page of this record belongs to this append only.

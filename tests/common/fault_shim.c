@@ -13,18 +13,23 @@
  *              fsyncdir (fsync of a directory), fdatasync, fallocate
  *              (fallocate, fallocate64, posix_fallocate), rename (rename,
  *              renameat, renameat2; matched on the new name), unlink,
- *              statfs (statfs, fstatfs; the result is rewritten)
+ *              statfs (statfs, fstatfs; the result is rewritten),
+ *              mmap (mmap, mmap64 of a file; FLIP only)
  *   SUBSTRING  must occur in the file's path (for msync: the mapped file,
  *              found in /proc/self/maps); "*" matches everything
  *   ACTION     an errno name (EIO, ENOSPC, EDQUOT, EEXIST, EACCES, EMFILE,
  *              ENOMEM); or PLANT (rename only: create the destination with
  *              the bytes "planted by another writer\n" just before the real
  *              call, as a concurrent writer would); or a file system magic
- *              number in hex, 0x..., for statfs
+ *              number in hex, 0x..., for statfs; or FLIP (mmap only: the
+ *              mapping is a private copy in which one byte differs from
+ *              the file, bit 0 flipped, in the middle of the mapped part of
+ *              the range, or of the whole mapping without a range: what a
+ *              medium that returns other bytes on a second read gives)
  *   skip=N     let the first N matching calls through (default 0)
  *   count=N    then act on N calls (default 1; 0 = every later call)
- *   range=A-B  pread and msync only: match only calls whose byte range in
- *              the file overlaps [A, B)
+ *   range=A-B  pread, msync and mmap only: match only calls whose byte
+ *              range in the file overlaps [A, B)
  *
  * Every injected fault is reported on stderr as one line starting with
  * "epochwal-fault: ", so a test can check that its fault really happened.
@@ -39,18 +44,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/types.h>
 #include <unistd.h>
 
-enum op { OP_PREAD, OP_MSYNC, OP_FSYNC, OP_FSYNCDIR, OP_FDATASYNC, OP_FALLOCATE, OP_RENAME, OP_UNLINK, OP_STATFS, OP_NONE };
+enum op { OP_PREAD, OP_MSYNC, OP_FSYNC, OP_FSYNCDIR, OP_FDATASYNC, OP_FALLOCATE, OP_RENAME, OP_UNLINK, OP_STATFS, OP_MMAP, OP_NONE };
 
 struct rule {
     enum op op;
     char sub[512];
     int err;          /* errno to return; 0 with plant or magic */
     int plant;
+    int flip;
     long magic;
     long skip;
     long count;
@@ -81,6 +88,7 @@ static enum op parse_op(const char *s) {
     if (!strcmp(s, "rename")) return OP_RENAME;
     if (!strcmp(s, "unlink")) return OP_UNLINK;
     if (!strcmp(s, "statfs")) return OP_STATFS;
+    if (!strcmp(s, "mmap")) return OP_MMAP;
     return OP_NONE;
 }
 
@@ -119,6 +127,8 @@ static int parse_rules(const char *spec) {
             } else if (field == 2) {
                 if (!strcmp(f, "PLANT")) {
                     x->plant = 1;
+                } else if (!strcmp(f, "FLIP")) {
+                    x->flip = 1;
                 } else if (!strncmp(f, "0x", 2)) {
                     x->magic = strtol(f, NULL, 16);
                 } else {
@@ -137,7 +147,7 @@ static int parse_rules(const char *spec) {
                 }
             }
         }
-        if (x->op == OP_NONE || (!x->err && !x->plant && !x->magic)) {
+        if (x->op == OP_NONE || (!x->err && !x->plant && !x->magic && !x->flip)) {
             say("epochwal-fault: bad rule in spec: %s", spec);
             free(copy);
             nrules = 0;
@@ -453,4 +463,40 @@ int fstatfs64(int fd, struct statfs64 *out) {
         }
     }
     return rc;
+}
+
+/* A file mapping that differs from the file by one byte (FLIP), or NULL
+   to go on with the real call. */
+static void *mmap_fault(const char *fn, void *(*real)(void *, size_t, int, int, int, off_t),
+                        void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    if (fd < 0 || (flags & MAP_ANONYMOUS)) return NULL;
+    char path[4096];
+    fd_path(fd, path, sizeof path);
+    struct rule *r = match(OP_MMAP, path, off, off + (long long)len);
+    if (!r || !r->flip) return NULL;
+    long long lo = off, hi = off + (long long)len;
+    if (r->hi >= 0) {
+        if (r->lo > lo) lo = r->lo;
+        if (r->hi < hi) hi = r->hi;
+    }
+    long long at = lo + (hi - lo) / 2;
+    unsigned char *p = real(addr, len, prot | PROT_READ | PROT_WRITE,
+                            (flags & ~MAP_SHARED) | MAP_PRIVATE, fd, off);
+    if (p == MAP_FAILED) return p;
+    p[at - off] ^= 0x01;
+    mprotect(p, len, prot);
+    say("epochwal-fault: FLIP %s in %s: byte at offset %lld differs from the file", path, fn, at);
+    return p;
+}
+
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    REAL(void *, mmap, void *, size_t, int, int, int, off_t);
+    void *p = mmap_fault("mmap", real_mmap, addr, len, prot, flags, fd, off);
+    return p ? p : real_mmap(addr, len, prot, flags, fd, off);
+}
+
+void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    REAL(void *, mmap64, void *, size_t, int, int, int, off_t);
+    void *p = mmap_fault("mmap64", real_mmap64, addr, len, prot, flags, fd, off);
+    return p ? p : real_mmap64(addr, len, prot, flags, fd, off);
 }
