@@ -456,3 +456,60 @@ fn a_file_remote_is_fsynced_before_the_pointer_names_it() {
     );
     assert!(remote.join("HEAD").exists());
 }
+
+#[test]
+fn an_older_remote_copy_is_not_restored_over_newer_unreadable_records() {
+    let Some(mut server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    run_epoch_by_epoch(&server, &data, "older", 3, 0);
+    // Epoch 4 is trained with the remote down: local 1..4, remote 1..3.
+    server.stop();
+    let body = format!(
+        "{}required = false\nretry_max_seconds = 1\n",
+        config(&server, "older", &data, 4, 0)
+    )
+    .replace("\nepochs = 4\n", "\nepochs = 4\nshutdown_grace_seconds = 2\n");
+    let cfg = write_config(tmp.path(), "down.toml", &body);
+    let (code, lines) = run(&server, &cfg, &[]);
+    assert_eq!(code, Some(0), "{}", log_of(&lines));
+    server.restart();
+    // Records 2, 3 and 4 cannot be read; 1 can.
+    let held = records(&data);
+    assert_eq!(held.len(), 4);
+    let spec: Vec<String> = held[1..]
+        .iter()
+        .map(|(p, h)| {
+            let start = h.offset + 4096;
+            format!(
+                "pread,{},EIO,count=0,range={start}-{}",
+                p.file_name().unwrap().to_string_lossy(),
+                start + h.payload_len
+            )
+        })
+        .collect();
+    let before = segment_bytes(&data);
+    let cfg = write_config(tmp.path(), "more.toml", &config(&server, "older", &data, 6, 0));
+    let (code, lines) = run(&server, &cfg, &faults::env(&spec.join(";")));
+    let all = log_of(&lines);
+    assert!(!faults::injected(&all).is_empty(), "{all}");
+    // Restoring record 3 (or resuming from 1) would let retention delete
+    // record 4, which only a read error hides: refused, naming both.
+    assert_eq!(code, Some(1), "{all}");
+    assert!(all.contains("could not be read"), "{all}");
+    assert!(all.contains("sequence 3"), "{all}");
+    assert!(!all.contains("training started"), "{all}");
+    assert_eq!(segment_bytes(&data), before, "a segment changed or went");
+    // Without the read errors the log resumes from its own record 4.
+    let (code, lines) = run(&server, &cfg, &[]);
+    let all = log_of(&lines);
+    assert_eq!(code, Some(0), "{all}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("recovered") && field(l, "seq") == Some(4)),
+        "{all}"
+    );
+}
