@@ -471,7 +471,10 @@ fn an_older_remote_copy_is_not_restored_over_newer_unreadable_records() {
         "{}required = false\nretry_max_seconds = 1\n",
         config(&server, "older", &data, 4, 0)
     )
-    .replace("\nepochs = 4\n", "\nepochs = 4\nshutdown_grace_seconds = 2\n");
+    .replace(
+        "\nepochs = 4\n",
+        "\nepochs = 4\nshutdown_grace_seconds = 2\n",
+    );
     let cfg = write_config(tmp.path(), "down.toml", &body);
     let (code, lines) = run(&server, &cfg, &[]);
     assert_eq!(code, Some(0), "{}", log_of(&lines));
@@ -491,7 +494,11 @@ fn an_older_remote_copy_is_not_restored_over_newer_unreadable_records() {
         })
         .collect();
     let before = segment_bytes(&data);
-    let cfg = write_config(tmp.path(), "more.toml", &config(&server, "older", &data, 6, 0));
+    let cfg = write_config(
+        tmp.path(),
+        "more.toml",
+        &config(&server, "older", &data, 6, 0),
+    );
     let (code, lines) = run(&server, &cfg, &faults::env(&spec.join(";")));
     let all = log_of(&lines);
     assert!(!faults::injected(&all).is_empty(), "{all}");

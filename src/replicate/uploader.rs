@@ -795,3 +795,64 @@ pub fn read_remote_file(dir: &std::path::Path) -> Option<RemoteFile> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(sequence: u64, payload_checksum: u64) -> RecordHeader {
+        RecordHeader {
+            log_id: 0xabc,
+            segment_no: 1,
+            sequence,
+            epoch: sequence,
+            step: sequence * 10,
+            offset: 4096,
+            payload_len: 1000,
+            payload_checksum,
+            unix_ns: 7,
+            loss: 0.5,
+            schema_version: 1,
+            validation: None,
+        }
+    }
+
+    #[test]
+    fn a_record_under_a_sequence_the_remote_used_is_reported_not_shown_as_lag_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = Remote::open(&format!("file://{}", dir.path().display()), false).unwrap();
+        let theirs = header(5, 0xaaaa);
+        let pointer = PointerState {
+            pointer: Pointer::for_record(&theirs),
+            version: None,
+        };
+        let up = Uploader::start(
+            remote,
+            PointerAtStart::Read(Some(pointer)),
+            UploaderOptions::default(),
+            Box::new(|_| {}),
+        )
+        .unwrap();
+        // The pointer's own record: already there.
+        up.offer(theirs, dir.path().join("1.wal"));
+        let p = up.progress();
+        assert!(p.diverged.is_none(), "{p:?}");
+        assert!(!p.status_text().contains("NOT"), "{}", p.status_text());
+        // Another record under the same sequence: said, not lag 0 alone.
+        up.offer(header(5, 0xbbbb), dir.path().join("1.wal"));
+        let p = up.progress();
+        assert!(
+            p.diverged
+                .as_deref()
+                .is_some_and(|r| r.contains("already used")),
+            "{p:?}"
+        );
+        assert!(
+            p.status_text().contains("local seq 5 NOT on the remote"),
+            "{}",
+            p.status_text()
+        );
+        assert_eq!(p.skipped, 1);
+        up.stop();
+    }
+}
