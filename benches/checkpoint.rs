@@ -21,7 +21,9 @@
 //!   torch_save_vs_append, pause_vs_torch_save, and the pause's parts),
 //!   `open` (open_vs_torch_load, verify_GBps_per_core),
 //!   `prefault` (first-touch cost of a fresh mapping), `recovery`
-//!   (recovery_scaling, access_vs_deserialize), `train` (overhead_per_epoch).
+//!   (recovery_scaling, access_vs_deserialize), `train` (overhead_per_epoch,
+//!   and observe_overhead: the same run with `[metrics]` and `[tensorboard]`
+//!   work added, against without).
 //! - `EPOCHWAL_BENCH_PYTHON`: the Python that runs `benches/torch_peer.py`
 //!   (default `python3`). Without torch the torch figures print
 //!   "skipped: no torch"; nothing else changes.
@@ -32,6 +34,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "checkpoint/observe.rs"]
+mod observe;
 #[path = "checkpoint/torch.rs"]
 mod torch;
 
@@ -1382,7 +1386,12 @@ struct OnRun {
 /// persister thread, at most one append in flight (the training thread
 /// waits for the previous one before the next begin_append). The run ends
 /// when the last checkpoint is durable.
-fn train_with_checkpoints(cfg: &TrainConfig, epochs: u64, log_dir: &Path) -> OnRun {
+fn train_with_checkpoints(
+    cfg: &TrainConfig,
+    epochs: u64,
+    log_dir: &Path,
+    obs: Option<Arc<observe::Observed>>,
+) -> OnRun {
     let mut trainer = Trainer::new(cfg).expect("trainer");
     let (log, _) = Log::open(
         log_dir,
@@ -1400,6 +1409,7 @@ fn train_with_checkpoints(cfg: &TrainConfig, epochs: u64, log_dir: &Path) -> OnR
     let (done_tx, done_rx) = mpsc::channel::<f64>();
     let persister = {
         let log = Arc::clone(&log);
+        let obs = obs.clone();
         std::thread::spawn(move || {
             for pending in job_rx {
                 let t = Instant::now();
@@ -1409,6 +1419,9 @@ fn train_with_checkpoints(cfg: &TrainConfig, epochs: u64, log_dir: &Path) -> OnR
                     let mut log = log.lock().unwrap();
                     log.finish(&durable).expect("finish");
                     log.prepare_next_append().expect("prepare_next_append");
+                }
+                if let (Some(o), Ok(d)) = (&obs, &durable) {
+                    o.durable(d, t.elapsed());
                 }
                 if done_tx.send(ms(t.elapsed())).is_err() {
                     break;
@@ -1421,6 +1434,12 @@ fn train_with_checkpoints(cfg: &TrainConfig, epochs: u64, log_dir: &Path) -> OnR
     let start = Instant::now();
     loop {
         let out = trainer.step();
+        if let Some(o) = &obs {
+            o.step(out.epoch, out.global_step);
+            if out.epoch_completed {
+                o.epoch_done(out.loss);
+            }
+        }
         if out.epoch_completed {
             if in_flight {
                 // As the daemon does with min_seconds_between > 0 (the
@@ -1495,23 +1514,40 @@ fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
     let dir = work.join("train");
     fresh_dir(&dir);
     let (mut off, mut on, mut on_thread) = (vec![], vec![], vec![]);
+    // The checkpointed run again with the observers' work (metrics,
+    // event files, a scraper).
+    let mut on_observed = vec![];
     // CPU time of the whole process (all threads) per side: what the
     // checkpoints add, whatever else runs on the machine.
     let (mut cpu_off, mut cpu_on) = (vec![], vec![]);
     let (mut pause, mut wait, mut persist, mut final_wait) = (vec![], vec![], vec![], vec![]);
     let mut deferred = 0u64;
     for run in 0..=runs {
-        let order: [bool; 2] = if run % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
+        // 0: off, 1: checkpoints, 2: checkpoints and observers; the order
+        // rotates from run to run.
+        let order: [u8; 3] = match run % 3 {
+            0 => [0, 1, 2],
+            1 => [2, 0, 1],
+            _ => [1, 2, 0],
         };
-        for with in order {
+        for side in order {
             sync_all_fs();
-            if with {
+            if side == 2 {
+                let log_dir = dir.join(format!("log-obs-{run}"));
+                let tb_dir = dir.join(format!("tb-{run}"));
+                let obs = observe::Observed::start(&tb_dir);
+                let r =
+                    train_with_checkpoints(&cfg, shape.epochs, &log_dir, Some(Arc::clone(&obs)));
+                obs.finish();
+                remove(&log_dir);
+                remove(&tb_dir);
+                if run > 0 {
+                    on_observed.push(ms(r.total));
+                }
+            } else if side == 1 {
                 let log_dir = dir.join(format!("log-{run}"));
                 let cpu0 = self_cpu();
-                let r = train_with_checkpoints(&cfg, shape.epochs, &log_dir);
+                let r = train_with_checkpoints(&cfg, shape.epochs, &log_dir, None);
                 let cpu = ms(self_cpu() - cpu0);
                 remove(&log_dir);
                 if run > 0 {
@@ -1591,6 +1627,19 @@ fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
             std::env::var("EPOCHWAL_BENCH_TRAIN_THREADS").unwrap_or_else(|_| "1".into()),
         )
         .kv(
+            "observe_ratio",
+            format!(
+                "{:.4}",
+                median(
+                    &on_observed
+                        .iter()
+                        .zip(&on)
+                        .map(|(a, b)| a / b)
+                        .collect::<Vec<_>>()
+                )
+            ),
+        )
+        .kv(
             "train_thread_ratio",
             format!(
                 "{:.3}",
@@ -1603,6 +1652,18 @@ fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
                 )
             ),
         ),
+    );
+    report.push(
+        Line::new(
+            "observe_overhead",
+            &size_label_f(state_bytes),
+            on_observed.iter().zip(&on).map(|(a, b)| a / b).collect(),
+        )
+        .goal("<=", 1.005)
+        .kv("epochs", shape.epochs)
+        .kv("scrapes_per_second", 10)
+        .ms_of("on_ms", &on)
+        .ms_of("on_observed_ms", &on_observed),
     );
 }
 

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::observe::{MetricsConfig, TensorboardConfig};
 use crate::train::{DatasetConfig, ModelConfig, OptimizerConfig, TrainConfig};
 use crate::wal::format::RUNNING_CONFIG_FILE;
 use crate::wal::{LogOptions, Retention};
@@ -63,6 +64,12 @@ pub struct Config {
     /// Copying the log to object storage; absent = local only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicate: Option<ReplicateConfig>,
+    /// Prometheus metrics over HTTP; absent = off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+    /// TensorBoard event files; absent = off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tensorboard: Option<TensorboardConfig>,
 }
 
 /// The `[replicate]` table: copy every durable record to object storage and
@@ -272,6 +279,8 @@ impl Default for Config {
             optimizer: OptimizerConfig::default(),
             checkpoint: CheckpointConfig::default(),
             replicate: None,
+            metrics: None,
+            tensorboard: None,
         }
     }
 }
@@ -327,6 +336,9 @@ impl Config {
         resolve(&mut self.data_dir);
         if let DatasetConfig::Csv { path, .. } = &mut self.dataset {
             resolve(path);
+        }
+        if let Some(t) = &mut self.tensorboard {
+            resolve(&mut t.dir);
         }
     }
 
@@ -444,6 +456,13 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
+        if self
+            .tensorboard
+            .as_ref()
+            .is_some_and(|t| t.dir.as_os_str().is_empty())
+        {
+            return Err(invalid("tensorboard.dir", "must not be empty"));
+        }
         if let Some(r) = &self.replicate {
             if let Err(e) = crate::replicate::RemoteUrl::parse(&r.url) {
                 return Err(ConfigError::Invalid {
@@ -542,6 +561,9 @@ impl Config {
         absolute(&mut self.data_dir);
         if let DatasetConfig::Csv { path, .. } = &mut self.dataset {
             absolute(path);
+        }
+        if let Some(t) = &mut self.tensorboard {
+            absolute(&mut t.dir);
         }
     }
 }

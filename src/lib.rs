@@ -6,11 +6,13 @@
 //! - [`train`]: the model, Adam and the datasets;
 //! - [`daemon`]: the long-running `epochwal run` (signals, triggers, systemd);
 //! - [`replicate`]: the copy of the log in object storage, and restores;
+//! - [`observe`]: Prometheus metrics, TensorBoard event files, journal fields;
 //! - [`tools`]: the operator commands `tail`, `inspect`, `verify`, `export`, `pull`;
 //! - [`config`]: the TOML configuration.
 
 pub mod config;
 pub mod daemon;
+pub mod observe;
 pub mod replicate;
 pub mod state;
 pub mod tools;

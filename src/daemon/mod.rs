@@ -13,6 +13,7 @@
 //! due before the previous is durable, the training thread waits for it; that
 //! wait is counted in the reported pause.
 
+mod observing;
 mod pipeline;
 pub mod preflight;
 mod replication;
@@ -113,11 +114,21 @@ impl Notify {
 }
 
 fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         // The object store client logs every retried request at info level;
         // the uploader reports failures itself.
         .unwrap_or_else(|_| EnvFilter::new("info,object_store=warn"));
+    // Under systemd: the journal's native protocol, with fields.
+    if let Some(journal) = crate::observe::journal::layer() {
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(journal)
+            .try_init();
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -198,6 +209,11 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             .context("registering signal handlers")?
     };
     let notify = Notify::from_env();
+    let observers = Arc::new(observing::Observers::new(&config)?);
+    {
+        let _guard = runtime.enter();
+        observers.serve()?;
+    }
     let dir_existed = config.data_dir.exists();
     // Replication first: an empty directory is restored from the remote
     // before the log is opened.
@@ -208,6 +224,12 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let (trainer, mut log, durable, recovered) = start(&config, &args, dir_existed)?;
     let state = trainer.state();
     let (epoch, step) = (state.epoch, state.global_step);
+    if let Err(e) = observers.recovered(&config, recovered.as_ref().map(|r| &r.0), epoch, step) {
+        if durable.is_none() {
+            let _ = log.discard_if_empty(!dir_existed);
+        }
+        return Err(e);
+    }
     if config.epochs > 0 && epoch >= config.epochs {
         info!(
             epoch,
@@ -219,7 +241,13 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             // The remote may still lack the last record (a run that ended
             // before its upload finished).
             let last = recovered.as_ref().map_or(0, |r| r.0.sequence);
-            let r = replication::Replication::start(prepared, &config, recovered, notify.clone())?;
+            let r = replication::Replication::start(
+                prepared,
+                &config,
+                recovered,
+                notify.clone(),
+                None,
+            )?;
             r.finish(
                 last,
                 Instant::now() + Duration::from_secs(config.shutdown_grace_seconds),
@@ -240,6 +268,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             &config,
             recovered,
             notify.clone(),
+            observers.metrics.clone(),
         )?)),
         None => None,
     };
@@ -253,6 +282,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         config.on_nonfinite,
         notify.clone(),
         replication.clone(),
+        observers,
     )?;
     notify.send(&format!(
         "READY=1\nSTATUS=training: epoch {epoch}, step {step}, no checkpoint yet in this run"

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, error, info, warn};
 
+use super::observing::Observers;
 use super::replication::Replication;
 use super::Notify;
 use crate::config::{CheckpointConfig, OnNonFinite};
@@ -190,6 +191,7 @@ struct Job {
 }
 
 /// Starts the persisting and training threads.
+#[allow(clippy::too_many_arguments)] // each is a distinct piece of the run
 pub(crate) fn spawn(
     trainer: Trainer,
     log: Arc<Mutex<Log>>,
@@ -198,6 +200,7 @@ pub(crate) fn spawn(
     on_nonfinite: OnNonFinite,
     notify: Notify,
     replication: Option<Arc<Replication>>,
+    observe: Arc<Observers>,
 ) -> anyhow::Result<Handles> {
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -206,9 +209,10 @@ pub(crate) fn spawn(
         let log = Arc::clone(&log);
         let control = Arc::clone(&control);
         let notify = notify.clone();
+        let observe = Arc::clone(&observe);
         std::thread::Builder::new()
             .name("persist".into())
-            .spawn(move || persist_loop(jobs_rx, &log, &control, &notify, replication))?;
+            .spawn(move || persist_loop(jobs_rx, &log, &control, &notify, replication, &observe))?;
     }
     std::thread::Builder::new()
         .name("train".into())
@@ -226,6 +230,7 @@ pub(crate) fn spawn(
                 nonfinite_warned: None,
                 nonfinite_suppressed: 0,
                 remote,
+                observe,
             };
             let outcome = t.run();
             let _ = done_tx.send(outcome);
@@ -239,13 +244,15 @@ fn persist_loop(
     control: &Control,
     notify: &Notify,
     replication: Option<Arc<Replication>>,
+    observe: &Observers,
 ) {
     for job in jobs {
         let header = *job.pending.header();
         let result = job.pending.persist();
-        let retention = {
+        let (retention, retained) = {
             let mut log = lock(log);
             let retention = log.finish(&result);
+            let retained = log.retained();
             if result.is_ok() && !job.last && !control.stop.load(Ordering::SeqCst) {
                 if let Err(e) = log.prepare_next_append() {
                     // Not fatal: the next begin_append rotates (and reports a
@@ -253,7 +260,7 @@ fn persist_loop(
                     warn!(error = %e, "preparing space for the next checkpoint failed");
                 }
             }
-            retention
+            (retention, retained)
         };
         match &result {
             Ok(d) => {
@@ -277,6 +284,7 @@ fn persist_loop(
                     r.offer(d);
                     r.progress()
                 });
+                observe.durable(d, job.pause, retained, remote.as_ref());
                 // Routine checkpoints are summed up by the epoch line; the
                 // ones an operator asked for are worth a line of their own.
                 let level_info = matches!(job.reason, "signal" | "shutdown");
@@ -299,7 +307,10 @@ fn persist_loop(
                         )
                     };
                 }
-                if level_info {
+                if crate::observe::journal::active() {
+                    // Every checkpoint, with its fields, for journalctl.
+                    super::observing::journal_durable(d, job.pause, job.reason, remote.as_ref());
+                } else if level_info {
                     durable_line!(info);
                 } else {
                     durable_line!(debug);
@@ -359,6 +370,8 @@ struct TrainLoop {
     nonfinite_suppressed: u64,
     /// The uploader, for the remote lag in the epoch line.
     remote: Option<Arc<Replication>>,
+    /// Metrics and event files.
+    observe: Arc<Observers>,
 }
 
 /// Shortest interval between two warnings about non-finite steps.
@@ -414,7 +427,8 @@ impl Progress {
     }
 
     /// Called at the end of every epoch; writes the line when due (always
-    /// for the first and the last epoch of a run).
+    /// for the first and the last epoch of a run). Returns the epoch's mean
+    /// training loss.
     #[allow(clippy::too_many_arguments)]
     fn epoch_done(
         &mut self,
@@ -425,7 +439,7 @@ impl Progress {
         durable_seq: u64,
         remote: Option<&Replication>,
         control: &Control,
-    ) {
+    ) -> Option<f64> {
         let now = Instant::now();
         let epoch_time = now.duration_since(self.epoch_started);
         self.epoch_started = now;
@@ -451,7 +465,7 @@ impl Progress {
             .last_line
             .is_none_or(|t| now.duration_since(t) >= PROGRESS_INTERVAL);
         if !(due || last) {
-            return;
+            return loss;
         }
         let mut line = if target > 0 {
             format!("epoch {epoch}/{target}")
@@ -490,10 +504,22 @@ impl Progress {
                 self.epochs_since, self.checkpoints_since
             ));
         }
-        info!("{line}");
+        if crate::observe::journal::active() {
+            info!(
+                epoch,
+                loss,
+                val_loss = validation.map(|v| f64::from(v.loss)),
+                val_accuracy = validation.and_then(|v| v.accuracy).map(f64::from),
+                durable_seq,
+                "{line}"
+            );
+        } else {
+            info!("{line}");
+        }
         self.last_line = Some(now);
         self.epochs_since = 0;
         self.checkpoints_since = 0;
+        loss
     }
 }
 
@@ -551,6 +577,7 @@ impl TrainLoop {
         match self.on_nonfinite {
             OnNonFinite::Stop => Some(self.diverged(&bad, out.global_step, epoch, step_in_epoch)),
             OnNonFinite::Skip => {
+                self.observe.nonfinite(false);
                 self.trainer.restore_numbers(&self.saved);
                 self.warn_nonfinite(
                     "non-finite step dropped (on_nonfinite = \"skip\")",
@@ -561,6 +588,7 @@ impl TrainLoop {
                 None
             }
             OnNonFinite::Continue => {
+                self.observe.nonfinite(false);
                 self.warn_nonfinite(
                     "loss is not finite (on_nonfinite = \"continue\")",
                     epoch,
@@ -579,6 +607,7 @@ impl TrainLoop {
 
     /// The outcome of a run stopped by `on_nonfinite = "stop"`.
     fn diverged(&self, bad: &str, global_step: u64, epoch: u64, step_in_epoch: u64) -> Outcome {
+        self.observe.nonfinite(true);
         // The in-flight checkpoint, if any, is of an earlier state that was
         // checked: let it become durable.
         let _ = self.control.wait_idle();
@@ -630,6 +659,7 @@ impl TrainLoop {
             };
             let out = self.trainer.step();
             self.control.heartbeat.fetch_add(1, Ordering::Relaxed);
+            self.observe.step(out.epoch, out.global_step);
             if let Some(end) = self.guard(&out, before) {
                 return end;
             }
@@ -699,7 +729,7 @@ impl TrainLoop {
                 }
             }
             if out.epoch_completed {
-                progress.epoch_done(
+                let loss = progress.epoch_done(
                     out.epoch,
                     self.target_epochs,
                     validation,
@@ -707,6 +737,11 @@ impl TrainLoop {
                     self.control.last_durable_seq.load(Ordering::SeqCst),
                     self.remote.as_deref(),
                     &self.control,
+                );
+                self.observe.epoch_done(
+                    loss,
+                    validation.map(|v| v.loss),
+                    progress.best.map(|b| b.0),
                 );
             }
         }

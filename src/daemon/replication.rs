@@ -192,6 +192,7 @@ impl Replication {
         config: &Config,
         recovered: Option<(RecordHeader, PathBuf)>,
         notify: Notify,
+        metrics: Option<Arc<crate::observe::metrics::Metrics>>,
     ) -> anyhow::Result<Replication> {
         let cfg = config
             .replicate
@@ -204,6 +205,9 @@ impl Replication {
             let url = cfg.url.clone();
             Box::new(move |p: &Progress| {
                 write_remote_file(&dir, &url, p);
+                if let Some(m) = &metrics {
+                    m.remote(&super::observing::remote_figures(p));
+                }
                 let base = base.lock().map(|b| b.clone()).unwrap_or_default();
                 notify.send(&format!("STATUS={base}; {}", p.status_text()));
             })

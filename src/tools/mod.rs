@@ -22,6 +22,7 @@ mod import;
 mod inspect;
 mod remote;
 mod tail;
+mod tensorboard;
 mod verify;
 
 use std::io;
@@ -56,6 +57,9 @@ pub enum ToolCommand {
     /// Restore the newest valid record of a remote copy into a local
     /// directory, without training.
     Pull(remote::PullArgs),
+    /// Write a log's loss curves as TensorBoard event files (from the
+    /// record headers).
+    Tensorboard(tensorboard::TensorboardArgs),
 }
 
 /// Runs a tool; returns the process exit code.
@@ -67,6 +71,7 @@ pub fn run(cmd: ToolCommand) -> anyhow::Result<i32> {
         ToolCommand::Export(args) => export::run(&args),
         ToolCommand::CheckConfig(args) => check_config::run(&args),
         ToolCommand::Pull(args) => remote::pull(&args),
+        ToolCommand::Tensorboard(args) => tensorboard::run(&args),
     };
     match result {
         Ok(code) => Ok(code),

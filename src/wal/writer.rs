@@ -827,6 +827,14 @@ impl Log {
         self.apply_retention(RetentionPoint::AfterAppend)
     }
 
+    /// Records and segment-file bytes in the directory as this writer
+    /// knows them (after the last retention).
+    pub fn retained(&self) -> (u64, u64) {
+        self.inventory.iter().fold((0, 0), |(r, b), s| {
+            (r + s.records.len() as u64, b + s.bytes)
+        })
+    }
+
     /// Undoes a run that never wrote a record: deletes this log's segments if
     /// none of them holds a record header, then `COMMIT` and `LOCK` (the
     /// lock stays held until the writer is dropped), and finally the

@@ -3,10 +3,24 @@
 
 pub mod daemon;
 pub mod faults;
+pub mod http;
+pub mod prometheus;
 pub mod systemd;
+pub mod unit_analysis;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// A free TCP port on 127.0.0.1 (bound and released; another process could
+/// take it before the caller binds it, which the callers' start-up checks
+/// would show).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
 
 /// A size-limited tmpfs mounted for a test (needs root), unmounted when
 /// dropped.
