@@ -535,7 +535,7 @@ impl Config {
         );
         let path = Config::running_path(data_dir);
         let tmp = data_dir.join(format!("{RUNNING_CONFIG_FILE}.tmp"));
-        std::fs::write(&tmp, text)?;
+        crate::wal::write_private(&tmp, text.as_bytes())?;
         std::fs::rename(&tmp, &path)
     }
 

@@ -161,3 +161,100 @@ fn the_daemon_resumes_from_the_record_before_a_bad_sector() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["recovery"]["sequence"], 5, "{v}");
 }
+
+// ------------------------- the bytes checksummed are the bytes trained on
+
+/// A run whose records are large enough (about 3.4 MiB) that the loader
+/// reads a payload in several calls: the page changed below is read long
+/// before the read that makes the change.
+fn wide_config(data: &Path, epochs: u64) -> String {
+    synthetic_config(data, epochs, "every_epochs = 1")
+        .replace("hidden = [128, 128]", "hidden = [512, 512]")
+}
+
+/// Three epochs of the wide run on the FUSE file system, the newest record's
+/// payload page 3 armed to read back differently (flipped bytes, or EIO)
+/// once the payload has been read 2 MiB past it.
+fn wide_log_whose_second_read_differs(tmp: &Path, eio: bool) -> (badfs::Mounted, String, u64) {
+    let backing = tmp.join("backing");
+    let cfg = write_config(tmp, "w.toml", &wide_config(&backing, 3));
+    let (status, lines) = Daemon::spawn(&cfg, &[], &[]).wait(Duration::from_secs(120));
+    assert!(status.success(), "{}", lines.join("\n"));
+    let scan = LogReader::open(&backing).unwrap().scan().unwrap();
+    let seg = scan.segments.last().unwrap();
+    let third = *seg.records.last().unwrap();
+    assert_eq!(third.sequence, 3);
+    assert!(third.payload_len > 3 << 20, "{}", third.payload_len);
+    let mnt = tmp.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = badfs::mount(&backing, &mnt).unwrap_or_else(|e| {
+        panic!(
+            "mounting the FUSE test file system failed ({e}); this test needs /dev/fuse and root"
+        )
+    });
+    let name = seg.path.file_name().unwrap().to_str().unwrap().to_string();
+    let at = third.payload_offset() + 3 * PAGE;
+    *mounted.control.second_read.lock().unwrap() = Some(badfs::SecondRead {
+        file_name: name.clone(),
+        start: at,
+        end: at + PAGE,
+        after: at + (2 << 20),
+        // Within the payload: a header scan reads the page after it.
+        until: third.payload_offset() + third.payload_len,
+        eio,
+    });
+    (mounted, name, at)
+}
+
+/// The medium returns other bytes for a page on its second read (the page
+/// was evicted between two reads): recovery must train on exactly the bytes
+/// it checksummed. Before, it checksummed a `pread` of the payload and then
+/// trained on a mapping of it, so the changed page went into every later
+/// record under a valid checksum.
+#[test]
+fn recovery_trains_on_the_bytes_it_checksummed_when_a_reread_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = reference_run(tmp.path(), |d| wide_config(d, 4));
+    let (fs, name, at) = wide_log_whose_second_read_differs(tmp.path(), false);
+    let cfg = write_config(tmp.path(), "r.toml", &wide_config(&fs.mountpoint, 4));
+    let (status, lines) = Daemon::spawn(&cfg, &[], &[]).wait(Duration::from_secs(120));
+    let all = lines.join("\n");
+    assert!(status.success(), "{all}");
+    assert!(
+        fs.control
+            .second_read_done
+            .load(std::sync::atomic::Ordering::SeqCst),
+        "the page was never made to read back differently"
+    );
+    assert!(fs.control.reads_of(&name, at) >= 1);
+    assert!(all.contains("recovered") && all.contains("seq=3"), "{all}");
+    assert_eq!(durable_seqs(&lines), vec![4]);
+    drop(fs);
+    let (_, resumed) = newest_state(&tmp.path().join("backing")).unwrap();
+    assert_same_training_state(&resumed, &reference);
+}
+
+/// The same with EIO on the second read: before, a SIGBUS killed the daemon
+/// (the mapping touched the page that now failed).
+#[test]
+fn an_eio_on_a_reread_of_a_checked_payload_is_no_sigbus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = reference_run(tmp.path(), |d| wide_config(d, 4));
+    let (fs, _, _) = wide_log_whose_second_read_differs(tmp.path(), true);
+    let cfg = write_config(tmp.path(), "r.toml", &wide_config(&fs.mountpoint, 4));
+    let (status, lines) = Daemon::spawn(&cfg, &[], &[]).wait(Duration::from_secs(120));
+    let all = lines.join("\n");
+    assert_eq!(status.signal(), None, "SIGBUS reached the daemon: {all}");
+    assert!(status.success(), "{all}");
+    assert!(
+        fs.control
+            .second_read_done
+            .load(std::sync::atomic::Ordering::SeqCst),
+        "the page was never made unreadable"
+    );
+    assert!(all.contains("recovered") && all.contains("seq=3"), "{all}");
+    assert_eq!(durable_seqs(&lines), vec![4]);
+    drop(fs);
+    let (_, resumed) = newest_state(&tmp.path().join("backing")).unwrap();
+    assert_same_training_state(&resumed, &reference);
+}

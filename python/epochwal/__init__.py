@@ -279,10 +279,14 @@ def _check_consistency(s):
     tensors = s["model"]["tensors"]
     names = set()
     for i, t in enumerate(tensors):
+        # The running product, left to right, must fit in a u64 at every
+        # step (§5.4): [2**33, 2**33, 0] is invalid although its product is 0.
         prod = 1
         for d in t["shape"].tolist():
             prod *= d
-        if prod != len(t["data"]):
+            if prod >= 1 << 64:
+                break
+        if prod >= 1 << 64 or prod != len(t["data"]):
             raise FormatError(f"tensor {i} ({t['name']}) has shape {t['shape'].tolist()} "
                               f"but {len(t['data'])} values")
         if t["name"] in names:
@@ -359,6 +363,7 @@ class _Segment:
         self.path = path
         self.number = number
         self.header = None
+        self.log_id = None
         self.file_len = 0
         self.records = []
         self.problems = []
@@ -387,15 +392,23 @@ def _scan(path, number):
             try:
                 h = decode_segment_header(head)
             except FormatError as e:
+                # §5.2: a damaged segment header hides nothing; its records
+                # are walked all the same (each names its log and segment),
+                # and the first one walked gives the segment's log id. A
+                # header of an unknown format version is a newer format.
                 seg.problems.append((path, 0, f"segment header: {e}"))
-                return seg
-            if h["segment_no"] != number:
-                seg.problems.append((path, 0, "segment number differs from the file name"))
-                return seg
-            seg.header = h
-            if seg.file_len != h["segment_bytes"]:
-                seg.problems.append((path, 0, "segment is not the size its header says"))
-            limit = min(seg.file_len, h["segment_bytes"])
+                if str(e).startswith("unknown format version"):
+                    return seg
+                h = None
+            if h is not None:
+                if h["segment_no"] != number:
+                    seg.problems.append((path, 0, "segment number differs from the file name"))
+                    return seg
+                seg.header = h
+                seg.log_id = h["log_id"]
+                if seg.file_len != h["segment_bytes"]:
+                    seg.problems.append((path, 0, "segment is not the size its header says"))
+            limit = seg.file_len if h is None else min(seg.file_len, h["segment_bytes"])
             offset, last_seq = PAGE, 0
             # Where no valid header starts, the following pages holding data
             # are searched for one (§5 step 3); gaps = (offset, reason or
@@ -431,7 +444,7 @@ def _scan(path, number):
                     offset += PAGE
                     continue
                 bad = None
-                if r["log_id"] != h["log_id"]:
+                if seg.log_id is not None and r["log_id"] != seg.log_id:
                     bad = "record belongs to another log"
                 elif r["segment_no"] != number:
                     bad = "record header names another segment"
@@ -451,6 +464,8 @@ def _scan(path, number):
                     continue
                 searching = False
                 last_seq = r["sequence"]
+                if seg.log_id is None:
+                    seg.log_id = r["log_id"]
                 seg.records.append(r)
                 offset = _record_end(r)
             for at, why, before in gaps:
@@ -503,7 +518,9 @@ class Log:
             raise FileNotFoundError(f"{self.dir}: no such log directory")
 
     def segments(self):
-        names = sorted(n for n in builtins_listdir(self.dir) if _NAME.match(n))
+        # §2: a 20-digit name above 2**64 - 1 is not a segment name.
+        names = sorted(n for n in builtins_listdir(self.dir)
+                       if _NAME.match(n) and int(n[:20]) < 1 << 64)
         return [_scan(os.path.join(self.dir, n), int(n[:20])) for n in names]
 
     def recover(self):
@@ -513,16 +530,16 @@ class Log:
         undecided = []
         for seg in reversed(self.segments()):
             skipped.extend(seg.problems)
-            if seg.header is None:
+            if seg.log_id is None:
                 continue
-            sid = seg.header["log_id"]
+            sid = seg.log_id
             if log_id is None:
                 if not seg.records:
                     undecided.append(seg)
                     continue
                 log_id = sid
                 skipped.extend((s.path, 0, "segment belongs to another log")
-                               for s in undecided if s.header["log_id"] != sid)
+                               for s in undecided if s.log_id != sid)
             elif sid != log_id:
                 skipped.append((seg.path, 0, "segment belongs to another log"))
                 continue

@@ -82,6 +82,20 @@ pub struct RunArgs {
     /// Start a fresh run from the weights in this safetensors file.
     #[arg(long, value_name = "FILE.safetensors")]
     pub init_from: Option<PathBuf>,
+    /// When the data directory holds segments of more than one log (which
+    /// stops the start, naming the ids), continue the log with this id
+    /// (32 hex digits, as the error and `epochwal inspect` print it); the
+    /// other log's segments are left as they are.
+    #[arg(long, value_name = "LOG_ID", value_parser = parse_log_id)]
+    pub keep_log_id: Option<u128>,
+}
+
+fn parse_log_id(s: &str) -> Result<u128, String> {
+    if s.len() != 32 {
+        return Err(format!("`{s}` is not a log id: give its 32 hexadecimal digits"));
+    }
+    u128::from_str_radix(s, 16)
+        .map_err(|_| format!("`{s}` is not a log id: give its 32 hexadecimal digits"))
 }
 
 /// sd_notify that does nothing when not run under systemd.
@@ -539,7 +553,8 @@ fn start(config: &Config, args: &RunArgs, dir_existed: bool) -> anyhow::Result<S
         ),
         None => None,
     };
-    let (mut log, recovery) = Log::open(&config.data_dir, config.log_options())?;
+    let (mut log, recovery) =
+        Log::open_keeping(&config.data_dir, config.log_options(), args.keep_log_id)?;
     refuse_fresh_over_records(config, &recovery)?;
     let recovered = recovery
         .record
@@ -611,6 +626,9 @@ fn restore(
         } else {
             warn!(file = %skip.file.display(), offset = skip.offset, reason = %skip.reason, "recovery skipped");
         }
+    }
+    if let Some(lost) = &recovery.lost_durable_record {
+        warn!(dir = %config.data_dir.display(), "a durable record is missing: {lost}; resuming from the newest intact record (run `epochwal verify` and check the disk)");
     }
     let durable = recovery
         .record

@@ -756,7 +756,7 @@ pub fn write_remote_file(dir: &std::path::Path, url: &str, p: &Progress) {
         now_unix_ns(),
         url
     );
-    let res = std::fs::write(&tmp, line)
+    let res = crate::wal::write_private(&tmp, line.as_bytes())
         .and_then(|_| std::fs::rename(&tmp, dir.join(format::REMOTE_FILE)));
     if let Err(e) = res {
         warn!(dir = %dir.display(), error = %e, "could not update the REMOTE file");

@@ -153,7 +153,7 @@ fn rows(scan: &LogScan) -> (Vec<Row>, Vec<String>) {
         .segments
         .iter()
         .rev()
-        .find_map(|s| s.header.map(|h| h.log_id));
+        .find_map(|s| s.log_id);
     let mut out = Vec::new();
     let mut problems: Vec<String> = scan
         .segments
@@ -161,12 +161,11 @@ fn rows(scan: &LogScan) -> (Vec<Row>, Vec<String>) {
         .flat_map(|s| s.problems.iter().map(|p| p.to_string()))
         .collect();
     for seg in &scan.segments {
-        let Some(h) = seg.header else { continue };
-        if Some(h.log_id) != current {
+        let Some(id) = seg.log_id else { continue };
+        if Some(id) != current {
             problems.push(format!(
-                "{}: segment of another log (id {:032x}); its records are not shown",
+                "{}: segment of another log (id {id:032x}); its records are not shown",
                 seg.path.display(),
-                h.log_id
             ));
             continue;
         }

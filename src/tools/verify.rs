@@ -166,6 +166,9 @@ pub fn check(dir: &Path) -> anyhow::Result<Report> {
 /// and looks again before calling it damage.
 fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Report> {
     let reader = open_reader(dir)?;
+    // Read before the scan: the record it names was durable before the scan
+    // began, so a writer appending meanwhile cannot make it look lost.
+    let commit = crate::wal::format::CommitNote::read(dir);
     let mut scan = reader.scan()?;
     if !settle.is_zero() && torn_tail_suspected(&scan) {
         std::thread::sleep(settle);
@@ -203,20 +206,20 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
             .iter()
             .rev()
             .filter(|s| !need_records || !s.records.is_empty())
-            .find_map(|s| s.header.map(|h| h.log_id))
+            .find_map(|s| s.log_id)
     };
     let log_id = newest_with(true).or_else(|| newest_with(false));
     let ours: Vec<&SegmentScan> = scan
         .segments
         .iter()
-        .filter(|s| match s.header {
-            Some(h) if Some(h.log_id) != log_id => {
+        .filter(|s| match s.log_id {
+            Some(id) if Some(id) != log_id => {
                 report.damage.push(Item::new(
                     &s.path,
                     0,
                     format!(
                         "segment belongs to another log (id {:032x}, this log is {:032x}); its {} record(s) were not checked",
-                        h.log_id,
+                        id,
                         log_id.unwrap_or_default(),
                         s.records.len()
                     ),
@@ -350,7 +353,7 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
                         unsupported_reason(&e),
                     ));
                 }
-                Err(e @ WalError::Unreadable { .. }) => {
+                Err(e @ (WalError::Unreadable { .. } | WalError::Io { .. })) => {
                     report.records_unreadable += 1;
                     report.io_errors.push(Item::new(
                         &seg.path,
@@ -430,6 +433,20 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
                     time: format_unix_ns(h.unix_ns),
                 })
             }
+        }
+    }
+    // A record that was durable (COMMIT names it) but is no longer the
+    // newest intact one, while its segment is still here: damage, although
+    // the bytes left look like a crash before its header (FORMAT.md §2).
+    if report.recovery_refused.is_none() {
+        let newest = report.recovery.as_ref().map(|c| c.sequence);
+        if let Some(lost) = commit.and_then(|c| c.lost(dir, newest).map(|l| (c, l))) {
+            let (c, reason) = lost;
+            report.damage.push(Item::new(
+                &dir.join(crate::wal::format::segment_file_name(c.segment_no)),
+                c.offset,
+                reason,
+            ));
         }
     }
     report.clean =

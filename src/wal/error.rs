@@ -145,6 +145,27 @@ pub enum WalError {
         found: u64,
     },
 
+    /// The directory holds segments of more than one log, and no one said
+    /// which to continue.
+    #[error("{path}: the directory holds segments of more than one log: {logs}. A log directory holds one log, and continuing either could hide or delete the other; move the segments of the log that does not belong here out of the directory, or name the log to continue (`epochwal run --keep-log-id ID`: the other log's segments are then left as they are, never read or deleted)")]
+    SeveralLogs { path: PathBuf, logs: String },
+
+    /// The log named to keep has no segment in the directory.
+    #[error("{path}: the log to keep, {wanted:032x}, has no segment here (the directory holds {present})")]
+    NoSuchLog {
+        path: PathBuf,
+        wanted: u128,
+        present: String,
+    },
+
+    /// The kernel's pages are larger than the format's 4 KiB pages.
+    #[error("{path}: this kernel's page size is {page_size} bytes, but epochwal writes records on 4096-byte pages: an msync of a record's header would also write back the last bytes of the record before it, which the format promises never to rewrite (FORMAT.md §1). Writing a log on such a kernel is not supported (reading one is: verify, inspect, export and tail work); run the writer on a kernel with 4 KiB pages")]
+    PageSize { path: PathBuf, page_size: u64 },
+
+    /// A setting from the environment is not valid.
+    #[error("{0}")]
+    Setting(String),
+
     /// An append was started while another was still pending.
     #[error("an append is already in flight; persist and finish it first")]
     AppendInFlight,

@@ -43,6 +43,73 @@ pub const RUNNING_CONFIG_FILE: &str = "RUNNING.toml";
 /// record the remote copy holds. The log itself never reads it.
 pub const REMOTE_FILE: &str = "REMOTE";
 
+/// What the `COMMIT` file says: the newest record the writer reported
+/// durable, `sequence=S epoch=E step=T segment=NAME offset=O\n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitNote {
+    /// The record's sequence number.
+    pub sequence: u64,
+    /// Its epoch.
+    pub epoch: u64,
+    /// The number of the segment it was written to.
+    pub segment_no: u64,
+    /// Its offset in that segment.
+    pub offset: u64,
+}
+
+impl CommitNote {
+    /// Parses a `COMMIT` line; `None` for anything else (the file is not
+    /// fsynced, so after a power cut it may be empty or torn).
+    pub fn parse(text: &str) -> Option<CommitNote> {
+        let line = text.strip_suffix('\n')?;
+        let mut fields = line.split(' ');
+        let mut next = |key: &str| fields.next()?.strip_prefix(key)?.strip_prefix('=');
+        let sequence = next("sequence")?.parse().ok()?;
+        let epoch = next("epoch")?.parse().ok()?;
+        let _step: u64 = next("step")?.parse().ok()?;
+        let segment_no = parse_segment_file_name(next("segment")?)?;
+        let offset = next("offset")?.parse().ok()?;
+        Some(CommitNote {
+            sequence,
+            epoch,
+            segment_no,
+            offset,
+        })
+    }
+
+    /// Reads `dir/COMMIT`; `None` if it is absent, unreadable or not a
+    /// `COMMIT` line.
+    pub fn read(dir: &std::path::Path) -> Option<CommitNote> {
+        let text = std::fs::read_to_string(dir.join(COMMIT_FILE)).ok()?;
+        CommitNote::parse(&text)
+    }
+
+    /// A description of the loss when the record this note names is newer
+    /// than `newest` (the newest intact record's sequence; `None`: there is
+    /// none) while its segment is still in `dir` (retention never deletes
+    /// the segment of the newest record). `None` otherwise.
+    pub fn lost(&self, dir: &std::path::Path, newest: Option<u64>) -> Option<String> {
+        if newest.is_some_and(|n| n >= self.sequence) {
+            return None;
+        }
+        let name = segment_file_name(self.segment_no);
+        if !dir.join(&name).exists() {
+            return None;
+        }
+        Some(format!(
+            "{COMMIT_FILE} says record {} (epoch {}) at offset {} of {name} was durable, but {}: \
+             the record was damaged or lost after it reached the disk (a crash cannot do that)",
+            self.sequence,
+            self.epoch,
+            self.offset,
+            match newest {
+                Some(n) => format!("the newest intact record is {n}"),
+                None => "no record is intact".to_string(),
+            }
+        ))
+    }
+}
+
 /// The checksum used everywhere: XXH3-64 with seed 0.
 pub fn checksum(bytes: &[u8]) -> u64 {
     xxh3_64(bytes)

@@ -9,8 +9,9 @@
 //!
 //! Headers are read with `pread`, bounded by the file's real size, so a short
 //! or truncated file gives a clean error rather than a SIGBUS; a payload is
-//! checksummed with `pread` too (an unreadable sector is then an error
-//! naming the record, not a SIGBUS), and mapped only after that.
+//! read once with `pread` into private memory (an unreadable sector is then
+//! an error naming the record, not a SIGBUS), and checksummed, validated and
+//! used from there: the bytes checked are the bytes used.
 //!
 //! An I/O error is never taken for damage: damage is bytes that were read
 //! and found wrong, while a failed read says nothing about the bytes. A
@@ -27,7 +28,7 @@ use super::format::{
     self, page_align, parse_segment_file_name, ChecksumStream, HeaderError, RecordHeader,
     SegmentHeader, PAGE, RECORD_HEADER_LEN,
 };
-use super::sys::{self, next_data, read_at_most, system_page_size};
+use super::sys::{self, next_data, read_at_most};
 use super::{Result, WalError};
 use crate::state::{self, ArchivedTrainState, Decoded, TrainState, Upgraded};
 
@@ -108,6 +109,10 @@ pub struct SegmentScan {
     pub segment_no: u64,
     /// The decoded segment header, if it is intact.
     pub header: Option<SegmentHeader>,
+    /// The log the segment belongs to: its header's id, or, when the header
+    /// is damaged, the id of the first record header walked in it (`None`:
+    /// neither).
+    pub log_id: Option<u128>,
     /// The file's size when it was scanned.
     pub file_len: u64,
     /// Record headers that decoded, in file order, including those found
@@ -139,13 +144,16 @@ pub struct LogScan {
     pub others: Vec<Skip>,
 }
 
-/// A record whose checksum and rkyv validation passed, borrowed from a
-/// read-only mapping of its segment.
+/// A record whose checksum and rkyv validation passed. Its payload was read
+/// once from the file into private read-only memory; the checksum and the
+/// validation were computed over exactly these bytes, and nothing reads the
+/// file again.
 pub struct MappedRecord {
     path: PathBuf,
     header: RecordHeader,
+    /// The payload as it was read and checksummed, in private read-only
+    /// memory (page-aligned, as rkyv requires).
     map: Mmap,
-    start: usize,
     /// The state upgraded to the current schema, for a record written with
     /// an older one (`None`: the mapping holds the current schema).
     upgraded: Option<Upgraded>,
@@ -173,7 +181,7 @@ impl MappedRecord {
 
     /// The raw rkyv payload.
     pub fn payload(&self) -> &[u8] {
-        &self.map[self.start..self.start + self.header.payload_len as usize]
+        &self.map[..]
     }
 
     /// The schema version the record was written with (from its header).
@@ -187,11 +195,10 @@ impl MappedRecord {
         if let Some(up) = &self.upgraded {
             return up.state();
         }
-        // SAFETY: `load` ran full bytecheck validation of exactly these bytes
-        // (`validate_payload`) before constructing `self`; the mapping is
-        // read-only and the writer never rewrites the bytes of a record once
-        // its header exists (records start on fresh pages), so the bytes are
-        // still the validated ones.
+        // SAFETY: `load_record_at` ran full bytecheck validation of exactly
+        // these bytes (`validate_archive`) before constructing `self`; they
+        // live in private anonymous memory made read-only before that
+        // validation, which no file and no other process can change.
         unsafe { rkyv::access_unchecked::<ArchivedTrainState>(self.payload()) }
     }
 
@@ -315,6 +322,7 @@ pub fn scan_segment(path: &Path, segment_no: u64) -> SegmentScan {
         path: path.to_path_buf(),
         segment_no,
         header: None,
+        log_id: None,
         file_len: 0,
         records: Vec::new(),
         problems: Vec::new(),
@@ -368,37 +376,53 @@ pub fn scan_segment(path: &Path, segment_no: u64) -> SegmentScan {
             return scan;
         }
     }
+    // A damaged segment header (the bytes were read and found wrong) does not
+    // hide the records after it: each record header carries the log id and
+    // the segment number itself, so the walk below goes on without it
+    // (FORMAT.md §5.2). A header of an unknown format version is not damage
+    // but a newer format, whose records this build cannot know how to read.
     let header = match SegmentHeader::decode(&page) {
-        Ok(h) => h,
-        Err(e) => {
+        Ok(h) => Some(h),
+        Err(e @ HeaderError::UnknownVersion(_)) => {
             scan.problems
                 .push(skip(path, 0, format!("segment header: {e}")));
             return scan;
         }
+        Err(e) => {
+            scan.problems.push(skip(
+                path,
+                0,
+                format!("segment header: {e}; its record headers were walked all the same"),
+            ));
+            None
+        }
     };
-    if header.segment_no != segment_no {
-        scan.problems.push(skip(
-            path,
-            0,
-            format!(
-                "segment header says number {}, the file name says {segment_no}",
-                header.segment_no
-            ),
-        ));
-        return scan;
+    if let Some(header) = header {
+        if header.segment_no != segment_no {
+            scan.problems.push(skip(
+                path,
+                0,
+                format!(
+                    "segment header says number {}, the file name says {segment_no}",
+                    header.segment_no
+                ),
+            ));
+            return scan;
+        }
+        if len != header.segment_bytes {
+            scan.problems.push(skip(
+                path,
+                0,
+                format!(
+                    "segment is {len} bytes but its header says {}: truncated or extended",
+                    header.segment_bytes
+                ),
+            ));
+        }
     }
-    scan.header = Some(header);
-    if len != header.segment_bytes {
-        scan.problems.push(skip(
-            path,
-            0,
-            format!(
-                "segment is {len} bytes but its header says {}: truncated or extended",
-                header.segment_bytes
-            ),
-        ));
-    }
-    let limit = len.min(header.segment_bytes);
+    scan.header = header;
+    scan.log_id = header.map(|h| h.log_id);
+    let limit = header.map_or(len, |h| len.min(h.segment_bytes));
     let mut offset = PAGE;
     let mut last_seq = 0;
     // Places where a record header should have started but none did: the
@@ -447,7 +471,7 @@ pub fn scan_segment(path: &Path, segment_no: u64) -> SegmentScan {
             }
         };
         scan.highest_sequence = scan.highest_sequence.max(rec.sequence);
-        let bad = if rec.log_id != header.log_id {
+        let bad = if scan.log_id.is_some_and(|id| rec.log_id != id) {
             Some("record belongs to another log (log id differs from the segment's)".into())
         } else if rec.segment_no != segment_no {
             Some(format!(
@@ -488,6 +512,8 @@ pub fn scan_segment(path: &Path, segment_no: u64) -> SegmentScan {
         searching = false;
         last_seq = rec.sequence;
         offset = rec.end_offset();
+        // Without a segment header, the first record decides the log id.
+        scan.log_id.get_or_insert(rec.log_id);
         scan.records.push(rec);
     }
     scan.end_offset = scan
@@ -585,31 +611,29 @@ impl LogReader {
     }
 }
 
-/// Bytes read per `pread` when checksumming a payload: large enough that
-/// the system call costs little, small enough to stay in the L2 cache.
-const VALIDATE_CHUNK: usize = 256 << 10;
+/// Bytes read per `pread` when loading a payload: large enough that the
+/// system call costs little, small enough that the chunk is still in the
+/// L2 cache when it is hashed right after.
+const LOAD_CHUNK: usize = 256 << 10;
 
-/// The checksum of `[start, start + len)` of `file`, read with `pread`. A
-/// read error is returned with the offset it happened at; a short read
-/// (the file shrank) is damage.
-fn checksum_by_pread(
+/// Reads `[start, start + buf.len())` of `file` into `buf` with `pread` and
+/// returns the checksum of exactly the bytes read, each chunk hashed right
+/// after it arrives. A read error is returned with the first unreadable
+/// offset; a short read (the file shrank) is damage.
+fn read_and_checksum(
     file: &File,
     start: u64,
-    len: u64,
+    buf: &mut [u8],
 ) -> std::result::Result<std::result::Result<u64, String>, (u64, std::io::Error)> {
-    // Page-aligned: the kernel copies page-cache pages into it with
-    // `rep movsb`, which ran at a quarter of the speed into a buffer 16
-    // bytes off a page boundary (where malloc puts a 256 KiB block) on the
-    // AMD EPYC VM BENCHMARKS.md was measured on.
-    let mut buf = rkyv::util::AlignedVec::<{ PAGE as usize }>::with_capacity(VALIDATE_CHUNK);
-    buf.resize(VALIDATE_CHUNK.min(len as usize), 0);
+    let len = buf.len() as u64;
     let mut sum = ChecksumStream::new();
     let mut done = 0u64;
     while done < len {
-        let n = (len - done).min(buf.len() as u64) as usize;
+        let n = (len - done).min(LOAD_CHUNK as u64) as usize;
         let at = start + done;
-        match read_at_most(file, &mut buf[..n], at) {
-            Ok(got) if got == n => sum.update(&buf[..n]),
+        let chunk = &mut buf[done as usize..done as usize + n];
+        match read_at_most(file, chunk, at) {
+            Ok(got) if got == n => sum.update(chunk),
             Ok(got) => {
                 return Ok(Err(format!(
                     "the file ends at byte {} inside the payload (truncated)",
@@ -639,12 +663,12 @@ pub(crate) fn load_record(path: &Path, header: &RecordHeader) -> Result<MappedRe
     load_record_at(path, header, header.payload_offset(), path)
 }
 
-/// Maps and validates (checksum, rkyv, schema) a *copy* of a record kept
-/// outside a segment, whose payload starts at `payload_offset` of `file` —
-/// for example a record object downloaded from a remote copy (header page at
-/// 0, payload at 4096). `name` is what the record reports as its
-/// [`MappedRecord::path`] (the object's URL, say); `file` may be deleted as
-/// soon as this returns, the mapping keeps the bytes.
+/// Reads once and validates (checksum, rkyv, schema) a *copy* of a record
+/// kept outside a segment, whose payload starts at `payload_offset` of
+/// `file` — for example a record object downloaded from a remote copy
+/// (header page at 0, payload at 4096). `name` is what the record reports as
+/// its [`MappedRecord::path`] (the object's URL, say); `file` may be deleted
+/// as soon as this returns: the record holds the bytes it checked.
 pub fn load_record_copy(
     file: &Path,
     header: &RecordHeader,
@@ -673,10 +697,11 @@ fn load_record_at(
             found: header.schema_version,
         });
     }
-    let file = File::open(path).map_err(|e| WalError::io(path, "opening segment", e))?;
+    let file = File::open(path)
+        .map_err(|e| WalError::io(path, "opening the file to read a record's payload", e))?;
     let len = file
         .metadata()
-        .map_err(|e| WalError::io(path, "stat", e))?
+        .map_err(|e| WalError::io(path, "stat of the file to read a record's payload", e))?
         .len();
     let end = start
         .checked_add(header.payload_len)
@@ -686,31 +711,31 @@ fn load_record_at(
             "payload ends at byte {end} but the file has only {len} bytes (truncated)"
         )));
     }
-    // The checksum is computed from `pread`, not through the mapping: a
-    // sector that cannot be read is then an error naming this record, where
-    // a mapping would raise SIGBUS and kill the process. It also brings the
-    // pages into the page cache, so the mapping below reads them from memory.
-    let sum = checksum_by_pread(&file, start, header.payload_len)
+    // The payload is read once, with `pread`, into private anonymous memory,
+    // and the checksum, the validation and every later use see exactly
+    // those bytes. Mapping the file instead would read the medium a second
+    // time whenever the page cache dropped a page in between: a failing
+    // medium may then return other bytes (trained on, and written into new
+    // records under valid checksums) or fail the read (a SIGBUS). A sector
+    // that cannot be read is an error naming this record.
+    let map_len = usize::try_from(header.payload_len)
+        .map_err(|_| damaged("record does not fit in the address space".into()))?;
+    let mut buf = MmapOptions::new().len(map_len).map_anon().map_err(|e| {
+        WalError::io(
+            path,
+            "allocating memory for a record's payload",
+            e,
+        )
+    })?;
+    let sum = read_and_checksum(&file, start, &mut buf)
         .map_err(|(at, e)| WalError::unreadable(path, at, "reading a record's payload", e))?
         .map_err(damaged)?;
     check_payload_checksum(sum, header).map_err(damaged)?;
-    let page = system_page_size();
-    let map_start = start / page * page;
-    let delta = (start - map_start) as usize;
-    let map_len = usize::try_from(end - map_start)
-        .map_err(|_| damaged("record does not fit in the address space".into()))?;
-    // SAFETY: the mapping is read-only and covers only bytes inside the file
-    // as it is now (checked against its size just above). The writer never
-    // truncates a segment and never rewrites the bytes of a record that has a
-    // header; a third party truncating the file while it is mapped could still
-    // raise SIGBUS, which FORMAT.md documents as outside the contract. The
-    // pages were just read successfully, so they are in the page cache.
-    let map = unsafe { MmapOptions::new().offset(map_start).len(map_len).map(&file) }
-        .map_err(|e| WalError::io(path, "mapping record", e))?;
-    if map[delta..].len() as u64 != header.payload_len {
-        return Err(damaged("mapping is shorter than the payload".into()));
-    }
-    let upgraded = match validate_archive(&map[delta..], header).map_err(damaged)? {
+    // Read-only from now on: the validated bytes cannot change.
+    let map = buf
+        .make_read_only()
+        .map_err(|e| WalError::io(path, "protecting a record's payload", e))?;
+    let upgraded = match validate_archive(&map, header).map_err(damaged)? {
         Decoded::Current(_) => None,
         Decoded::Upgraded(up) => Some(up),
     };
@@ -718,7 +743,6 @@ fn load_record_at(
         path: name.to_path_buf(),
         header: *header,
         map,
-        start: delta,
         upgraded,
     })
 }
@@ -749,6 +773,15 @@ pub struct Recovery {
     /// Segments whose headers were read (recovery stops at the first segment
     /// holding a good record, so this stays small for a long log).
     pub segments_scanned: usize,
+    /// `COMMIT` names a record newer than the one chosen, in a segment that
+    /// is still in the directory: a record that was durable has since been
+    /// damaged or lost (a crash cannot do that, FORMAT.md §2). What to tell
+    /// the operator; `None` when nothing is missing.
+    pub lost_durable_record: Option<String>,
+    /// The sequence `COMMIT` names when [`Recovery::lost_durable_record`]
+    /// is set (0 otherwise): it was given to a record, so it is never
+    /// given again.
+    pub lost_sequence: u64,
 }
 
 /// Finds the newest intact record in `dir`. Reads segments newest first and
@@ -761,7 +794,7 @@ pub struct Recovery {
 /// payload that cannot be read only makes recovery pass over that record,
 /// with a [`Skip`] marked `unreadable`.
 pub fn recover(dir: impl AsRef<Path>) -> Result<Recovery> {
-    recover_with(dir.as_ref(), false)
+    recover_with(dir.as_ref(), false, None)
 }
 
 /// [`recover`] for the writer, which resumes from what it finds and so must
@@ -769,11 +802,13 @@ pub fn recover(dir: impl AsRef<Path>) -> Result<Recovery> {
 /// and its clean cached pages are dropped ([`sys::sync_and_forget`]), so
 /// that bytes which only the page cache holds (after a failed write-back
 /// that another process saw) are neither used nor taken for durable.
-pub(crate) fn recover_for_writer(dir: &Path) -> Result<Recovery> {
-    recover_with(dir, true)
+/// `keep`, when given, is the log to resume: segments of any other log id
+/// are passed over (and reported), whichever is newer.
+pub(crate) fn recover_for_writer(dir: &Path, keep: Option<u128>) -> Result<Recovery> {
+    recover_with(dir, true, keep)
 }
 
-fn recover_with(dir: &Path, writer: bool) -> Result<Recovery> {
+fn recover_with(dir: &Path, writer: bool, keep: Option<u128>) -> Result<Recovery> {
     // A reader running next to a writer can list a segment that retention
     // deletes before it is read (retention deletes only after a newer record
     // is durable, in a newer segment). The listing is then stale: start over
@@ -781,7 +816,7 @@ fn recover_with(dir: &Path, writer: bool) -> Result<Recovery> {
     // hold only records older than one already durable.
     let mut attempts = 0;
     loop {
-        let (out, vanished) = recover_once(dir, writer)?;
+        let (out, vanished) = recover_once(dir, writer, keep)?;
         attempts += 1;
         if !vanished || attempts >= 100 {
             return Ok(out);
@@ -790,13 +825,18 @@ fn recover_with(dir: &Path, writer: bool) -> Result<Recovery> {
 }
 
 /// One pass of [`recover`]; the flag says a listed segment disappeared.
-fn recover_once(dir: &Path, writer: bool) -> Result<(Recovery, bool)> {
+fn recover_once(dir: &Path, writer: bool, keep: Option<u128>) -> Result<(Recovery, bool)> {
+    // Read before the listing: a record `COMMIT` names was durable before
+    // the listing, so a writer appending meanwhile cannot make it look lost.
+    let commit = format::CommitNote::read(dir);
     let (segments, others) = list_dir(dir)?;
     let mut vanished = false;
     let mut out = Recovery {
         record: None,
         skipped: others,
-        log_id: None,
+        log_id: keep,
+        lost_durable_record: None,
+        lost_sequence: 0,
         next_sequence: 1,
         // Saturating: a file named with the largest number must not panic a
         // reader; the writer refuses to create a segment that already exists.
@@ -824,23 +864,25 @@ fn recover_once(dir: &Path, writer: bool) -> Result<(Recovery, bool)> {
         }
         out.segments_scanned += 1;
         out.skipped.extend(scan.problems.iter().cloned());
-        let Some(header) = scan.header else { continue };
-        newest_header_id.get_or_insert(header.log_id);
+        // A segment whose header is damaged still has an id when a record
+        // header was walked in it (FORMAT.md §5.2).
+        let Some(seg_id) = scan.log_id else { continue };
+        newest_header_id.get_or_insert(seg_id);
         match out.log_id {
             // An empty segment (rotated ahead, or planted) does not decide
             // whose log this is; the newest segment holding a record does.
             None if scan.records.is_empty() => {
-                undecided.push((path.clone(), header.log_id));
+                undecided.push((path.clone(), seg_id));
                 continue;
             }
             None => {
-                out.log_id = Some(header.log_id);
-                for (p, id) in undecided.drain(..).filter(|(_, id)| *id != header.log_id) {
-                    out.skipped.push(foreign(&p, id, header.log_id));
+                out.log_id = Some(seg_id);
+                for (p, id) in undecided.drain(..).filter(|(_, id)| *id != seg_id) {
+                    out.skipped.push(foreign(&p, id, seg_id));
                 }
             }
-            Some(id) if id != header.log_id => {
-                out.skipped.push(foreign(path, header.log_id, id));
+            Some(id) if id != seg_id => {
+                out.skipped.push(foreign(path, seg_id, id));
                 continue;
             }
             Some(_) => {}
@@ -851,6 +893,12 @@ fn recover_once(dir: &Path, writer: bool) -> Result<(Recovery, bool)> {
         for rec in scan.records.iter().rev() {
             match load_record(path, rec) {
                 Ok(m) => {
+                    if let Some(c) = commit {
+                        out.lost_durable_record = c.lost(dir, Some(m.header().sequence));
+                        if out.lost_durable_record.is_some() {
+                            out.lost_sequence = c.sequence;
+                        }
+                    }
                     out.record = Some(m);
                     return Ok((out, vanished));
                 }
@@ -877,15 +925,21 @@ fn recover_once(dir: &Path, writer: bool) -> Result<(Recovery, bool)> {
                         ),
                     )
                 }),
-                Err(e) => out.skipped.push(skip(
-                    path,
-                    rec.offset,
-                    format!("record {}: {e}", rec.sequence),
-                )),
+                // Opening the segment or allocating memory for the payload
+                // failed (EMFILE, ENOMEM, EACCES, ...): not damage, and not
+                // a verdict on the bytes. Passing over the record would
+                // resume from an older one, or start a fresh run beside it.
+                Err(e) => return Err(e),
             }
         }
     }
     // No record anywhere: the log is still the one its newest segment says.
     out.log_id = out.log_id.or(newest_header_id);
+    if out.lost_durable_record.is_some() {
+        out.lost_sequence = commit.map_or(0, |c| c.sequence);
+    }
+    if let Some(c) = commit.filter(|_| !vanished) {
+        out.lost_durable_record = c.lost(dir, None);
+    }
     Ok((out, vanished))
 }

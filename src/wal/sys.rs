@@ -10,6 +10,48 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
+/// Mode of every file the log directory gets: a model is private data.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+/// Mode of a log directory the writer creates.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Opens `path` with `options` (which may create it), and makes the file
+/// mode exactly 0600 whatever the umask (`fchmod`: the umask can only take
+/// bits away from the mode given at creation, never add the owner's).
+pub fn open_private(options: &mut std::fs::OpenOptions, path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = options.mode(PRIVATE_FILE_MODE).open(path)?;
+    let mode = file.metadata()?.permissions().mode() & 0o7777;
+    if mode != PRIVATE_FILE_MODE {
+        file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))?;
+    }
+    Ok(file)
+}
+
+/// Writes `bytes` into `path` (created or truncated) with mode 0600.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut file = open_private(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true),
+        path,
+    )?;
+    file.write_all(bytes)
+}
+
+/// Creates `dir` and any missing parents with mode 0700, and makes the mode
+/// of `dir` itself exactly 0700 whatever the umask.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+}
+
 /// Allocates real blocks for `[0, len)` so that later stores through a
 /// mapping can never fail for lack of space (which would be a SIGBUS).
 /// `ftruncate` alone would create a sparse file and defer the allocation to
@@ -74,15 +116,30 @@ pub fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usiz
     Ok(done)
 }
 
-/// The system page size (mapping offsets must be multiples of it).
-pub fn system_page_size() -> u64 {
+/// Environment variable, for tests only, that makes the writer take the
+/// system page size to be its value (to check, on a 4 KiB-page machine,
+/// what happens on a 64 KiB-page kernel).
+pub const TEST_PAGE_SIZE_VAR: &str = "EPOCHWAL_TEST_PAGE_SIZE";
+
+/// The system page size: the unit in which the kernel faults and writes
+/// back a mapping. `Err` names [`TEST_PAGE_SIZE_VAR`] when it is set to
+/// something that is not a number.
+pub fn system_page_size() -> Result<u64, String> {
+    if let Some(v) = std::env::var_os(TEST_PAGE_SIZE_VAR) {
+        return v
+            .to_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|n| n.is_power_of_two())
+            .ok_or_else(|| {
+                format!(
+                    "{TEST_PAGE_SIZE_VAR}={}: not a power of two (a page size in bytes)",
+                    v.to_string_lossy()
+                )
+            });
+    }
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as u64
-    } else {
-        4096
-    }
+    Ok(if n > 0 { n as u64 } else { 4096 })
 }
 
 /// Turns readahead off for reads through `file` (`POSIX_FADV_RANDOM`; this

@@ -374,23 +374,50 @@ impl Log {
     /// writer lock, recovers the newest intact record and prepares to append
     /// after it. Appends always go to a new segment, so nothing is ever
     /// written behind bytes a crash may have left.
+    ///
+    /// A directory holding segments of more than one log id is an error
+    /// ([`WalError::SeveralLogs`]); [`Log::open_keeping`] names the one to
+    /// continue.
     pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<(Log, Recovery)> {
+        Log::open_keeping(dir, options, None)
+    }
+
+    /// [`Log::open`], continuing the log `keep` when the directory holds
+    /// segments of several logs: the segments of the others are passed over
+    /// by recovery and never deleted by retention.
+    pub fn open_keeping(
+        dir: impl AsRef<Path>,
+        options: LogOptions,
+        keep: Option<u128>,
+    ) -> Result<(Log, Recovery)> {
         let dir = dir.as_ref().to_path_buf();
+        // Checked before anything is created: the format's promise that an
+        // append never rewrites a byte of an earlier record holds only when
+        // the kernel writes back 4 KiB at a time.
+        let page_size = sys::system_page_size().map_err(WalError::Setting)?;
+        if page_size > PAGE {
+            return Err(WalError::PageSize {
+                path: dir,
+                page_size,
+            });
+        }
         if !dir.exists() {
-            std::fs::create_dir_all(&dir)
+            sys::create_private_dir(&dir)
                 .map_err(|e| WalError::io(&dir, "creating the log directory", e))?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 sys::sync_dir(parent).map_err(|e| WalError::io(parent, "fsync", e))?;
             }
         }
         let lock_path = dir.join(format::LOCK_FILE);
-        let mut lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|source| match source.raw_os_error() {
+        let mut lock = sys::open_private(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+            &lock_path,
+        )
+        .map_err(|source| match source.raw_os_error() {
                 Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM) => WalError::ReadOnly {
                     path: dir.clone(),
                     source,
@@ -419,7 +446,7 @@ impl Log {
 
         // Fsyncs and re-reads from the disk every segment it visits; a read
         // error is an error, never "no checkpoint".
-        let recovery = recover_for_writer(&dir)?;
+        let recovery = recover_for_writer(&dir, keep)?;
         sys::sync_dir(&dir).map_err(|source| WalError::NotDurable {
             path: dir.clone(),
             what: "fsync of the log directory",
@@ -451,7 +478,37 @@ impl Log {
             in_flight: false,
             last_span: 0,
         };
-        let (highest, holder) = log.take_inventory()?;
+        let (highest, holder, logs) = log.take_inventory()?;
+        // Segments of two logs: which one is "the" log cannot be told from
+        // the bytes (a planted or copied segment may be the newer one), and
+        // continuing either would pass over, and in time delete, the other.
+        let describe = |logs: &std::collections::BTreeMap<u128, Vec<u64>>| {
+            logs.iter()
+                .map(|(id, segs)| {
+                    format!(
+                        "log {id:032x} (segments {})",
+                        segs.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" and ")
+        };
+        match keep {
+            None if logs.len() > 1 => {
+                return Err(WalError::SeveralLogs {
+                    path: log.dir.clone(),
+                    logs: describe(&logs),
+                })
+            }
+            Some(id) if !logs.is_empty() && !logs.contains_key(&id) => {
+                return Err(WalError::NoSuchLog {
+                    path: log.dir.clone(),
+                    wanted: id,
+                    present: describe(&logs),
+                })
+            }
+            _ => {}
+        }
         if highest == u64::MAX {
             return Err(WalError::SequenceExhausted {
                 path: holder,
@@ -462,6 +519,11 @@ impl Log {
         // directory: records hidden behind damage, rejected headers, older
         // segments. A number is never given to two records.
         log.next_sequence = log.next_sequence.max(highest + 1);
+        // A record COMMIT says was durable, and whose header is gone, had
+        // its number too (it may have been uploaded under it).
+        log.next_sequence = log
+            .next_sequence
+            .max(recovery.lost_sequence.saturating_add(1));
         // Make room before the first new segment is needed: a restart on a
         // full disk must be able to checkpoint as the run before it could.
         let recovered_segment = recovery.record.as_ref().map(|r| r.header().segment_no);
@@ -486,9 +548,13 @@ impl Log {
 
     /// Header-only scan of all segments: ours are listed for retention; the
     /// highest sequence in any header (and the file holding it) is returned.
-    fn take_inventory(&mut self) -> Result<(u64, PathBuf)> {
+    /// Also returns the segment numbers of every log id present.
+    fn take_inventory(
+        &mut self,
+    ) -> Result<(u64, PathBuf, std::collections::BTreeMap<u128, Vec<u64>>)> {
         let (segments, _) = list_dir(&self.dir)?;
         let mut highest = (0, self.dir.clone());
+        let mut logs = std::collections::BTreeMap::<u128, Vec<u64>>::new();
         for (n, path) in segments {
             let scan = scan_segment(&path, n);
             if let Some(f) = &scan.read_failure {
@@ -497,8 +563,12 @@ impl Log {
             if scan.highest_sequence > highest.0 {
                 highest = (scan.highest_sequence, path.clone());
             }
-            let Some(h) = scan.header else { continue };
-            if h.log_id != self.log_id {
+            if let Some(id) = scan.log_id {
+                logs.entry(id).or_default().push(n);
+            }
+            // A damaged segment header hides nothing: its records were
+            // walked, and their log id stands in for the header's.
+            if scan.log_id != Some(self.log_id) {
                 continue;
             }
             self.inventory.push(SegmentInventory {
@@ -512,7 +582,7 @@ impl Log {
                     .collect(),
             });
         }
-        Ok(highest)
+        Ok((highest.0, highest.1, logs))
     }
 
     /// Errors if the LOCK file this writer locked is no longer the one at
@@ -703,12 +773,9 @@ impl Log {
         }
         let mut renamed = false;
         let created = (|| -> Result<File> {
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(|e| WalError::io(&tmp, "creating segment", e))?;
+            let mut file =
+                sys::open_private(OpenOptions::new().read(true).write(true).create_new(true), &tmp)
+                    .map_err(|e| WalError::io(&tmp, "creating segment", e))?;
             sys::preallocate(&file, bytes).map_err(|e| match no_space_cause(&e) {
                 Some(cause) => WalError::NoSpace {
                     path: tmp.clone(),
@@ -1203,7 +1270,7 @@ fn write_commit_file(dir: &Path, h: &RecordHeader, segment: &Path) {
         segment.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
         h.offset
     );
-    let res = std::fs::write(&tmp, line)
+    let res = sys::write_private(&tmp, line.as_bytes())
         .and_then(|_| std::fs::rename(&tmp, dir.join(format::COMMIT_FILE)));
     if let Err(e) = res {
         tracing::warn!(dir = %dir.display(), error = %e, "could not update the commit file (tail -f may lag)");

@@ -34,12 +34,50 @@ pub struct BadRange {
     pub end: u64,
 }
 
+/// A page that reads back differently the second time, as a failing
+/// medium's can: once a read of `file_name` in `[after, until)` has been
+/// served (the first read of `[start, end)` is long done by then), the page
+/// cache's copy of `[start, end)` is replaced by what the medium now
+/// returns: the bytes xored with `0x40` (`eio == false`), or nothing, every
+/// later read failing with EIO (`eio == true`).
+#[derive(Debug, Clone)]
+pub struct SecondRead {
+    pub file_name: String,
+    pub start: u64,
+    pub end: u64,
+    pub after: u64,
+    pub until: u64,
+    pub eio: bool,
+}
+
 /// What the tests can change and observe while the file system runs.
 #[derive(Default)]
 pub struct Control {
     pub bad: Mutex<Vec<BadRange>>,
     /// Reads refused with EIO so far.
     pub eio_reads: AtomicU64,
+    /// At most one page whose second read differs from its first.
+    pub second_read: Mutex<Option<SecondRead>>,
+    /// Set once the [`SecondRead`] took effect.
+    pub second_read_done: std::sync::atomic::AtomicBool,
+    /// Reads served (or refused) per (file name, page offset).
+    pub page_reads: Mutex<HashMap<(String, u64), u64>>,
+    /// Ranges whose reads return the bytes xored with 0x40.
+    flipped: Mutex<Vec<BadRange>>,
+    notifier: Mutex<Option<fuser::Notifier>>,
+}
+
+impl Control {
+    /// How many times the page at `offset` of `file_name` was read.
+    pub fn reads_of(&self, file_name: &str, offset: u64) -> u64 {
+        let page = offset / 4096 * 4096;
+        self.page_reads
+            .lock()
+            .unwrap()
+            .get(&(file_name.to_string(), page))
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 struct BadFs {
@@ -117,6 +155,50 @@ impl BadFs {
         if let Some(ino) = self.inos.remove(rel) {
             self.paths.remove(&ino);
         }
+    }
+
+    fn name_of(&self, ino: u64) -> Option<String> {
+        self.paths
+            .get(&ino)
+            .and_then(|rel| rel.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+    }
+
+    /// Makes the armed [`SecondRead`] take effect once a read of its file at
+    /// or past its `after` offset has been served.
+    fn second_read_now(&self, ino: u64, name: Option<&str>, start: u64, fh: u64) {
+        let mut armed = self.control.second_read.lock().unwrap();
+        let Some(sr) = armed.as_ref() else { return };
+        if Some(sr.file_name.as_str()) != name || start < sr.after || start >= sr.until {
+            return;
+        }
+        let sr = armed.take().unwrap();
+        let range = BadRange {
+            file_name: sr.file_name.clone(),
+            start: sr.start,
+            end: sr.end,
+        };
+        let notifier = self.control.notifier.lock().unwrap();
+        let notifier = notifier.as_ref().expect("notifier installed at mount");
+        let len = (sr.end - sr.start) as i64;
+        if sr.eio {
+            self.control.bad.lock().unwrap().push(range);
+            notifier
+                .inval_inode(ino, sr.start as i64, len)
+                .expect("FUSE_NOTIFY_INVAL_INODE");
+        } else {
+            let mut bytes = vec![0u8; (sr.end - sr.start) as usize];
+            let f = self.files.get(&fh).expect("open file");
+            f.read_exact_at(&mut bytes, sr.start).expect("read backing file");
+            for b in &mut bytes {
+                *b ^= 0x40;
+            }
+            self.control.flipped.lock().unwrap().push(range);
+            notifier
+                .store(ino, sr.start, &bytes)
+                .expect("FUSE_NOTIFY_STORE");
+        }
+        self.control.second_read_done.store(true, Ordering::SeqCst);
     }
 
     fn is_bad(&self, ino: u64, start: u64, end: u64) -> bool {
@@ -310,6 +392,15 @@ impl Filesystem for BadFs {
         reply: ReplyData,
     ) {
         let start = offset as u64;
+        let name = self.name_of(ino);
+        if let Some(name) = &name {
+            let mut counts = self.control.page_reads.lock().unwrap();
+            let mut page = start / 4096 * 4096;
+            while page < start + u64::from(size) {
+                *counts.entry((name.clone(), page)).or_default() += 1;
+                page += 4096;
+            }
+        }
         if self.is_bad(ino, start, start + u64::from(size)) {
             self.control.eio_reads.fetch_add(1, Ordering::SeqCst);
             return reply.error(libc::EIO);
@@ -326,7 +417,18 @@ impl Filesystem for BadFs {
                 Err(e) => return reply.error(errno(&e)),
             }
         }
-        reply.data(&buf[..done])
+        for r in self.control.flipped.lock().unwrap().iter() {
+            if Some(&r.file_name) == name.as_ref() {
+                for (i, b) in buf[..done].iter_mut().enumerate() {
+                    let at = start + i as u64;
+                    if at >= r.start && at < r.end {
+                        *b ^= 0x40;
+                    }
+                }
+            }
+        }
+        reply.data(&buf[..done]);
+        self.second_read_now(ino, name.as_deref(), start, fh);
     }
 
     fn write(
@@ -471,6 +573,7 @@ pub fn mount(backing: &Path, mountpoint: &Path) -> std::io::Result<Mounted> {
         MountOption::CUSTOM("max_read=4096".into()),
     ];
     let session = fuser::spawn_mount2(fs, mountpoint, &options)?;
+    *control.notifier.lock().unwrap() = Some(session.notifier());
     Ok(Mounted {
         mountpoint: mountpoint.to_path_buf(),
         control,

@@ -14,7 +14,9 @@
  *              (fallocate, fallocate64, posix_fallocate), rename (rename,
  *              renameat, renameat2; matched on the new name), unlink,
  *              statfs (statfs, fstatfs; the result is rewritten),
- *              mmap (mmap, mmap64 of a file; FLIP only)
+ *              open (open, open64, openat, openat64; matched on the path
+ *              as given), mmap (mmap, mmap64; matched on the path of the
+ *              descriptor, or "anonymous" for an anonymous mapping)
  *   SUBSTRING  must occur in the file's path (for msync: the mapped file,
  *              found in /proc/self/maps); "*" matches everything
  *   ACTION     an errno name (EIO, ENOSPC, EDQUOT, EEXIST, EACCES, EMFILE,
@@ -29,7 +31,8 @@
  *   skip=N     let the first N matching calls through (default 0)
  *   count=N    then act on N calls (default 1; 0 = every later call)
  *   range=A-B  pread, msync and mmap only: match only calls whose byte
- *              range in the file overlaps [A, B)
+ *              range in the file (for an anonymous mmap: [0, length))
+ *              overlaps [A, B)
  *
  * Every injected fault is reported on stderr as one line starting with
  * "epochwal-fault: ", so a test can check that its fault really happened.
@@ -50,7 +53,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-enum op { OP_PREAD, OP_MSYNC, OP_FSYNC, OP_FSYNCDIR, OP_FDATASYNC, OP_FALLOCATE, OP_RENAME, OP_UNLINK, OP_STATFS, OP_MMAP, OP_NONE };
+enum op { OP_PREAD, OP_MSYNC, OP_FSYNC, OP_FSYNCDIR, OP_FDATASYNC, OP_FALLOCATE, OP_RENAME, OP_UNLINK, OP_STATFS, OP_OPEN, OP_MMAP, OP_NONE };
 
 struct rule {
     enum op op;
@@ -88,6 +91,7 @@ static enum op parse_op(const char *s) {
     if (!strcmp(s, "rename")) return OP_RENAME;
     if (!strcmp(s, "unlink")) return OP_UNLINK;
     if (!strcmp(s, "statfs")) return OP_STATFS;
+    if (!strcmp(s, "open")) return OP_OPEN;
     if (!strcmp(s, "mmap")) return OP_MMAP;
     return OP_NONE;
 }
@@ -465,15 +469,25 @@ int fstatfs64(int fd, struct statfs64 *out) {
     return rc;
 }
 
-/* A file mapping that differs from the file by one byte (FLIP), or NULL
-   to go on with the real call. */
+/* A failed mapping (an errno: ENOMEM says nothing about the file's
+   bytes), a file mapping that differs from the file by one byte (FLIP), or
+   NULL to go on with the real call. */
 static void *mmap_fault(const char *fn, void *(*real)(void *, size_t, int, int, int, off_t),
                         void *addr, size_t len, int prot, int flags, int fd, off_t off) {
-    if (fd < 0 || (flags & MAP_ANONYMOUS)) return NULL;
-    char path[4096];
-    fd_path(fd, path, sizeof path);
-    struct rule *r = match(OP_MMAP, path, off, off + (long long)len);
-    if (!r || !r->flip) return NULL;
+    int anon = fd < 0 || (flags & MAP_ANONYMOUS);
+    char path[4096] = "anonymous";
+    long long base = 0;
+    if (!anon) {
+        fd_path(fd, path, sizeof path);
+        base = (long long)off;
+    }
+    struct rule *r = match(OP_MMAP, path, base, base + (long long)len);
+    if (r && r->err) {
+        say("epochwal-fault: %s %s in %s of %zu bytes at offset %lld", errname(r->err), path, fn, len, base);
+        errno = r->err;
+        return MAP_FAILED;
+    }
+    if (anon || !r || !r->flip) return NULL;
     long long lo = off, hi = off + (long long)len;
     if (r->hi >= 0) {
         if (r->lo > lo) lo = r->lo;
@@ -499,4 +513,60 @@ void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
     REAL(void *, mmap64, void *, size_t, int, int, int, off_t);
     void *p = mmap_fault("mmap64", real_mmap64, addr, len, prot, flags, fd, off);
     return p ? p : real_mmap64(addr, len, prot, flags, fd, off);
+}
+
+/* open: a failure to get a descriptor (EMFILE, EACCES), which says nothing
+ * about the bytes of the file. */
+static int open_fault(const char *fn, const char *p) {
+    struct rule *r = match(OP_OPEN, p, 0, 0);
+    if (r) {
+        say("epochwal-fault: %s %s in %s", errname(r->err), p, fn);
+        errno = r->err;
+        return -1;
+    }
+    return 0;
+}
+
+static mode_t open_mode(int flags, va_list ap) {
+    return (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+}
+
+int open(const char *p, int flags, ...) {
+    REAL(int, open, const char *, int, ...);
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = open_mode(flags, ap);
+    va_end(ap);
+    if (open_fault("open", p)) return -1;
+    return real_open(p, flags, mode);
+}
+
+int open64(const char *p, int flags, ...) {
+    REAL(int, open64, const char *, int, ...);
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = open_mode(flags, ap);
+    va_end(ap);
+    if (open_fault("open64", p)) return -1;
+    return real_open64(p, flags, mode);
+}
+
+int openat(int dirfd, const char *p, int flags, ...) {
+    REAL(int, openat, int, const char *, int, ...);
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = open_mode(flags, ap);
+    va_end(ap);
+    if (open_fault("openat", p)) return -1;
+    return real_openat(dirfd, p, flags, mode);
+}
+
+int openat64(int dirfd, const char *p, int flags, ...) {
+    REAL(int, openat64, int, const char *, int, ...);
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = open_mode(flags, ap);
+    va_end(ap);
+    if (open_fault("openat64", p)) return -1;
+    return real_openat64(dirfd, p, flags, mode);
 }
