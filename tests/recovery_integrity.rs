@@ -351,7 +351,8 @@ fn zero_newest_header_page(data: &Path) -> u64 {
         .write(true)
         .open(&seg.path)
         .unwrap();
-    f.write_all_at(&[0u8; PAGE as usize], newest.offset).unwrap();
+    f.write_all_at(&[0u8; PAGE as usize], newest.offset)
+        .unwrap();
     newest.sequence
 }
 
@@ -369,7 +370,10 @@ fn a_durable_record_that_vanished_is_reported() {
     let (code, v) = verify_json(&data);
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(v["recovery"]["sequence"], 2, "{v}");
-    assert!(v["damage"].to_string().contains("COMMIT says record 3"), "{v}");
+    assert!(
+        v["damage"].to_string().contains("COMMIT says record 3"),
+        "{v}"
+    );
 
     let lines = run_ok(&config(tmp.path(), &data, 4, fixed));
     let all = joined(&lines);
@@ -409,7 +413,11 @@ fn a_crash_before_the_header_barrier_is_not_reported_as_a_loss() {
     let (code, v) = verify_json(&data);
     assert_eq!(code, Some(0), "{v}");
     let lines = run_ok(&config(tmp.path(), &data, 4, fixed));
-    assert!(!joined(&lines).contains("COMMIT says"), "{}", joined(&lines));
+    assert!(
+        !joined(&lines).contains("COMMIT says"),
+        "{}",
+        joined(&lines)
+    );
 }
 
 // ------------------------------------------- item 13: pages above 4 KiB

@@ -601,7 +601,9 @@ fn a_newest_record_truncated_inside_its_header_page_recovers_the_previous() {
     let (seq, r) = recovered(dir.path(), &w);
     assert_eq!(seq, Some(2));
     assert!(any_reason(&r, "truncated or extended"), "{:?}", reasons(&r));
-    assert_appends_after_recovery(dir.path(), &w, 3);
+    // COMMIT names the damaged record: its number was given and is
+    // never given again (FORMAT.md §5 step 7).
+    assert_appends_after_recovery(dir.path(), &w, 4);
 }
 
 #[test]
@@ -642,7 +644,9 @@ fn a_flipped_bit_in_the_newest_record_header_recovers_the_previous() {
         "{:?}",
         reasons(&r)
     );
-    assert_appends_after_recovery(dir.path(), &w, 3);
+    // COMMIT names the damaged record: its number was given and is
+    // never given again (FORMAT.md §5 step 7).
+    assert_appends_after_recovery(dir.path(), &w, 4);
 }
 
 #[test]
@@ -678,7 +682,9 @@ fn a_zeroed_header_page_makes_that_record_invisible() {
         reasons(&r)
     );
     assert!(scan_problems(dir.path()).is_empty());
-    assert_appends_after_recovery(dir.path(), &w, 3);
+    // COMMIT names the damaged record: its number was given and is
+    // never given again (FORMAT.md §5 step 7).
+    assert_appends_after_recovery(dir.path(), &w, 4);
 }
 
 #[test]
@@ -843,7 +849,9 @@ fn a_segment_with_an_unknown_format_version_is_refused() {
         "{:?}",
         reasons(&r)
     );
-    assert_appends_after_recovery(dir.path(), &w, 5);
+    // COMMIT names the damaged record: its number was given and is
+    // never given again (FORMAT.md §5 step 7).
+    assert_appends_after_recovery(dir.path(), &w, 7);
 }
 
 #[test]

@@ -92,7 +92,9 @@ pub struct RunArgs {
 
 fn parse_log_id(s: &str) -> Result<u128, String> {
     if s.len() != 32 {
-        return Err(format!("`{s}` is not a log id: give its 32 hexadecimal digits"));
+        return Err(format!(
+            "`{s}` is not a log id: give its 32 hexadecimal digits"
+        ));
     }
     u128::from_str_radix(s, 16)
         .map_err(|_| format!("`{s}` is not a log id: give its 32 hexadecimal digits"))

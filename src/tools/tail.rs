@@ -149,11 +149,7 @@ impl Row {
 /// The records of the newest log in the directory (segments of another log
 /// id are left out), sorted by sequence, and the problems the scan met.
 fn rows(scan: &LogScan) -> (Vec<Row>, Vec<String>) {
-    let current = scan
-        .segments
-        .iter()
-        .rev()
-        .find_map(|s| s.log_id);
+    let current = scan.segments.iter().rev().find_map(|s| s.log_id);
     let mut out = Vec::new();
     let mut problems: Vec<String> = scan
         .segments

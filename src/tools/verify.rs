@@ -438,9 +438,16 @@ fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Repo
     // A record that was durable (COMMIT names it) but is no longer the
     // newest intact one, while its segment is still here: damage, although
     // the bytes left look like a crash before its header (FORMAT.md §2).
-    if report.recovery_refused.is_none() {
+    // Not said where a read failed: what lies there is unknown.
+    if report.recovery_refused.is_none() && scan.segments.iter().all(|s| s.read_failure.is_none()) {
         let newest = report.recovery.as_ref().map(|c| c.sequence);
-        if let Some(lost) = commit.and_then(|c| c.lost(dir, newest).map(|l| (c, l))) {
+        let highest = scan
+            .segments
+            .iter()
+            .map(|s| s.highest_sequence)
+            .max()
+            .unwrap_or(0);
+        if let Some(lost) = commit.and_then(|c| c.lost(dir, newest, highest).map(|l| (c, l))) {
             let (c, reason) = lost;
             report.damage.push(Item::new(
                 &dir.join(crate::wal::format::segment_file_name(c.segment_no)),

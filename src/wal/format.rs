@@ -86,10 +86,17 @@ impl CommitNote {
 
     /// A description of the loss when the record this note names is newer
     /// than `newest` (the newest intact record's sequence; `None`: there is
-    /// none) while its segment is still in `dir` (retention never deletes
-    /// the segment of the newest record). `None` otherwise.
-    pub fn lost(&self, dir: &std::path::Path, newest: Option<u64>) -> Option<String> {
-        if newest.is_some_and(|n| n >= self.sequence) {
+    /// none) and than every record header found (`highest_header`: a header
+    /// still there is reported for what is wrong with its record, damage or
+    /// a read error), while its segment is still in `dir` (retention never
+    /// deletes the segment of the newest record). `None` otherwise.
+    pub fn lost(
+        &self,
+        dir: &std::path::Path,
+        newest: Option<u64>,
+        highest_header: u64,
+    ) -> Option<String> {
+        if newest.is_some_and(|n| n >= self.sequence) || highest_header >= self.sequence {
             return None;
         }
         let name = segment_file_name(self.segment_no);

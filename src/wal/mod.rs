@@ -28,11 +28,11 @@ mod writer;
 
 pub use error::{errno_name, WalError};
 pub use format::{RecordHeader, SegmentHeader, ValidationFigures};
-pub use sys::{create_private_dir, write_private};
 pub use reader::{
     load_record_copy, recover, validate_payload, LogReader, LogScan, MappedRecord, ReadFailure,
     Recovery, SegmentScan, Skip,
 };
+pub use sys::{create_private_dir, write_private};
 pub use writer::{
     archived_len, segment_bytes_for, Durable, Log, LogOptions, PendingAppend, Retention,
     RetentionReport, AUTO_MAX_SEGMENT_BYTES, AUTO_RECORDS_PER_SEGMENT, AUTO_SEGMENT_BYTES,

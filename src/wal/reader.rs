@@ -720,13 +720,10 @@ fn load_record_at(
     // that cannot be read is an error naming this record.
     let map_len = usize::try_from(header.payload_len)
         .map_err(|_| damaged("record does not fit in the address space".into()))?;
-    let mut buf = MmapOptions::new().len(map_len).map_anon().map_err(|e| {
-        WalError::io(
-            path,
-            "allocating memory for a record's payload",
-            e,
-        )
-    })?;
+    let mut buf = MmapOptions::new()
+        .len(map_len)
+        .map_anon()
+        .map_err(|e| WalError::io(path, "allocating memory for a record's payload", e))?;
     let sum = read_and_checksum(&file, start, &mut buf)
         .map_err(|(at, e)| WalError::unreadable(path, at, "reading a record's payload", e))?
         .map_err(damaged)?;
@@ -894,7 +891,8 @@ fn recover_once(dir: &Path, writer: bool, keep: Option<u128>) -> Result<(Recover
             match load_record(path, rec) {
                 Ok(m) => {
                     if let Some(c) = commit {
-                        out.lost_durable_record = c.lost(dir, Some(m.header().sequence));
+                        out.lost_durable_record =
+                            c.lost(dir, Some(m.header().sequence), out.next_sequence - 1);
                         if out.lost_durable_record.is_some() {
                             out.lost_sequence = c.sequence;
                         }
@@ -939,7 +937,7 @@ fn recover_once(dir: &Path, writer: bool, keep: Option<u128>) -> Result<(Recover
         out.lost_sequence = commit.map_or(0, |c| c.sequence);
     }
     if let Some(c) = commit.filter(|_| !vanished) {
-        out.lost_durable_record = c.lost(dir, None);
+        out.lost_durable_record = c.lost(dir, None, out.next_sequence - 1);
     }
     Ok((out, vanished))
 }

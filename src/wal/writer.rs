@@ -418,12 +418,12 @@ impl Log {
             &lock_path,
         )
         .map_err(|source| match source.raw_os_error() {
-                Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM) => WalError::ReadOnly {
-                    path: dir.clone(),
-                    source,
-                },
-                _ => WalError::io(&lock_path, "opening the lock file", source),
-            })?;
+            Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM) => WalError::ReadOnly {
+                path: dir.clone(),
+                source,
+            },
+            _ => WalError::io(&lock_path, "opening the lock file", source),
+        })?;
         if !sys::try_lock_exclusive(&lock).map_err(|e| WalError::io(&lock_path, "flock", e))? {
             return Err(WalError::Locked {
                 path: dir.clone(),
@@ -487,7 +487,10 @@ impl Log {
                 .map(|(id, segs)| {
                     format!(
                         "log {id:032x} (segments {})",
-                        segs.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                        segs.iter()
+                            .map(|n| n.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 })
                 .collect::<Vec<_>>()
@@ -773,9 +776,11 @@ impl Log {
         }
         let mut renamed = false;
         let created = (|| -> Result<File> {
-            let mut file =
-                sys::open_private(OpenOptions::new().read(true).write(true).create_new(true), &tmp)
-                    .map_err(|e| WalError::io(&tmp, "creating segment", e))?;
+            let mut file = sys::open_private(
+                OpenOptions::new().read(true).write(true).create_new(true),
+                &tmp,
+            )
+            .map_err(|e| WalError::io(&tmp, "creating segment", e))?;
             sys::preallocate(&file, bytes).map_err(|e| match no_space_cause(&e) {
                 Some(cause) => WalError::NoSpace {
                     path: tmp.clone(),

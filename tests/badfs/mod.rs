@@ -189,7 +189,8 @@ impl BadFs {
         } else {
             let mut bytes = vec![0u8; (sr.end - sr.start) as usize];
             let f = self.files.get(&fh).expect("open file");
-            f.read_exact_at(&mut bytes, sr.start).expect("read backing file");
+            f.read_exact_at(&mut bytes, sr.start)
+                .expect("read backing file");
             for b in &mut bytes {
                 *b ^= 0x40;
             }
