@@ -6,6 +6,7 @@ pub mod faults;
 pub mod http;
 pub mod prometheus;
 pub mod systemd;
+pub mod torch;
 pub mod unit_analysis;
 
 use std::path::{Path, PathBuf};

@@ -145,6 +145,11 @@ fn text(out: &Output) -> String {
 }
 
 impl Systemd {
+    /// PID (on the host) of the container's systemd.
+    pub fn leader(&self) -> u32 {
+        self.leader
+    }
+
     /// Runs a shell command inside the container as root, with the
     /// environment the script's `exec` gives it.
     pub fn sh(&self, cmd: &str) -> Output {
