@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Optional
 
 import torch
 from torch import nn
@@ -53,7 +54,7 @@ def main() -> int:
                 f"resumed from seq={restored.seq} epoch={epoch} step={step}",
                 flush=True,
             )
-        loss = float("nan")
+        loss: Optional[float] = None
         while not ckpt.stop_requested and (epochs == 0 or epoch < epochs):
             x = torch.randn(64, 32)
             loss_t = nn.functional.mse_loss(model(x), x @ target)

@@ -133,7 +133,10 @@ fn a_read_only_directory_refuses_a_writer_and_still_reads() {
     };
     let mnt = tmp.path().join("mnt");
     let dir = mnt.join("log");
-    run_ok("torch_bad_input.py", &["readonly_setup", dir.to_str().unwrap()]);
+    run_ok(
+        "torch_bad_input.py",
+        &["readonly_setup", dir.to_str().unwrap()],
+    );
     let remount = |mode: &str| {
         let st = Command::new("mount")
             .args(["-o", &format!("remount,{mode}")])

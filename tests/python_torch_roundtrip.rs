@@ -31,7 +31,10 @@ fn every_dtype_optimizer_scheduler_scaler_and_rng_round_trip_across_processes() 
     }
     let tmp = tempfile::tempdir().unwrap();
     let logs = tmp.path().join("logs");
-    let (saved, loaded) = (tmp.path().join("saved.json"), tmp.path().join("loaded.json"));
+    let (saved, loaded) = (
+        tmp.path().join("saved.json"),
+        tmp.path().join("loaded.json"),
+    );
     let arg = |p: &Path| p.to_str().unwrap().to_string();
     run_ok("torch_roundtrip.py", &["save", &arg(&logs), &arg(&saved)]);
     run_ok("torch_roundtrip.py", &["load", &arg(&logs), &arg(&loaded)]);
@@ -42,16 +45,23 @@ fn every_dtype_optimizer_scheduler_scaler_and_rng_round_trip_across_processes() 
         "the loaded state has other names"
     );
     let differing: Vec<&String> = a.keys().filter(|k| a[*k] != b[*k]).collect();
-    assert!(differing.is_empty(), "differ after the round trip: {differing:?}");
+    assert!(
+        differing.is_empty(),
+        "differ after the round trip: {differing:?}"
+    );
     for opt in ["sgd", "adam", "adamw", "rmsprop"] {
         for dtype in [
             "float32", "float16", "float64", "bfloat16", "int64", "int32", "int16", "int8",
             "uint8", "bool",
         ] {
-            assert!(a.contains_key(&format!("{opt}.model.buf_{dtype}")), "{opt} {dtype}");
+            assert!(
+                a.contains_key(&format!("{opt}.model.buf_{dtype}")),
+                "{opt} {dtype}"
+            );
         }
         assert!(
-            a.keys().any(|k| k.starts_with(&format!("{opt}.optimizer.state."))),
+            a.keys()
+                .any(|k| k.starts_with(&format!("{opt}.optimizer.state."))),
             "{opt} has no optimizer state"
         );
     }

@@ -24,7 +24,9 @@ const DROP_IN: &str = "/etc/systemd/system/epochwal-torch-example.service.d/test
 const LONG: Duration = Duration::from_secs(180);
 
 fn install(s: &mut Systemd) {
-    s.sh(&format!("systemctl stop {UNIT}; systemctl reset-failed {UNIT}"));
+    s.sh(&format!(
+        "systemctl stop {UNIT}; systemctl reset-failed {UNIT}"
+    ));
     s.ok("rm -rf /var/lib/private/epochwal-torch-example /var/lib/epochwal-torch-example");
     let py = python_in_container(s);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -60,7 +62,8 @@ fn num(line: &str, key: &str) -> u64 {
 
 #[test]
 fn sigterm_writes_a_final_checkpoint_exits_successfully_and_the_restart_resumes_from_it() {
-    let test = "sigterm_writes_a_final_checkpoint_exits_successfully_and_the_restart_resumes_from_it";
+    let test =
+        "sigterm_writes_a_final_checkpoint_exits_successfully_and_the_restart_resumes_from_it";
     if !available(test) {
         return;
     }
@@ -94,12 +97,19 @@ fn sigterm_writes_a_final_checkpoint_exits_successfully_and_the_restart_resumes_
     s.ok(&format!("systemctl start {UNIT}"));
     let resumed = s.wait_journal(UNIT, &cursor, &["resumed from"], LONG);
     assert_eq!(
-        (num(&resumed, "seq"), num(&resumed, "epoch"), num(&resumed, "step")),
+        (
+            num(&resumed, "seq"),
+            num(&resumed, "epoch"),
+            num(&resumed, "step")
+        ),
         (seq, epoch, step),
         "{resumed} after {last}"
     );
     s.ok(&format!("systemctl stop {UNIT}"));
     assert_eq!(s.prop(UNIT, "Result"), "success");
     let again = s.wait_journal(UNIT, &cursor, &["final checkpoint", "stop requested"], LONG);
-    assert!(num(&again, "seq") > seq && num(&again, "step") >= step, "{again}");
+    assert!(
+        num(&again, "seq") > seq && num(&again, "step") >= step,
+        "{again}"
+    );
 }

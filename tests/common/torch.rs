@@ -172,7 +172,9 @@ fn bind_into(leader: u32, src: &str, dst: &str) {
                 libc::SYS_open_tree,
                 libc::AT_FDCWD,
                 src_c.as_ptr(),
-                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint,
+                OPEN_TREE_CLONE
+                    | libc::O_CLOEXEC as libc::c_uint
+                    | libc::AT_RECURSIVE as libc::c_uint,
             );
             if tree < 0 {
                 return Err(std::io::Error::last_os_error());

@@ -57,7 +57,7 @@ class Renamed(nn.Module):
 
 def sha(t: torch.Tensor) -> str:
     t = t.detach().contiguous()
-    return hashlib.sha256(t.view(torch.uint8).numpy().tobytes()).hexdigest()
+    return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def state_hashes(model: nn.Module) -> Dict[str, str]:

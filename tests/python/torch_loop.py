@@ -160,7 +160,7 @@ def train_step(kind: str, parts: Dict[str, Any]) -> float:
         with torch.no_grad():
             model.loss_ema.mul_(0.9).add_(loss.detach().to(torch.bfloat16) * 0.1)
             model.samples_seen += xb.shape[0]
-    return float(loss)
+    return float(loss.detach())
 
 
 def sha(data: bytes) -> str:
@@ -170,7 +170,7 @@ def sha(data: bytes) -> str:
 def tensor_sha(t: torch.Tensor) -> str:
     """SHA-256 of a tensor's bytes with its dtype and shape."""
     t = t.detach().contiguous().cpu()
-    raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
     return sha(f"{t.dtype}{tuple(t.shape)}".encode() + raw)
 
 

@@ -129,7 +129,7 @@ def sha(data: bytes) -> str:
 def tensor_sha(t: torch.Tensor) -> str:
     """SHA-256 of a tensor's dtype, shape and bytes."""
     t = t.detach().contiguous().cpu()
-    raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
     return sha(f"{t.dtype}{tuple(t.shape)}".encode() + raw)
 
 
