@@ -39,20 +39,11 @@ pub fn command(name: &str) -> Command {
 /// True when torch and the compiled package import; otherwise a notice and
 /// false, or a panic under CI.
 pub fn available(test: &str) -> bool {
-    let probe = Command::new(python())
-        .args([
-            "-c",
-            "import torch, numpy, epochwal; from epochwal import Checkpointer, EpochwalError",
-        ])
-        .output();
-    let why = match probe {
-        Ok(o) if o.status.success() => return true,
-        Ok(o) => String::from_utf8_lossy(&o.stderr)
-            .lines()
-            .last()
-            .unwrap_or("")
-            .to_string(),
-        Err(e) => format!("cannot run {}: {e}", python()),
+    // Importing torch takes seconds: probe once per test binary.
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let why = match PROBE.get_or_init(probe) {
+        Ok(()) => return true,
+        Err(why) => why,
     };
     let msg = format!(
         "{test}: {} cannot import torch and the epochwal package \
@@ -64,6 +55,24 @@ pub fn available(test: &str) -> bool {
     }
     notice(&format!("SKIPPED {msg}"));
     false
+}
+
+fn probe() -> Result<(), String> {
+    let probe = Command::new(python())
+        .args([
+            "-c",
+            "import torch, numpy, epochwal; from epochwal import Checkpointer, EpochwalError",
+        ])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string()),
+        Err(e) => Err(format!("cannot run {}: {e}", python())),
+    }
 }
 
 /// Runs a script to completion; panics with its output unless it exits 0.

@@ -191,7 +191,8 @@ def save_refused(d: str, what: str, needles: Tuple[str, ...], **kw: Any) -> str:
 def case_meta(d: str) -> str:
     with torch.device("meta"):
         meta_model = Net()
-    return save_refused(d, "meta model", ("fc.weight", "meta"), model=meta_model)
+    # The error names the first meta tensor of the state_dict it meets.
+    return save_refused(d, "meta model", ("model.", "meta"), model=meta_model)
 
 
 def case_sparse(d: str) -> str:
@@ -244,9 +245,7 @@ class Opaque:
 
 def case_unstorable_value(d: str) -> str:
     msgs = [save_refused(d, "object in extra", ("callback",), extra={"callback": Opaque()})]
-    msgs.append(
-        save_refused(d + "-2", "tensor in extra (not extra_tensors)", ("weights",), extra={"weights": torch.ones(2)})
-    )
+    msgs.append(save_refused(d + "-2", "set in extra", ("ids",), extra={"ids": {1, 2}}))
     msgs.append(save_refused(d + "-3", "object in metrics", ("acc",), metrics={"acc": Opaque()}))
     return " | ".join(msgs)
 
@@ -281,7 +280,7 @@ def case_second_process(d: str) -> str:
         )
         assert out.returncode == 3, f"second process: exit {out.returncode}: {out.stdout}{out.stderr}"
         msg = out.stdout.strip()
-        for needle in ("LOCK", str(os.getpid())):
+        for needle in ("locked", str(os.getpid()), d):
             assert needle in msg, f"second writer's error does not name {needle!r}: {msg}"
         # The first writer goes on.
         nxt = ckpt.save(epoch=2, step=2, model=model, optimizer=opt)

@@ -59,7 +59,7 @@ def odd_values(dtype: torch.dtype) -> torch.Tensor:
     if dtype.is_floating_point:
         width = torch.finfo(dtype).bits // 8
         raw = np.frombuffer(
-            hashlib.sha256(str(dtype).encode()).digest() * 2, dtype=np.uint8
+            hashlib.sha256(str(dtype).encode()).digest() * 4, dtype=np.uint8
         )[: 15 * width].copy()
         t = torch.from_numpy(raw).view(dtype).reshape(3, 5).clone()
         info = torch.finfo(dtype)
