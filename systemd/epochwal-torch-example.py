@@ -61,7 +61,7 @@ def main() -> int:
             opt.zero_grad()
             loss_t.backward()
             opt.step()
-            loss = float(loss_t)
+            loss = float(loss_t.detach())
             step += 1
             ckpt.notify_watchdog()
             if step % steps_per_epoch == 0:
