@@ -156,12 +156,15 @@ class Bench:
         t1 = now()
         self.ckpt.wait()
         t2 = now()
-        # A second handle cannot open the directory (one writer): load
-        # through the same Checkpointer, as a restarted loop would.
+        # Load as a restarted loop does: open the directory (recovery
+        # validates the newest record), then load_latest into the model
+        # and optimizer. One writer per directory: this one closes first.
+        self.ckpt.close()
         t3 = now()
+        self.ckpt = Checkpointer(self.ckpt_dir, keep_records=2)
         r = self.ckpt.load_latest(model=self.model2, optimizer=self.opt2, rng=False)
         t4 = now()
-        assert r is not None and r.epoch == self.epoch
+        assert r is not None and r.epoch == self.epoch, (r, self.epoch)
         return {"pause": t1 - t0, "durable": t2 - t0, "load": t4 - t3}
 
     def torch_save(self) -> Dict[str, float]:
