@@ -137,11 +137,22 @@ fn init_tracing() {
         // The object store client logs every retried request at info level;
         // the uploader reports failures itself.
         .unwrap_or_else(|_| EnvFilter::new("info,object_store=warn"));
-    // Under systemd: the journal's native protocol, with fields.
+    // Under systemd: the checkpoint and epoch lines (their own target) go
+    // through the journal's native protocol with fields; the rest stays
+    // text on stderr.
     if let Some(journal) = crate::observe::journal::layer() {
+        use tracing_subscriber::filter::{filter_fn, FilterExt, Targets};
+        use tracing_subscriber::Layer;
+        let target = crate::observe::journal::TARGET;
+        let text = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_target(false)
+            .with_filter(filter.and(filter_fn(move |m| m.target() != target)));
+        let fields = journal.with_filter(Targets::new().with_target(target, tracing::Level::INFO));
         let _ = tracing_subscriber::registry()
-            .with(filter)
-            .with(journal)
+            .with(text)
+            .with(fields)
             .try_init();
         return;
     }

@@ -214,35 +214,62 @@ impl Observers {
 }
 
 /// The `checkpoint durable` line when logging to the journal: INFO for
-/// every checkpoint (routine ones are DEBUG on stderr), with its figures as
-/// journal fields (`EPOCHWAL_SEQ`, `EPOCHWAL_EPOCH`, `EPOCHWAL_STEP`,
-/// `EPOCHWAL_LOSS`, `EPOCHWAL_VAL_LOSS`, `EPOCHWAL_BYTES`,
-/// `EPOCHWAL_PAUSE_SECONDS`, `EPOCHWAL_PERSIST_SECONDS`, `EPOCHWAL_REASON`,
-/// `EPOCHWAL_SEGMENT`, and with `[replicate]` `EPOCHWAL_REMOTE_SEQ`,
-/// `EPOCHWAL_REMOTE_LAG_RECORDS`, `EPOCHWAL_REMOTE_LAG_SECONDS`).
+/// every checkpoint (routine ones are DEBUG on stderr), its text as stderr
+/// would show it, and its figures as journal fields (`EPOCHWAL_SEQ`,
+/// `EPOCHWAL_EPOCH`, `EPOCHWAL_STEP`, `EPOCHWAL_LOSS`, `EPOCHWAL_VAL_LOSS`,
+/// `EPOCHWAL_BYTES`, `EPOCHWAL_PAUSE_SECONDS`, `EPOCHWAL_PERSIST_SECONDS`,
+/// `EPOCHWAL_REASON`, `EPOCHWAL_SEGMENT`, and with `[replicate]`
+/// `EPOCHWAL_REMOTE_SEQ`, `EPOCHWAL_REMOTE_LAG_RECORDS`,
+/// `EPOCHWAL_REMOTE_LAG_SECONDS`).
 pub(crate) fn journal_durable(
     d: &Durable,
     pause: Duration,
     reason: &str,
     remote: Option<&Progress>,
 ) {
+    let ms = |t: Duration| (t.as_secs_f64() * 1e6).round() / 1e3;
+    let segment = d
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let h = &d.header;
+    let mut text = format!(
+        "checkpoint durable seq={} epoch={} step={} bytes={} pause_ms={} persist_ms={} reason={reason:?}",
+        h.sequence,
+        h.epoch,
+        h.step,
+        d.bytes,
+        ms(pause),
+        ms(d.sync_time)
+    );
+    if let Some(v) = h.validation {
+        text.push_str(&format!(" val_loss={}", f64::from(v.loss)));
+    }
+    text.push_str(&format!(" segment={segment}"));
+    if let Some(p) = remote {
+        text.push_str(&format!(
+            " remote_seq={} remote_lag_records={} remote_lag_s={}",
+            p.remote_seq,
+            p.lag_records(),
+            (p.lag_seconds() * 1e3).round() / 1e3
+        ));
+    }
     info!(
-        seq = d.header.sequence,
-        epoch = d.header.epoch,
-        step = d.header.step,
-        loss = d.header.loss,
-        val_loss = d.header.validation.map(|v| f64::from(v.loss)),
+        target: crate::observe::journal::TARGET,
+        seq = h.sequence,
+        epoch = h.epoch,
+        step = h.step,
+        loss = h.loss,
+        val_loss = h.validation.map(|v| f64::from(v.loss)),
         bytes = d.bytes,
         pause_seconds = pause.as_secs_f64(),
         persist_seconds = d.sync_time.as_secs_f64(),
         reason,
-        segment = %d.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        segment = %segment,
         remote_seq = remote.map(|p| p.remote_seq),
         remote_lag_records = remote.map(|p| p.lag_records()),
         remote_lag_seconds = remote.map(|p| p.lag_seconds()),
-        "checkpoint durable: seq {} (epoch {}, step {})",
-        d.header.sequence,
-        d.header.epoch,
-        d.header.step
+        "{text}"
     );
 }

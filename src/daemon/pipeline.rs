@@ -506,6 +506,7 @@ impl Progress {
         }
         if crate::observe::journal::active() {
             info!(
+                target: crate::observe::journal::TARGET,
                 epoch,
                 loss,
                 val_loss = validation.map(|v| f64::from(v.loss)),

@@ -1,19 +1,26 @@
 //! Structured journal fields under systemd (`tracing-journald`).
 //!
 //! When stderr is the journal (systemd sets `JOURNAL_STREAM` to the device
-//! and inode of the stream it connected to stderr), the daemon logs through
-//! the journal's native protocol instead of text on stderr: the message is
-//! the same, and each field of an event becomes a journal field named
-//! `EPOCHWAL_<FIELD>` (`EPOCHWAL_SEQ`, `EPOCHWAL_EPOCH`, `EPOCHWAL_LOSS`,
-//! `EPOCHWAL_PERSIST_SECONDS`, ...), so that
-//! `journalctl -u epochwal EPOCHWAL_SEQ=42` finds checkpoint 42. Anywhere
-//! else nothing changes: text lines on stderr, as before.
+//! and inode of the stream it connected to stderr), the checkpoint and
+//! epoch lines go through the journal's native protocol: the message is the
+//! text line stderr would carry, and each figure is also a journal field
+//! named `EPOCHWAL_<FIELD>` (`EPOCHWAL_SEQ`, `EPOCHWAL_EPOCH`,
+//! `EPOCHWAL_LOSS`, `EPOCHWAL_PERSIST_SECONDS`, ...), so that
+//! `journalctl -u epochwal EPOCHWAL_SEQ=42` finds checkpoint 42. Every other
+//! line stays text on stderr (which the journal stores as it did), and
+//! anywhere else nothing changes at all.
+//!
+//! Those events use the target [`TARGET`]: the daemon routes that target to
+//! the journal layer only, and everything else to the text layer only.
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// The `tracing` target of the events that carry journal fields.
+pub const TARGET: &str = "epochwal::journal";
 
 /// True when stderr is the stream systemd connected to the journal.
 pub fn stderr_is_journal() -> bool {
@@ -45,7 +52,14 @@ pub fn layer() -> Option<tracing_journald::Layer> {
     Some(
         layer
             .with_field_prefix(Some("EPOCHWAL".into()))
-            .with_syslog_identifier("epochwal".into()),
+            .with_syslog_identifier("epochwal".into())
+            // INFO is syslog's "informational" (6), as the text lines on
+            // stderr are stored; the crate's default would say "notice".
+            .with_priority_mappings(tracing_journald::PriorityMappings {
+                info: tracing_journald::Priority::Informational,
+                debug: tracing_journald::Priority::Debug,
+                ..tracing_journald::PriorityMappings::new()
+            }),
     )
 }
 
