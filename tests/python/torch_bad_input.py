@@ -99,9 +99,7 @@ def record_bytes(d: str) -> Tuple[int, Dict[str, Tuple[Tuple[int, ...], bytes]]]
     recovery chooses, through the read-only view (no lock)."""
     rec = epochwal.open_log(d).latest()
     assert rec is not None, f"{d}: the log has no record"
-    out = {}
-    for name, _dtype, shape, buf in rec.tensors():
-        out[name] = (tuple(shape), bytes(memoryview(buf)))
+    out = {name: (tuple(arr.shape), arr.tobytes()) for name, arr in rec.tensors.items()}
     return rec.seq, out
 
 
