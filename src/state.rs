@@ -46,23 +46,51 @@ use rkyv::util::AlignedVec;
 
 pub mod v1;
 pub mod v2;
+pub mod v3;
 
-pub use v2::{
-    AdamParamState, AdamState, ArchivedAdamParamState, ArchivedAdamState, ArchivedDataState,
-    ArchivedImport, ArchivedModelState, ArchivedScaling, ArchivedTensor, ArchivedTrainState,
-    DataState, Import, ModelState, Scaling, Tensor, TrainState,
+pub use v3::{
+    dtype_size, AdamParamState, AdamState, ArchivedAdamParamState, ArchivedAdamState,
+    ArchivedDataState, ArchivedGeneral, ArchivedImport, ArchivedModelState, ArchivedNamedTensor,
+    ArchivedScaling, ArchivedTensor, ArchivedTrainState, DataState, General, Import, ModelState,
+    NamedTensor, Scaling, Tensor, TensorBytes, TrainState, DTYPES, KIND_GENERAL, KIND_TRAINER,
+    TENSOR_DATA_ALIGN,
 };
 
 /// Version of the current schema (the types re-exported above). Written in
 /// every record's header and in its payload's `schema_version`.
-pub const SCHEMA_VERSION: u32 = v2::VERSION;
+pub const SCHEMA_VERSION: u32 = v3::VERSION;
 
 /// The oldest schema version this build reads (and upgrades).
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 
-/// The element type of every tensor. Only f32 is stored today; the field
-/// exists so that a reader of FORMAT.md can check it.
+/// The element type of every tensor of a trainer record (general records
+/// name theirs, see [`DTYPES`]).
 pub const DTYPE_F32: &str = "F32";
+
+impl ArchivedNamedTensor {
+    /// The tensor's bytes, borrowed from the archive without copying.
+    pub fn bytes(&self) -> &[u8] {
+        self.data.as_slice()
+    }
+
+    /// The shape as plain integers.
+    pub fn dims(&self) -> Vec<u64> {
+        self.shape.iter().map(|d| d.to_native()).collect()
+    }
+
+    /// Number of elements (the product of the shape; 1 for a scalar).
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().map(|d| d.to_native()).product()
+    }
+}
+
+impl ArchivedTrainState {
+    /// Whether this is a general record (named tensors and a metadata
+    /// document, written by the Python package) rather than the trainer's.
+    pub fn is_general(&self) -> bool {
+        self.kind.to_native() == KIND_GENERAL
+    }
+}
 
 impl ArchivedTensor {
     /// The tensor values, borrowed from the archive without copying.
@@ -129,6 +157,7 @@ impl ArchivedTrainState {
     /// the tensor. A record that fails is damage (FORMAT.md §5.4): recovery
     /// passes over it and `verify` reports it.
     pub fn check_consistency(&self) -> Result<(), String> {
+        self.check_general()?;
         let tensors = self.model.tensors.as_slice();
         let mut names = std::collections::HashSet::with_capacity(tensors.len());
         for (i, t) in tensors.iter().enumerate() {
@@ -210,6 +239,66 @@ impl ArchivedTrainState {
     }
 }
 
+impl ArchivedTrainState {
+    /// The rules of FORMAT.md §5.4 for the record kind and for the tensors
+    /// and document of a general record.
+    fn check_general(&self) -> Result<(), String> {
+        let g = &self.general;
+        match self.kind.to_native() {
+            KIND_TRAINER => {
+                if !g.tensors.is_empty()
+                    || !g.meta.is_empty()
+                    || !g.job_id.is_empty()
+                    || g.world_size != 0
+                    || g.rank != 0
+                {
+                    return Err("a trainer record has general tensors or metadata".into());
+                }
+                return Ok(());
+            }
+            KIND_GENERAL => {}
+            other => return Err(format!("unknown record kind {other}")),
+        }
+        if !self.model.tensors.is_empty() || !self.optimizer.params.is_empty() {
+            return Err("a general record has trainer tensors".into());
+        }
+        let (world, rank) = (g.world_size.to_native(), g.rank.to_native());
+        if (world == 0 && rank != 0) || (world != 0 && rank >= world) {
+            return Err(format!("rank {rank} is not below world size {world}"));
+        }
+        let mut names = std::collections::HashSet::with_capacity(g.tensors.len());
+        for (i, t) in g.tensors.iter().enumerate() {
+            let name = t.name.as_str();
+            let Some(size) = dtype_size(t.dtype.as_str()) else {
+                return Err(format!(
+                    "tensor {i} ({name}) has unknown dtype {:?}",
+                    t.dtype.as_str()
+                ));
+            };
+            let bytes = t
+                .shape
+                .iter()
+                .try_fold(size as u64, |acc, d| acc.checked_mul(d.to_native()));
+            if bytes != Some(t.data.len() as u64) {
+                return Err(format!(
+                    "tensor {i} ({name}) has shape {:?} of {} but {} bytes",
+                    t.dims(),
+                    t.dtype.as_str(),
+                    t.data.len()
+                ));
+            }
+            if !names.insert(name) {
+                return Err(format!("tensor name {name} appears twice"));
+            }
+        }
+        match serde_json::from_str::<serde_json::Value>(g.meta.as_str()) {
+            Ok(serde_json::Value::Object(_)) => Ok(()),
+            Ok(_) => Err("the metadata document is not a JSON object".into()),
+            Err(e) => Err(format!("the metadata document is not JSON: {e}")),
+        }
+    }
+}
+
 impl TrainState {
     /// Total bytes of tensor data (model plus optimizer moments).
     pub fn tensor_bytes(&self) -> u64 {
@@ -220,7 +309,8 @@ impl TrainState {
             .iter()
             .map(|p| p.exp_avg.len() + p.exp_avg_sq.len())
             .sum();
-        ((model + opt) * std::mem::size_of::<f32>()) as u64
+        let general: usize = self.general.tensors.iter().map(|t| t.data.len()).sum();
+        ((model + opt) * std::mem::size_of::<f32>() + general) as u64
     }
 }
 
@@ -349,6 +439,7 @@ pub fn decode(version: u32, payload: &[u8]) -> Result<Decoded<'_>, DecodeError> 
             Ok(Decoded::Current(s))
         }
         // Older versions: validated with their own types, then upgraded.
+        2 => upgrade_from::<v2::TrainState>(payload, 2).map(Decoded::Upgraded),
         1 => upgrade_from::<v1::TrainState>(payload, 1).map(Decoded::Upgraded),
         found => Err(DecodeError::Unsupported { found }),
     }
@@ -378,6 +469,12 @@ impl StoredVersion for v1::ArchivedTrainState {
 }
 
 impl StoredVersion for v2::ArchivedTrainState {
+    fn stored_version(&self) -> u32 {
+        self.schema_version.to_native()
+    }
+}
+
+impl StoredVersion for v3::ArchivedTrainState {
     fn stored_version(&self) -> u32 {
         self.schema_version.to_native()
     }
@@ -475,7 +572,7 @@ mod tests {
     }
 
     /// The layout FORMAT.md §4.3 gives, pinned: sizes, alignments and field
-    /// offsets of every archived struct of both schema versions.
+    /// offsets of every archived struct of every schema version.
     #[test]
     fn archived_layouts_are_the_documented_ones() {
         use std::mem::{align_of, offset_of, size_of};
@@ -533,7 +630,43 @@ mod tests {
             [fingerprint = 0, description = 8, tensors = 24]
         );
         layout!(
+            ArchivedNamedTensor,
+            64,
+            [name = 0, dtype = 16, shape = 32, data = 48]
+        );
+        layout!(
+            ArchivedGeneral,
+            56,
+            [
+                tensors = 0,
+                meta = 16,
+                job_id = 32,
+                world_size = 48,
+                rank = 52
+            ]
+        );
+        layout!(
             ArchivedTrainState,
+            392,
+            [
+                schema_version = 0,
+                epoch = 8,
+                global_step = 16,
+                step_in_epoch = 24,
+                model = 32,
+                optimizer = 88,
+                data = 144,
+                last_loss = 192,
+                wall_clock_unix_ns = 200,
+                train_time_ms = 208,
+                scaling = 216,
+                import = 280,
+                kind = 328,
+                general = 336
+            ]
+        );
+        layout!(
+            v2::ArchivedTrainState,
             328,
             [
                 schema_version = 0,
@@ -697,5 +830,96 @@ mod tests {
         assert!(matches!(decode(1, &v2), Err(DecodeError::Invalid(_))));
         let e = upgrade_from::<v1::TrainState>(&bytes, 3).unwrap_err();
         assert!(matches!(e, DecodeError::Invalid(_)), "{e}");
+    }
+
+    fn sample_general() -> TrainState {
+        let mut s = TrainState {
+            epoch: 2,
+            global_step: 40,
+            last_loss: 0.5,
+            ..TrainState::default()
+        };
+        s.general.meta = r#"{"optimizer":{"param_groups":[{"lr":0.1}]}}"#.into();
+        s.general.tensors = vec![
+            NamedTensor {
+                name: "model.fc.weight".into(),
+                dtype: "BF16".into(),
+                shape: vec![2, 3],
+                data: vec![1u8; 12].into(),
+            },
+            NamedTensor {
+                name: "model.count".into(),
+                dtype: "I64".into(),
+                shape: vec![],
+                data: 7i64.to_le_bytes().to_vec().into(),
+            },
+        ];
+        s
+    }
+
+    /// A general record decodes in place, and every tensor's data starts at
+    /// a multiple of 64 bytes from the start of the archive.
+    #[test]
+    fn a_general_record_decodes_in_place_with_aligned_tensor_data() {
+        let bytes = archive(&sample_general());
+        let d = decode(SCHEMA_VERSION, &bytes).unwrap();
+        assert!(matches!(d, Decoded::Current(_)));
+        assert!(d.is_general());
+        assert_eq!(owned(&d), sample_general());
+        for t in d.general.tensors.iter() {
+            let at = t.bytes().as_ptr() as usize - bytes.as_ptr() as usize;
+            assert_eq!(at % TENSOR_DATA_ALIGN, 0, "{}", t.name.as_str());
+        }
+        assert_eq!(d.general.tensors[1].numel(), 1);
+    }
+
+    #[test]
+    fn general_tensors_must_agree_with_their_dtype_and_shape() {
+        let mut s = sample_general();
+        s.general.tensors[0].dtype = "F128".into();
+        assert!(invalid(&s).contains("unknown dtype \"F128\""));
+        let mut s = sample_general();
+        s.general.tensors[0].dtype = "F32".into();
+        assert!(invalid(&s).contains("has shape [2, 3] of F32 but 12 bytes"));
+        let mut s = sample_general();
+        s.general.tensors[1].name = "model.fc.weight".into();
+        assert!(invalid(&s).contains("appears twice"));
+        let mut s = sample_general();
+        s.general.meta = "[1]".into();
+        assert!(invalid(&s).contains("not a JSON object"));
+        s.general.meta = "{".into();
+        assert!(invalid(&s).contains("not JSON"));
+        let mut s = sample_general();
+        s.general.world_size = 2;
+        s.general.rank = 2;
+        assert!(invalid(&s).contains("rank 2 is not below world size 2"));
+        let mut s = sample_general();
+        s.kind = 7;
+        assert!(invalid(&s).contains("unknown record kind 7"));
+    }
+
+    #[test]
+    fn kinds_do_not_mix() {
+        let mut s = sample_general();
+        s.model.tensors = sample().model.tensors;
+        assert!(invalid(&s).contains("a general record has trainer tensors"));
+        let mut s = sample();
+        s.general.meta = "{}".into();
+        assert!(invalid(&s).contains("a trainer record has general tensors or metadata"));
+    }
+
+    /// A version-2 payload is validated with version 2's types and becomes
+    /// a trainer record with an empty general part.
+    #[test]
+    fn a_version_2_payload_is_upgraded_to_a_trainer_record() {
+        let v2 = v2::TrainState::from(sample_v1());
+        let bytes = rkyv::to_bytes::<rancor::Error>(&v2).unwrap();
+        let d = decode(2, &bytes).unwrap();
+        assert!(matches!(&d, Decoded::Upgraded(u) if u.from_version() == 2));
+        let s = owned(&d);
+        assert_eq!(s.kind, KIND_TRAINER);
+        assert_eq!(s.general, General::default());
+        assert_eq!(s.model, v2.model);
+        assert!(matches!(decode(3, &bytes), Err(DecodeError::Invalid(_))));
     }
 }

@@ -55,7 +55,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 }
 
 /// Every released schema version with a fixture under tests/fixtures.
-const VERSIONS: [u32; 2] = [1, 2];
+const VERSIONS: [u32; 3] = [1, 2, 3];
 
 #[test]
 fn the_newest_fixture_is_of_the_current_schema() {

@@ -35,6 +35,17 @@
 //! JSON with numeric hyperparameters. Numbers are written with Rust's
 //! shortest round-trip formatting.
 //!
+//! # General records (the Python package's, FORMAT.md §4.5)
+//!
+//! Each `model.<key>` tensor is exported as `<key>` with its own dtype
+//! (`BF16`, `I64`, `BOOL`, ...), so `load_state_dict(load_file(FILE),
+//! strict=True)` takes the file unchanged; with `--with-optimizer` the
+//! `optimizer.state.<i>.<key>` tensors follow under their names, and the
+//! metadata `optimizer.param_groups` holds the record's `param_groups`
+//! (tuples as lists), which `optimizer.load_state_dict` takes. Metadata
+//! also has `kind` (`general`), `epoch`, `global_step`, `step_in_epoch`,
+//! `sequence`, `loss`, `val_loss`, `schema_version`.
+//!
 //! The same record always gives the same bytes: no paths or times of the
 //! export are written, tensors are sorted by name and the header's keys
 //! (metadata included) are written in sorted order.
@@ -141,6 +152,10 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<i32> {
         eprintln!("epochwal: note: passed over damaged item: {s}");
     }
     let rec = &selected.record;
+    if rec.state().is_general() {
+        let (views, metadata) = general_views(args, rec)?;
+        return write_export(args, rec, views, metadata);
+    }
     let h = rec.header();
     let st = rec.state();
     let opt = &st.optimizer;
@@ -294,6 +309,136 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<i32> {
         metadata.insert(PARAM_GROUPS_KEY.into(), param_groups_json(opt));
     }
 
+    write_export(args, rec, views, metadata)
+}
+
+/// Tensors to export, by name.
+type NamedViews<'a> = Vec<(String, TensorView<'a>)>;
+
+/// The views of a general record (written by the Python package): the
+/// model's `state_dict` tensors (`model.<key>`) under their keys, with their
+/// own dtypes, and with `--with-optimizer` the optimizer's tensors
+/// (`optimizer.state.<i>.<key>`, as the record names them) plus the
+/// `param_groups` of its document, so that `optimizer.load_state_dict`
+/// takes them (FORMAT.md §4.5).
+fn general_views<'a>(
+    args: &ExportArgs,
+    rec: &'a crate::wal::MappedRecord,
+) -> anyhow::Result<(NamedViews<'a>, HashMap<String, String>)> {
+    let h = rec.header();
+    let st = rec.state();
+    if args.with_input_norm {
+        eprintln!("epochwal: note: --with-input-norm: a record of the Python package has no input scaling");
+    }
+    let mut views = Vec::new();
+    for t in st.general.tensors.iter() {
+        let name = t.name.as_str();
+        let key = if let Some(key) = name.strip_prefix("model.") {
+            key.to_string()
+        } else if args.with_optimizer && name.starts_with(OPTIMIZER_PREFIX) {
+            name.to_string()
+        } else {
+            continue;
+        };
+        let dtype = safetensors_dtype(t.dtype.as_str()).with_context(|| {
+            format!(
+                "{}: record {}: tensor {name}",
+                rec.path().display(),
+                h.sequence
+            )
+        })?;
+        let shape = usize_shape(&t.dims(), name)?;
+        let view = TensorView::new(dtype, shape, t.bytes()).with_context(|| {
+            format!(
+                "{}: record {}: tensor {name} does not match its shape",
+                rec.path().display(),
+                h.sequence
+            )
+        })?;
+        views.push((key, view));
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(st.general.meta.as_str()).unwrap_or_default();
+    let mut metadata: HashMap<String, String> = [
+        ("format", "pt".to_string()),
+        ("kind", "general".to_string()),
+        ("epoch", h.epoch.to_string()),
+        ("global_step", st.global_step.to_native().to_string()),
+        ("step_in_epoch", st.step_in_epoch.to_native().to_string()),
+        ("sequence", h.sequence.to_string()),
+        ("loss", h.loss.to_string()),
+        (
+            "val_loss",
+            h.validation.map_or(String::new(), |v| v.loss.to_string()),
+        ),
+        ("schema_version", rec.schema_version().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if args.with_optimizer {
+        let groups = meta
+            .pointer("/optimizer/param_groups")
+            .map(plain_json)
+            .with_context(|| {
+                format!(
+                    "{}: record {} holds no optimizer state to export",
+                    rec.path().display(),
+                    h.sequence
+                )
+            })?;
+        metadata.insert(PARAM_GROUPS_KEY.into(), groups.to_string());
+    }
+    Ok((views, metadata))
+}
+
+/// The safetensors dtype of a general tensor's dtype name (FORMAT.md §4.3
+/// uses safetensors' names).
+fn safetensors_dtype(name: &str) -> anyhow::Result<Dtype> {
+    Ok(match name {
+        "BOOL" => Dtype::BOOL,
+        "U8" => Dtype::U8,
+        "I8" => Dtype::I8,
+        "F8_E4M3" => Dtype::F8_E4M3,
+        "F8_E5M2" => Dtype::F8_E5M2,
+        "I16" => Dtype::I16,
+        "U16" => Dtype::U16,
+        "F16" => Dtype::F16,
+        "BF16" => Dtype::BF16,
+        "I32" => Dtype::I32,
+        "U32" => Dtype::U32,
+        "F32" => Dtype::F32,
+        "I64" => Dtype::I64,
+        "U64" => Dtype::U64,
+        "F64" => Dtype::F64,
+        other => bail!("dtype {other} has no safetensors type"),
+    })
+}
+
+/// A value of a general record's document in plain JSON: tuples
+/// (`{"__tuple__": [...]}`, FORMAT.md §4.5) become lists, which torch's
+/// optimizers unpack like tuples.
+fn plain_json(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Array(a) => Value::Array(a.iter().map(plain_json).collect()),
+        Value::Object(o) => match o.get("__tuple__") {
+            Some(inner) if o.len() == 1 => plain_json(inner),
+            _ => Value::Object(o.iter().map(|(k, v)| (k.clone(), plain_json(v))).collect()),
+        },
+        other => other.clone(),
+    }
+}
+
+/// Encodes `views` with `metadata` and writes them to the export target.
+fn write_export(
+    args: &ExportArgs,
+    rec: &crate::wal::MappedRecord,
+    views: Vec<(String, TensorView<'_>)>,
+    metadata: HashMap<String, String>,
+) -> anyhow::Result<i32> {
+    let h = rec.header();
+    let to_stdout = args.output.as_os_str() == "-";
     let n = views.len();
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| anyhow::anyhow!("{}: encoding safetensors: {e}", args.output.display()))?;

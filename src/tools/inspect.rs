@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::{file_name, format_unix_ns, human_bytes, select_source, Selection, TensorStats};
 use crate::state::DTYPE_F32;
+use crate::wal::MappedRecord;
 
 /// Arguments of `epochwal inspect`.
 #[derive(clap::Args, Debug)]
@@ -63,6 +64,9 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
         }
     }
     let rec = &selected.record;
+    if rec.state().is_general() {
+        return inspect_general(rec, args.json);
+    }
     let h = rec.header();
     let st = rec.state();
     let opt = &st.optimizer;
@@ -268,6 +272,153 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
                 "mean",
                 "l2_norm",
                 "non_finite",
+            ],
+            &rows,
+        )
+    };
+    text().context("writing to stdout")?;
+    out.flush().context("writing to stdout")?;
+    Ok(0)
+}
+
+/// `inspect` of a general record (the Python package's): header figures,
+/// the job, every tensor with its dtype and statistics, the document.
+fn inspect_general(rec: &MappedRecord, as_json: bool) -> anyhow::Result<i32> {
+    let h = rec.header();
+    let st = rec.state();
+    let g = &st.general;
+    let meta: serde_json::Value = serde_json::from_str(g.meta.as_str()).unwrap_or_default();
+    let tensors: Vec<_> = g
+        .tensors
+        .iter()
+        .map(|t| {
+            let stats = super::general::values_f32(t).map(|v| TensorStats::of(&v));
+            (
+                t.name.as_str(),
+                t.dtype.as_str(),
+                t.dims(),
+                t.bytes().len(),
+                stats,
+            )
+        })
+        .collect();
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    if as_json {
+        let doc = json!({
+            "kind": "general",
+            "sequence": h.sequence,
+            "epoch": h.epoch,
+            "step": h.step,
+            "global_step": st.global_step.to_native(),
+            "step_in_epoch": st.step_in_epoch.to_native(),
+            "loss": h.loss,
+            "val_loss": h.validation.map(|v| v.loss),
+            "unix_ns": h.unix_ns,
+            "time": format_unix_ns(h.unix_ns),
+            "segment": file_name(rec.path()),
+            "segment_path": rec.path().display().to_string(),
+            "offset": h.offset,
+            "payload_bytes": h.payload_len,
+            "payload_checksum": format!("{:016x}", h.payload_checksum),
+            "schema_version": rec.schema_version(),
+            "train_time_ms": st.train_time_ms.to_native(),
+            "job": {
+                "job_id": g.job_id.as_str(),
+                "world_size": g.world_size.to_native(),
+                "rank": g.rank.to_native(),
+            },
+            "tensors": tensors.iter().map(|(name, dtype, shape, bytes, s)| {
+                let mut v = json!({"name": name, "shape": shape, "dtype": dtype, "bytes": bytes});
+                if let (Some(obj), Some(serde_json::Value::Object(more))) =
+                    (v.as_object_mut(), s.as_ref().map(stats_json))
+                {
+                    obj.extend(more);
+                }
+                v
+            }).collect::<Vec<_>>(),
+            "meta": meta,
+        });
+        writeln!(out, "{doc}").context("writing to stdout")?;
+        out.flush().context("writing to stdout")?;
+        return Ok(0);
+    }
+    let w = &mut out;
+    let mut text = || -> io::Result<()> {
+        writeln!(
+            w,
+            "record        sequence {} in {} at offset {}",
+            h.sequence,
+            rec.path().display(),
+            h.offset
+        )?;
+        writeln!(
+            w,
+            "kind          general (named tensors and a JSON document)"
+        )?;
+        writeln!(
+            w,
+            "epoch         {} (step_in_epoch {})",
+            h.epoch,
+            st.step_in_epoch.to_native()
+        )?;
+        writeln!(w, "global step   {}", h.step)?;
+        writeln!(w, "loss          {}", h.loss)?;
+        match h.validation {
+            Some(v) => writeln!(w, "validation    loss {}", v.loss)?,
+            None => writeln!(w, "validation    none")?,
+        }
+        writeln!(
+            w,
+            "time          {} ({} ns)",
+            format_unix_ns(h.unix_ns),
+            h.unix_ns
+        )?;
+        writeln!(
+            w,
+            "payload       {} bytes ({}), checksum xxh3-64 {:016x}",
+            h.payload_len,
+            human_bytes(h.payload_len),
+            h.payload_checksum
+        )?;
+        writeln!(w, "schema        version {}", rec.schema_version())?;
+        if g.world_size.to_native() > 0 {
+            writeln!(
+                w,
+                "job           {} rank {} of {}",
+                g.job_id.as_str(),
+                g.rank.to_native(),
+                g.world_size.to_native()
+            )?;
+        }
+        if let Some(metrics) = meta.get("metrics").filter(|m| !m.is_null()) {
+            writeln!(w, "metrics       {metrics}")?;
+        }
+        if let Some(groups) = meta.pointer("/optimizer/param_groups") {
+            writeln!(w, "param_groups  {groups}")?;
+        }
+        writeln!(w, "train time    {} ms", st.train_time_ms.to_native())?;
+        writeln!(w)?;
+        let na = || "-".to_string();
+        let rows: Vec<[String; 8]> = tensors
+            .iter()
+            .map(|(name, dtype, shape, bytes, s)| {
+                [
+                    name.to_string(),
+                    shape_text(shape),
+                    dtype.to_string(),
+                    bytes.to_string(),
+                    s.as_ref().map_or_else(na, |s| format!("{:.6e}", s.min)),
+                    s.as_ref().map_or_else(na, |s| format!("{:.6e}", s.max)),
+                    s.as_ref().map_or_else(na, |s| format!("{:.6e}", s.mean)),
+                    s.as_ref().map_or_else(na, |s| format!("{:.6e}", s.l2_norm)),
+                ]
+            })
+            .collect();
+        write_table(
+            w,
+            &[
+                "tensor", "shape", "dtype", "bytes", "min", "max", "mean", "l2_norm",
             ],
             &rows,
         )

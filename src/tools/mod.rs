@@ -18,6 +18,7 @@
 
 mod check_config;
 mod export;
+pub mod general;
 mod import;
 mod inspect;
 mod remote;

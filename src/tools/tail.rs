@@ -81,6 +81,10 @@ struct Row {
     intact: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     damage: Option<String>,
+    /// The `metrics` of a general record (the Python package's; FORMAT.md
+    /// §4.5), read with the payload (absent with `--headers-only`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<serde_json::Value>,
     /// Newest sequence the remote copy holds, from the daemon's `REMOTE`
     /// file (absent without replication).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,6 +116,11 @@ impl Row {
             if let Some(a) = self.val_accuracy {
                 val.push_str(&format!(" val_acc={a:.4}"));
             }
+            if let Some(m) = self.metrics.as_ref().and_then(|m| m.as_object()) {
+                for (k, v) in m {
+                    val.push_str(&format!(" {k}={v}"));
+                }
+            }
             format!(
                 "seq={} epoch={} step={} loss={:.6}{val} size={} time={} segment={}{}{}",
                 self.sequence,
@@ -132,16 +141,28 @@ impl Row {
 
     /// Validates the payload (checksum, rkyv, schema) and records the result.
     fn check(&mut self, reader: &LogReader) {
-        if let Err(e) = reader.load(&self.path, &self.header) {
-            let text = e.to_string();
-            // The reason without the "path at offset N: " prefix the line
-            // already shows.
-            let reason = match text.split_once(": ") {
-                Some((_, r)) if text.starts_with(&self.path.display().to_string()) => r,
-                _ => &text,
-            };
-            self.intact = false;
-            self.damage = Some(reason.to_string());
+        match reader.load(&self.path, &self.header) {
+            Ok(rec) => {
+                let st = rec.state();
+                if st.is_general() {
+                    self.metrics =
+                        serde_json::from_str::<serde_json::Value>(st.general.meta.as_str())
+                            .ok()
+                            .and_then(|m| m.get("metrics").cloned())
+                            .filter(|m| m.as_object().is_some_and(|o| !o.is_empty()));
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                // The reason without the "path at offset N: " prefix the
+                // line already shows.
+                let reason = match text.split_once(": ") {
+                    Some((_, r)) if text.starts_with(&self.path.display().to_string()) => r,
+                    _ => &text,
+                };
+                self.intact = false;
+                self.damage = Some(reason.to_string());
+            }
         }
     }
 }
@@ -231,6 +252,7 @@ impl Row {
             offset: h.offset,
             intact: true,
             damage: None,
+            metrics: None,
             remote_sequence: None,
             remote_lag_records: None,
             remote_lag_seconds: None,

@@ -611,6 +611,8 @@ impl Trainer {
             train_time_ms: 0,
             scaling: data.scaling.clone(),
             import: Import::default(),
+            kind: crate::state::KIND_TRAINER,
+            general: Default::default(),
         };
         let perm = rng::epoch_permutation(cfg.seed, 0, data.n);
         let adam_pieces = adam_pieces(&state.model.tensors);
@@ -916,6 +918,13 @@ impl Trainer {
                 found: version,
                 expected: SCHEMA_VERSION,
             });
+        }
+        if s.is_general() {
+            return Err(TrainError::StateMismatch(
+                "the record holds named tensors written by the Python package (a general \
+                 record), not a state of this trainer; give `run` a log of its own"
+                    .into(),
+            ));
         }
         let record_fp = s.model.fingerprint.to_native();
         if record_fp != self.fingerprint {

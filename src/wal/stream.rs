@@ -201,6 +201,8 @@ mod tests {
             train_time_ms: 1,
             scaling: Default::default(),
             import: Default::default(),
+            kind: crate::state::KIND_TRAINER,
+            general: Default::default(),
         }
     }
 

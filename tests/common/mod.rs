@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod faults;
 pub mod http;
 pub mod prometheus;
+pub mod python;
 pub mod systemd;
 pub mod torch;
 pub mod unit_analysis;
@@ -104,6 +105,53 @@ pub fn sample_state(tensor_bytes: usize, epoch: u64) -> TrainState {
         train_time_ms: epoch,
         scaling: Default::default(),
         import: Default::default(),
+        kind: epochwal::state::KIND_TRAINER,
+        general: Default::default(),
+    }
+}
+
+/// A general record (schema 3, as the Python package writes them) of
+/// epoch `epoch`: tensors of several dtypes and shapes, one of them with a
+/// long name, a scalar, an empty tensor, and a JSON document.
+pub fn general_state(epoch: u64) -> TrainState {
+    use epochwal::state::{General, NamedTensor};
+    let bytes = |n: usize, seed: u64| -> Vec<u8> {
+        (0..n).map(|i| (i as u64 * 31 + seed * 7) as u8).collect()
+    };
+    let t = |name: &str, dtype: &str, shape: Vec<u64>, n: usize| NamedTensor {
+        name: name.into(),
+        dtype: dtype.into(),
+        shape,
+        data: bytes(n, epoch).into(),
+    };
+    TrainState {
+        epoch,
+        global_step: epoch * 10,
+        last_loss: 1.0 / epoch as f32,
+        wall_clock_unix_ns: 1_700_000_000_000_000_000 + epoch,
+        general: General {
+            tensors: vec![
+                t(
+                    "model.encoder.layers.0.self_attn.in_proj_weight",
+                    "F32",
+                    vec![3, 4],
+                    48,
+                ),
+                t("model.norm.weight", "BF16", vec![5], 10),
+                t("model.steps", "I64", vec![], 8),
+                t("model.mask", "BOOL", vec![2, 2], 4),
+                t("optimizer.state.0.exp_avg", "F16", vec![7], 14),
+                t("model.empty", "F64", vec![0, 3], 0),
+                t("rng.torch", "U8", vec![20], 20),
+            ],
+            meta: format!(
+                r#"{{"format":"epochwal.torch","epoch":{epoch},"optimizer":{{"param_groups":[{{"lr":0.01,"betas":{{"__tuple__":[0.9,0.999]}}}}]}}}}"#
+            ),
+            job_id: "job-7".into(),
+            world_size: 2,
+            rank: 1,
+        },
+        ..TrainState::default()
     }
 }
 

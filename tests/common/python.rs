@@ -1,0 +1,62 @@
+//! Running the installed Python package (`pip install ./python`) from
+//! tests: real `python3`, real torch, real signals.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Whether `python3` imports the compiled package and torch. Without them
+/// the test is skipped with a notice, except when `CI` is set: then it
+/// fails (`.ci/run` installs both).
+pub fn torch_package_available() -> bool {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import torch, numpy, epochwal._native, epochwal.torch",
+        ])
+        .output();
+    let ok = out.as_ref().is_ok_and(|o| o.status.success());
+    if !ok {
+        let why = out
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .unwrap_or_else(|e| e.to_string());
+        if std::env::var_os("CI").is_some() {
+            panic!("CI is set but python3 cannot import torch and the epochwal package (pip install torch ./python): {why}");
+        }
+        eprintln!(
+            "skipped: python3 cannot import torch and epochwal (pip install torch ./python): {why}"
+        );
+    }
+    ok
+}
+
+/// The Python code block that follows `<!-- marker -->` in README.md.
+pub fn readme_block(marker: &str) -> String {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let tag = format!("<!-- {marker} -->");
+    let at = readme
+        .find(&tag)
+        .unwrap_or_else(|| panic!("README.md has no {tag}"));
+    let rest = &readme[at + tag.len()..];
+    let start = rest
+        .find("```python\n")
+        .expect("a python block after the marker")
+        + 10;
+    let end = rest[start..].find("```").expect("the block ends") + start;
+    rest[start..end].to_string()
+}
+
+/// `python3 SCRIPT` in `cwd`, one thread for torch (so that runs are
+/// bit-comparable), output piped.
+pub fn python(script: &Path, cwd: &Path) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .current_dir(cwd)
+        .env("OMP_NUM_THREADS", "1")
+        .env("MKL_NUM_THREADS", "1")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
