@@ -325,6 +325,82 @@ fn an_unreadable_newest_payload_falls_back_to_the_previous_record() {
     assert_eq!(durable_seqs(&lines), vec![4, 5]);
 }
 
+/// Records that recovery passed over because their payloads could not be
+/// read are kept for the life of the writer, whatever the retention: with
+/// `keep_records = 1` the run resumes from the older intact record, trains
+/// on, and the segment holding the unreadable records is still there,
+/// byte for byte, for a repaired disk to give back.
+#[test]
+fn retention_never_deletes_a_segment_holding_records_that_could_not_be_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    run_ok(&config(tmp.path(), &data, 6));
+    let segs: Vec<_> = layout(&data)
+        .into_iter()
+        .filter(|(_, r)| !r.is_empty())
+        .collect();
+    assert!(segs.len() >= 2, "{segs:?}");
+    let (pinned, unreadable) = segs.last().unwrap().clone();
+    let older = segs[segs.len() - 2].1.last().unwrap().sequence;
+    let name = pinned.file_name().unwrap().to_str().unwrap().to_string();
+    let bytes = std::fs::read(&pinned).unwrap();
+    // EIO on a payload page of every record in the newest segment; their
+    // header pages stay readable.
+    let spec = unreadable
+        .iter()
+        .map(|r| {
+            let at = r.payload_offset();
+            format!("pread,{name},EIO,count=0,range={at}-{}", at + PAGE)
+        })
+        .collect::<Vec<_>>()
+        .join(";");
+    let cfg = write_config(
+        tmp.path(),
+        "keep1.toml",
+        &synthetic_config(&data, 11, "every_epochs = 1\nkeep_records = 1"),
+    );
+    let (status, lines) = spawn_with_faults(&cfg, &spec).wait(LONG);
+    let all = joined(&lines);
+    assert!(status.success(), "{all}");
+    assert!(!faults::injected(&all).is_empty(), "no fault injected");
+    assert!(
+        all.contains("recovered") && all.contains(&format!("seq={older}")),
+        "{all}"
+    );
+    let first_new = unreadable.last().unwrap().sequence + 1;
+    let trained = durable_seqs(&lines);
+    assert_eq!(trained.len() as u64, 11 - older, "{all}");
+    assert_eq!(trained[0], first_new, "{all}");
+    // Retention ran: older segments, intact ones too, are gone.
+    assert!(!segs[0].0.exists(), "retention did not run: {all}");
+    // The segment of the unreadable records is kept, unchanged, and a WARN
+    // at start names it and the records it holds.
+    assert!(
+        pinned.exists(),
+        "the segment holding unreadable records {:?} was deleted: {all}",
+        unreadable.iter().map(|r| r.sequence).collect::<Vec<_>>()
+    );
+    assert_eq!(std::fs::read(&pinned).unwrap(), bytes, "{name} changed");
+    let warn = lines
+        .iter()
+        .find(|l| l.contains("WARN") && l.contains("retention keeps") && l.contains(&name))
+        .unwrap_or_else(|| panic!("no WARN naming {name}: {all}"));
+    for r in &unreadable {
+        assert!(warn.contains(&r.sequence.to_string()), "{warn}");
+    }
+    // Later starts without the fault: the newest records are intact ones
+    // written since, and retention treats the old segment like any other.
+    let lines = run_ok(&cfg);
+    assert!(joined(&lines).contains("already complete"));
+    let lines = run_ok(&write_config(
+        tmp.path(),
+        "keep1b.toml",
+        &synthetic_config(&data, 12, "every_epochs = 1\nkeep_records = 1"),
+    ));
+    assert_eq!(durable_seqs(&lines).len(), 1, "{}", joined(&lines));
+    assert!(!pinned.exists(), "{name} kept after the disk was readable");
+}
+
 // ------------------------------------------------ finding 5: hostile names
 
 /// A junk file whose number leaves no room is an error at start naming the

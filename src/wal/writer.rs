@@ -24,7 +24,7 @@ use super::format::{
     self, page_align, record_span, segment_file_name, RecordHeader, SegmentHeader,
     ValidationFigures, MAX_PAYLOAD_BYTES, MAX_SEGMENT_NO, PAGE,
 };
-use super::reader::{list_dir, recover_for_writer, scan_segment, Recovery};
+use super::reader::{list_dir, recover_for_writer, scan_segment, Recovery, Skip};
 use super::sys;
 use super::{Result, WalError};
 use crate::state::{TrainState, SCHEMA_VERSION};
@@ -230,6 +230,11 @@ struct SegmentInventory {
     bytes: u64,
     /// (sequence, epoch, finite validation loss) of each record, in order.
     records: Vec<(u64, u64, Option<f32>)>,
+    /// Sequences of the records whose payloads recovery could not read (an
+    /// I/O error, which may clear). They were durable, so retention keeps
+    /// the segment for the life of this writer, and they do not count
+    /// against `keep_records`.
+    unreadable: Vec<u64>,
 }
 
 /// When retention runs.
@@ -478,7 +483,7 @@ impl Log {
             in_flight: false,
             last_span: 0,
         };
-        let (highest, holder, logs) = log.take_inventory()?;
+        let (highest, holder, logs) = log.take_inventory(&recovery.skipped)?;
         // Segments of two logs: which one is "the" log cannot be told from
         // the bytes (a planted or copied segment may be the newer one), and
         // continuing either would pass over, and in time delete, the other.
@@ -511,6 +516,22 @@ impl Log {
                 })
             }
             _ => {}
+        }
+        for seg in log.inventory.iter().filter(|s| !s.unreadable.is_empty()) {
+            let sequences = seg
+                .unreadable
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::warn!(
+                file = %seg.path.display(),
+                sequences = %sequences,
+                "retention keeps this segment until this writer stops: it holds record(s) \
+                 {sequences}, which were durable but could not be read (I/O error); a repaired \
+                 disk may give them back. To clear: repair the disk or copy the log elsewhere and \
+                 restart, or move the file out of the directory"
+            );
         }
         if highest == u64::MAX {
             return Err(WalError::SequenceExhausted {
@@ -552,8 +573,10 @@ impl Log {
     /// Header-only scan of all segments: ours are listed for retention; the
     /// highest sequence in any header (and the file holding it) is returned.
     /// Also returns the segment numbers of every log id present.
+    /// `skipped` is what recovery passed over: its read errors pin segments.
     fn take_inventory(
         &mut self,
+        skipped: &[Skip],
     ) -> Result<(u64, PathBuf, std::collections::BTreeMap<u128, Vec<u64>>)> {
         let (segments, _) = list_dir(&self.dir)?;
         let mut highest = (0, self.dir.clone());
@@ -576,13 +599,23 @@ impl Log {
             }
             self.inventory.push(SegmentInventory {
                 segment_no: n,
-                path,
                 bytes: scan.file_len,
                 records: scan
                     .records
                     .iter()
                     .map(|r| (r.sequence, r.epoch, r.validation_loss()))
                     .collect(),
+                unreadable: scan
+                    .records
+                    .iter()
+                    .filter(|r| {
+                        skipped
+                            .iter()
+                            .any(|s| s.unreadable && s.file == path && s.offset == r.offset)
+                    })
+                    .map(|r| r.sequence)
+                    .collect(),
+                path,
             });
         }
         Ok((highest.0, highest.1, logs))
@@ -836,6 +869,7 @@ impl Log {
                     path: path.clone(),
                     bytes,
                     records: Vec::new(),
+                    unreadable: Vec::new(),
                 });
             }
         }
@@ -873,6 +907,7 @@ impl Log {
             path,
             bytes,
             records: Vec::new(),
+            unreadable: Vec::new(),
         });
         Ok(())
     }
@@ -1047,12 +1082,17 @@ impl Log {
         let mut newest_found = false;
         let mut epochs_kept = std::collections::HashSet::new();
         for (i, seg) in self.inventory.iter().enumerate().rev() {
-            if Some(seg.segment_no) == active_no {
+            // A segment holding a record recovery could not read stays:
+            // the record was durable, and the read error may clear.
+            if Some(seg.segment_no) == active_no || !seg.unreadable.is_empty() {
                 keep[i] = true;
             }
             bytes_seen += seg.bytes;
             let within_bytes = keep_bytes == 0 || bytes_seen <= keep_bytes;
-            for &(_, epoch, _) in seg.records.iter().rev() {
+            for &(seq, epoch, _) in seg.records.iter().rev() {
+                if seg.unreadable.contains(&seq) {
+                    continue;
+                }
                 records_seen += 1;
                 let within_count = keep_records == 0 || records_seen <= keep_records;
                 let newest = !newest_found;
