@@ -83,11 +83,11 @@ fn replicate_vs_raw_put(server: &S3Server, work: &Path, size: u64, runs: usize) 
     drop(log);
     let payload = records[0].header.payload_len;
     let object_bytes = 4096 + payload;
-    let remote = Remote::open(&server.url(&format!("bench-{size}")), true).unwrap();
+    let remote = Remote::open(&server.url(&format!("bench-{size}")), Some(true)).unwrap();
     // The raw side gets a client of its own: an HTTP client's pooled
     // connections belong to the runtime that opened them, and this
     // thread's runtime is idle while the uploader's thread works.
-    let (store, prefix) = Remote::open(&server.url(&format!("bench-{size}")), true)
+    let (store, prefix) = Remote::open(&server.url(&format!("bench-{size}")), Some(true))
         .unwrap()
         .store();
     let uploader = Uploader::start(
@@ -102,6 +102,7 @@ fn replicate_vs_raw_put(server: &S3Server, work: &Path, size: u64, runs: usize) 
             keep_best: 0,
         },
         Box::new(|_| {}),
+        None,
     )
     .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -259,7 +260,7 @@ fn run_daemon(server: &S3Server, work: &Path, name: &str, body: &str) -> RunFigu
     let skipped = lines
         .iter()
         .filter(|l| l.contains(" replicated"))
-        .filter_map(|l| common::daemon::field(l, "skipped"))
+        .filter_map(|l| common::daemon::field(l, "skipped_total"))
         .max()
         .unwrap_or(0);
     let uploaded = lines.iter().filter(|l| l.contains(" replicated")).count();

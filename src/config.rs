@@ -82,9 +82,11 @@ pub struct ReplicateConfig {
     /// region and endpoint come from the environment (`AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, ...).
     pub url: String,
-    /// Allow plain `http://` endpoints (a local S3 server). Default false.
-    #[serde(default)]
-    pub allow_http: bool,
+    /// Allow plain `http://` endpoints (a local S3 server). Unset: what
+    /// `AWS_ALLOW_HTTP` says (default false); set, it must agree with
+    /// `AWS_ALLOW_HTTP` if that is set too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_http: Option<bool>,
     /// When the remote cannot be reached (or refuses us) at start: `true`
     /// refuses to start, naming the URL and the cause; `false` trains
     /// locally with a loud warning while uploads retry. Default true.

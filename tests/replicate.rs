@@ -12,45 +12,12 @@ use common::daemon::{
     assert_same_training_state, durable_seqs, field, newest_state, reference_run, synthetic_config,
     write_config,
 };
-use common::s3::{epochwal, replicate_table, spawn_daemon, S3Server};
+use common::s3::{epochwal, run_epoch_by_epoch, run_to_end, spawn_daemon, S3Server};
 
-const CHECKPOINT: &str = "every_epochs = 1\nsegment_bytes = 1048576\nkeep_records = 0";
+const CHECKPOINT: &str = common::s3::CHECKPOINT_ALL;
 
 fn config(server: &S3Server, prefix: &str, data: &Path, epochs: u64, extra: &str) -> String {
-    format!(
-        "{}{}",
-        synthetic_config(data, epochs, CHECKPOINT),
-        replicate_table(server, prefix, extra)
-    )
-}
-
-/// Trains `epochs` epochs one run at a time (`epochs = 1`, then 2, ...):
-/// every run ends by waiting for its final record to reach the remote, so
-/// every epoch's record goes up, however much shorter an epoch is than an
-/// upload (within one run, latest wins would skip some).
-fn run_epoch_by_epoch(server: &S3Server, dir: &Path, prefix: &str, epochs: u64) {
-    for e in 1..=epochs {
-        let cfg = write_config(
-            dir.parent().unwrap(),
-            "stepwise.toml",
-            &config(server, prefix, dir, e, ""),
-        );
-        let lines = run_to_end(server, &cfg);
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.contains("reached the remote") && field(l, "seq") == Some(e)),
-            "{}",
-            lines.join("\n")
-        );
-    }
-}
-
-fn run_to_end(server: &S3Server, cfg: &Path) -> Vec<String> {
-    let d = spawn_daemon(server, cfg, &[]);
-    let (status, lines) = d.wait(Duration::from_secs(180));
-    assert!(status.success(), "run failed:\n{}", lines.join("\n"));
-    lines
+    common::s3::replicated_config(server, prefix, data, epochs, extra)
 }
 
 #[test]
@@ -79,13 +46,20 @@ fn replicated_run_restored_on_an_empty_dir_ends_bit_identical() {
     // before its upload started (latest wins; epochs can be shorter than an
     // upload). keep_records = 0 keeps all remote objects.
     let replicated: Vec<_> = lines.iter().filter(|l| l.contains(" replicated")).collect();
-    let skipped = replicated
-        .iter()
-        .filter_map(|l| field(l, "skipped"))
-        .max()
-        .unwrap_or(0);
+    // Each `replicated` line counts the records that upload superseded
+    // (`skipped=`, the gap in sequences since the previous upload) and the
+    // running total (`skipped_total=`).
+    let mut previous = 0;
+    let mut total = 0;
+    for l in &replicated {
+        let seq = field(l, "seq").unwrap();
+        assert_eq!(field(l, "skipped"), Some(seq - previous - 1), "{l}");
+        total += seq - previous - 1;
+        assert_eq!(field(l, "skipped_total"), Some(total), "{l}");
+        previous = seq;
+    }
     assert_eq!(server.record_keys("run1").len(), replicated.len());
-    assert_eq!(replicated.len() as u64 + skipped, 6, "{replicated:?}");
+    assert_eq!(replicated.len() as u64 + total, 6, "{replicated:?}");
     let checkpoint_lines: Vec<_> = lines
         .iter()
         .filter(|l| l.contains("checkpoint durable"))
@@ -221,11 +195,13 @@ fn restore_into_a_directory_of_another_log_is_refused_naming_both_ids() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&remote_id) && err.contains(&local_id), "{err}");
 
-    // `run` with [replicate] on that directory refuses too, before training.
+    // `run` with [replicate] on that directory refuses too, before training,
+    // with the exit code of a refusal at start (4: systemd does not restart
+    // it, as a restart would be refused again).
     let cfg_other = write_config(tmp.path(), "o.toml", &config(&server, "r", &other, 3, ""));
     let d = spawn_daemon(&server, &cfg_other, &[]);
     let (status, lines) = d.wait(Duration::from_secs(60));
-    assert_eq!(status.code(), Some(1), "{}", lines.join("\n"));
+    assert_eq!(status.code(), Some(4), "{}", lines.join("\n"));
     let all = lines.join("\n");
     assert!(all.contains(&remote_id) && all.contains(&local_id), "{all}");
     assert!(!all.contains("training started"), "{all}");

@@ -199,7 +199,7 @@ fn server_stopped_mid_run_uploads_retry_and_catch_up() {
     let skipped = lines
         .iter()
         .filter(|l| l.contains(" replicated"))
-        .filter_map(|l| field(l, "skipped"))
+        .filter_map(|l| field(l, "skipped_total"))
         .max()
         .unwrap_or(0);
     assert!(

@@ -9,13 +9,21 @@
 //! some did: `cargo test --test replicate_kill -- --nocapture` shows it.
 //! `EPOCHWAL_KILLS` sets the number of kills, `EPOCHWAL_KILL_SEED` replays one
 //! run.
+//!
+//! After the kills one more start must leave no part of an unfinished
+//! multipart upload on the server that the server can still abort (each
+//! start aborts the upload the killed run remembered in `UPLOAD`); parts
+//! whose upload s3s-fs itself forgot (a kill during its non-atomic
+//! CompleteMultipartUpload) are counted and printed apart. It must also
+//! remove the `.epochwal-download-*` file a killed restore leaves in the
+//! data directory.
 
 mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::daemon::write_config;
-use common::s3::{epochwal, spawn_daemon, S3Server};
+use common::s3::{epochwal, leftover_parts, spawn_daemon, S3Server};
 
 fn config(data: &std::path::Path, url: &str) -> String {
     format!(
@@ -157,8 +165,42 @@ fn sigkill_during_uploads_never_exposes_an_incomplete_record() {
         assert!(restored.header().sequence >= seq, "kill {i}");
         std::fs::remove_dir_all(&fresh).unwrap();
     }
+    let (parts_after_kills, _, bytes_after_kills) = leftover_parts(&server);
+    // What a restore killed while downloading leaves behind.
+    let download = data.join(".epochwal-download-Xk3Jq9");
+    std::fs::write(&download, vec![7u8; 1 << 20]).unwrap();
+    // One more start, stopped once it uploaded a record: it aborts the
+    // upload the last kill left unfinished, and removes the download.
+    let d = spawn_daemon(&server, &cfg, &[]);
+    assert!(
+        d.wait_for(" replicated", Duration::from_secs(120))
+            .is_some(),
+        "{}",
+        d.lines().join("\n")
+    );
+    d.signal(libc::SIGTERM);
+    let (status, lines) = d.wait(Duration::from_secs(60));
+    assert!(status.success(), "{}", lines.join("\n"));
+    let (parts, forgotten, bytes) = leftover_parts(&server);
     println!(
-        "{kills} kills, {uploads_cut} of them while an upload was in flight; pointer at {last_pointer}"
+        "{kills} kills, {uploads_cut} of them while an upload was in flight; pointer at {last_pointer}; \
+         parts of unfinished uploads on the server: {parts_after_kills} abortable \
+         ({bytes_after_kills} bytes with the forgotten ones) after the kills; after one more start \
+         {parts} abortable and {forgotten} whose upload the server had forgotten ({bytes} bytes)"
+    );
+    assert_eq!(
+        parts,
+        0,
+        "parts of unfinished multipart uploads left on the server:\n{}",
+        lines.join("\n")
+    );
+    assert!(!download.exists(), "{}", lines.join("\n"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("removed the leftover download")),
+        "{}",
+        lines.join("\n")
     );
     assert!(last_pointer > 0, "nothing was ever replicated");
     assert!(

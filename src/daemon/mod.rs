@@ -245,7 +245,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     // Replication first: an empty directory is restored from the remote
     // before the log is opened.
     let prepared = match &config.replicate {
-        Some(r) => Some(replication::prepare(r, &config, &runtime)?),
+        Some(r) => replication::prepare(r, &config, &runtime)?,
         None => None,
     };
     let (trainer, mut log, durable, recovered) = start(&config, &args, dir_existed)?;

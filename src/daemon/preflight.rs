@@ -174,8 +174,9 @@ fn is_ours(name: &str) -> bool {
         || matches!(name, "LOCK" | "COMMIT" | "COMMIT.tmp" | "lost+found")
         || name.strip_suffix(".tmp").unwrap_or(name) == crate::wal::format::RUNNING_CONFIG_FILE
         || name.strip_suffix(".tmp").unwrap_or(name) == crate::wal::format::REMOTE_FILE
+        || name.strip_suffix(".tmp").unwrap_or(name) == crate::wal::format::UPLOAD_FILE
         // A restore's download interrupted by a crash (FORMAT.md §2).
-        || name.starts_with(".epochwal-download-")
+        || name.starts_with(crate::wal::format::DOWNLOAD_PREFIX)
 }
 
 /// What is in `dir` that epochwal did not put there, when `dir` holds no

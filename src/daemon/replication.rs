@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use tracing::{error, info, warn};
 
-use super::Notify;
+use super::{Notify, Refused};
 use crate::config::{Config, ReplicateConfig};
 use crate::replicate::{
-    restore_into, write_remote_file, PointerAtStart, Progress, Remote, RestoreError, Restored,
-    Uploader, UploaderOptions,
+    restore_into, write_remote_file, Cause, Head, PointerAtStart, Progress, Remote, RestoreError,
+    Restored, Uploader, UploaderOptions,
 };
 use crate::wal::{Durable, RecordHeader};
 
@@ -29,15 +29,25 @@ pub(crate) struct Prepared {
 /// Contacts the remote and, when the local directory holds no record (or an
 /// older one of the same log), restores the newest valid remote record into
 /// it. Errors when the remote cannot be used and `required` is set, or when
-/// the directory holds another log than the remote.
+/// the directory holds another log than the remote. `None`: replication is
+/// off for this run (`required = false` and an error retrying cannot heal,
+/// said loudly).
 pub(crate) fn prepare(
     cfg: &ReplicateConfig,
     config: &Config,
     runtime: &tokio::runtime::Runtime,
-) -> anyhow::Result<Prepared> {
-    let remote = Remote::open(&cfg.url, cfg.allow_http)?;
-    let unusable = |e: String| -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Prepared>> {
+    // Ok(true): go on without the start-up contact (uploads retry);
+    // Ok(false): replication is off for this run.
+    let unusable = |e: String, permanent: bool| -> anyhow::Result<bool> {
         if cfg.required {
+            if permanent {
+                bail!(
+                    "replication: {e}\n  training did not start because [replicate] required = true \
+                     (the default); retrying cannot fix this: correct the setting, the credentials \
+                     or the bucket, then start again"
+                );
+            }
             bail!(
                 "replication: {e}\n  training did not start because [replicate] required = true \
                  (the default); fix the remote, or set required = false to train locally \
@@ -57,38 +67,58 @@ pub(crate) fn prepare(
                 config.data_dir.display()
             );
         }
+        if permanent {
+            error!(url = %cfg.url, error = %e, "REPLICATION OFF for this run: retrying cannot fix this error (required = false): training locally WITHOUT any remote copy; correct it and restart");
+            return Ok(false);
+        }
         error!(url = %cfg.url, error = %e, "REPLICATION UNAVAILABLE at start: training locally; uploads retry in the background (required = false)");
-        Ok(())
+        Ok(true)
+    };
+    let remote = match Remote::open(&cfg.url, cfg.allow_http) {
+        Ok(r) => r,
+        Err(e) if e.cause == Cause::HttpNotAllowed => {
+            unusable(e.to_string(), true)?;
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
     };
     let probe = runtime.block_on(async {
         match tokio::time::timeout(PROBE_TIMEOUT, remote.probe()).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!(
-                "{}: no answer within {} s",
-                cfg.url,
-                PROBE_TIMEOUT.as_secs()
+            Ok(r) => r.map_err(|e| (e.to_string(), e.cause.is_permanent())),
+            Err(_) => Err((
+                format!(
+                    "{}: no answer within {} s",
+                    cfg.url,
+                    PROBE_TIMEOUT.as_secs()
+                ),
+                false,
             )),
         }
     });
-    let pointer = match probe {
+    let head = match probe {
         Ok(p) => p,
-        Err(e) => {
-            unusable(e)?;
-            return Ok(Prepared {
+        Err((e, permanent)) => {
+            if !unusable(e, permanent)? {
+                return Ok(None);
+            }
+            return Ok(Some(Prepared {
                 remote,
                 pointer: PointerAtStart::Unread,
-            });
+            }));
         }
     };
-    match &pointer {
-        Some(p) => {
+    match &head {
+        Head::Valid(p) => {
             info!(url = %cfg.url, log_id = %p.pointer.log_id, seq = p.pointer.sequence, epoch = p.pointer.epoch, "remote copy found")
         }
-        None => info!(url = %cfg.url, "remote copy is empty"),
+        Head::Missing => info!(url = %cfg.url, "no pointer object (HEAD) on the remote"),
+        Head::Damaged { detail, .. } => {
+            error!(pointer = %remote.pointer_url(), reason = %detail, "the remote pointer (HEAD) is DAMAGED")
+        }
     }
     let restored = runtime.block_on(restore_into(
         &remote,
-        pointer.clone(),
+        head.clone(),
         &config.data_dir,
         config.log_options(),
     ));
@@ -98,9 +128,29 @@ pub(crate) fn prepare(
             remote_sequence,
             url,
             skipped,
+            by_listing,
+            dropped,
         }) => {
             for s in &skipped {
                 warn!(object = %s.url, reason = %s.detail, "remote record is damaged; using an older one");
+            }
+            if let Some((problem, others)) = &by_listing {
+                warn!(
+                    pointer = %remote.pointer_url(),
+                    object = %url,
+                    remote_seq = remote_sequence,
+                    other_logs = %others.join(","),
+                    "RESTORING WITHOUT THE POINTER: the pointer (HEAD) is {problem}; restored the newest record object that validates, found by listing the prefix; the pointer is written again after the next upload"
+                );
+            }
+            if !dropped.is_empty() {
+                warn!(
+                    dir = %config.data_dir.display(),
+                    dropped = %describe_dropped(&dropped),
+                    remote_seq = remote_sequence,
+                    remote_epoch = header.epoch,
+                    "the remote copy of this log moved on without these local records (another daemon wrote this prefix): the remote wins, training resumes from its record and the local records listed are no longer part of the run (they stay in the directory until retention removes them)"
+                );
             }
             info!(
                 seq = header.sequence,
@@ -131,26 +181,54 @@ pub(crate) fn prepare(
                  copied it as the next sequence, so that no sequence names two records"
             );
         }
-        Ok(Restored::RemoteEmpty) | Ok(Restored::UpToDate(_)) => {}
-        Err(e @ (RestoreError::OtherLog { .. } | RestoreError::WouldLoseUnreadable { .. })) => {
-            bail!("replication: {e}")
+        Ok(Restored::RemoteEmpty) => {
+            info!(url = %cfg.url, "remote copy is empty (no pointer, no record object)")
         }
+        Ok(Restored::UpToDate(_)) => {}
+        Err(e @ RestoreError::OtherLog { .. }) => {
+            return Err(Refused(format!("replication: {e}")).into())
+        }
+        Err(e @ RestoreError::WouldLoseUnreadable { .. }) => bail!("replication: {e}"),
         Err(RestoreError::Local(e)) => return Err(e.into()),
+        Err(RestoreError::Remote(e))
+            if !matches!(head, Head::Valid(_)) && e.cause == Cause::Damaged =>
+        {
+            // Record objects exist but none validates: never a fresh log
+            // beside them, whatever `required` says.
+            return Err(Refused(format!(
+                "replication: {e}\n  the pointer (HEAD) is missing or damaged and no record object \
+                 validates: move the prefix's objects aside (or use another prefix) to start afresh"
+            ))
+            .into());
+        }
         Err(RestoreError::Remote(e)) => {
-            unusable(e.to_string())?;
+            if !unusable(e.to_string(), e.cause.is_permanent())? {
+                return Ok(None);
+            }
             // The remote was read but not understood: the uploader judges
             // the pointer afresh, as when it could not be read at all, so
             // a remote ahead of this directory stops uploads loudly.
-            return Ok(Prepared {
+            return Ok(Some(Prepared {
                 remote,
                 pointer: PointerAtStart::Unread,
-            });
+            }));
         }
     }
-    Ok(Prepared {
-        remote,
-        pointer: PointerAtStart::Read(pointer),
-    })
+    let pointer = match head {
+        Head::Valid(p) => PointerAtStart::Read(Some(p)),
+        Head::Missing => PointerAtStart::Read(None),
+        Head::Damaged { version, .. } => PointerAtStart::Damaged(version),
+    };
+    Ok(Some(Prepared { remote, pointer }))
+}
+
+/// `seq 126 (epoch 126), seq 127 (epoch 127)` for the WARN line.
+fn describe_dropped(dropped: &[(u64, u64)]) -> String {
+    dropped
+        .iter()
+        .map(|(s, e)| format!("seq {s} (epoch {e})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether `dir` holds a record (intact or not) to resume from, so that a
@@ -218,6 +296,7 @@ impl Replication {
             prepared.pointer,
             remote_options(cfg, config),
             on_progress,
+            Some(config.data_dir.join(crate::wal::format::UPLOAD_FILE)),
         )?;
         if let Some((header, path)) = recovered {
             uploader.offer(header, path);

@@ -24,10 +24,12 @@ pub mod uploader;
 
 pub use layout::Pointer;
 pub use remote::{
-    Cause, FetchedRecord, PointerState, Remote, RemoteError, RemoteObject, RemoteUrl,
+    Cause, FetchedRecord, Head, PointerState, Remote, RemoteError, RemoteObject, RemoteUrl,
+    Replacing,
 };
 pub use restore::{
-    check_against_pointer, newest_valid, restore_into, Found, RestoreError, Restored,
+    check_against_pointer, list_newest_log, newest_listed, newest_valid, restore_into, Found,
+    ListedLog, RestoreError, Restored,
 };
 pub use uploader::{
     read_remote_file, write_remote_file, PointerAtStart, Progress, RemoteFile, Uploader,

@@ -131,6 +131,23 @@ impl RemoteUrl {
         if scheme != Scheme::File && parsed.host_str().is_none_or(str::is_empty) {
             return Err(format!("{text:?}: no bucket name"));
         }
+        if scheme != Scheme::File {
+            check_bucket_name(text, parsed.host_str().unwrap_or_default(), scheme)?;
+        }
+        // The URL parser folds `.` and `..` away (`s3://b/../x` would become
+        // `s3://b/x`): a prefix is taken as written or refused.
+        let after_scheme = text.split_once("://").map_or(text, |(_, rest)| rest);
+        if let Some(seg) = after_scheme.split(['/', '?', '#']).skip(1).find(|seg| {
+            matches!(
+                seg.to_ascii_lowercase().as_str(),
+                "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."
+            )
+        }) {
+            return Err(format!(
+                "{text:?}: the prefix holds a {seg:?} segment; write the prefix without \
+                 `.` or `..` (they would be folded away silently)"
+            ));
+        }
         let prefix = Path::parse(path).map_err(|e| format!("{text:?}: bad prefix: {e}"))?;
         let root = match scheme {
             Scheme::File => "file://".to_string(),
@@ -157,6 +174,149 @@ impl RemoteUrl {
     }
 }
 
+/// Checks a bucket (or container) name against the rules the stores share:
+/// 3 to 63 lowercase letters, digits, `-` and `.` (and `_` on GCS),
+/// beginning and ending with a letter or digit. A bad name would otherwise
+/// reach the server and come back as a bare `400 Bad Request`.
+fn check_bucket_name(text: &str, name: &str, scheme: Scheme) -> Result<(), String> {
+    let allowed = |c: char| {
+        c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || c == '-'
+            || c == '.'
+            || (c == '_' && scheme == Scheme::Gcs)
+    };
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    // The URL parser lowercases host names; the original spelling decides.
+    let written = text.split_once("://").map_or(name, |(_, rest)| {
+        rest.split(['/', '?', '#']).next().unwrap_or(name)
+    });
+    let problem = if !(3..=63).contains(&written.len()) {
+        Some(format!(
+            "is {} characters long (3 to 63 allowed)",
+            written.len()
+        ))
+    } else if let Some(c) = written.chars().find(|c| !allowed(*c)) {
+        Some(format!(
+            "holds {c:?} (allowed: lowercase letters, digits, '-' and '.')"
+        ))
+    } else if !edge(written.chars().next()) || !edge(written.chars().last()) {
+        Some("must begin and end with a lowercase letter or a digit".to_string())
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(format!("{text:?}: the bucket name {written:?} {p}")),
+        None => Ok(()),
+    }
+}
+
+/// The environment variables that name an S3 endpoint, as object_store
+/// reads them (the first one set wins, `AWS_ENDPOINT_URL_S3` before the
+/// others).
+pub const ENDPOINT_VARIABLES: [&str; 3] =
+    ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"];
+
+/// Checks an endpoint variable's value: an `http://` or `https://` URL with
+/// a host, nothing around it. The error names the variable and the problem
+/// (a malformed value would otherwise reach the HTTP client, which panics on
+/// some of them).
+pub fn check_endpoint(var: &str, value: &str) -> Result<url::Url, String> {
+    let expected =
+        "expected http(s)://host[:port], e.g. https://s3.example.com or http://127.0.0.1:9000";
+    let problem = if value.is_empty() {
+        Some("is empty".to_string())
+    } else if value.trim() != value {
+        Some("has spaces or control characters around it".to_string())
+    } else {
+        None
+    };
+    if let Some(p) = problem {
+        return Err(format!("{var}={value:?} {p}; {expected} (or unset it)"));
+    }
+    let lower = value.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(format!(
+            "{var}={value:?} has no http:// or https:// scheme; {expected}"
+        ));
+    }
+    let parsed = url::Url::parse(value)
+        .map_err(|e| format!("{var}={value:?} is not a URL ({e}); {expected}"))?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{var}={value:?} names no host; {expected}"));
+    }
+    Ok(parsed)
+}
+
+/// The endpoint the environment names for S3, checked (see
+/// [`check_endpoint`]; every endpoint variable that is set is checked, not
+/// only the one that wins); `None` when none is set.
+pub fn endpoint_from_env() -> Result<Option<(String, url::Url)>, String> {
+    let mut first = None;
+    for var in ENDPOINT_VARIABLES {
+        match std::env::var(var) {
+            Ok(v) => {
+                let u = check_endpoint(var, &v)?;
+                first.get_or_insert((var.to_string(), u));
+            }
+            Err(std::env::VarError::NotPresent) => {}
+            Err(std::env::VarError::NotUnicode(v)) => {
+                return Err(format!(
+                    "{var}={v:?} is not valid UTF-8; expected http(s)://host[:port]"
+                ))
+            }
+        }
+    }
+    Ok(first)
+}
+
+/// Whether plain `http://` is allowed: `[replicate] allow_http` when the
+/// file sets it, else `AWS_ALLOW_HTTP` (`true` or `false`). The file and the
+/// environment saying different things is an error that names both, so
+/// that an explicit `allow_http = false` is never overridden unseen.
+pub fn resolve_allow_http(file: Option<bool>) -> Result<bool, String> {
+    let env = match std::env::var("AWS_ALLOW_HTTP") {
+        Ok(v) => match v.to_ascii_lowercase().as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => return Err(format!("AWS_ALLOW_HTTP={v:?} is neither true nor false")),
+        },
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(v)) => {
+            return Err(format!("AWS_ALLOW_HTTP={v:?} is neither true nor false"))
+        }
+    };
+    match (file, env) {
+        (Some(f), Some(e)) if f != e => Err(format!(
+            "[replicate] allow_http = {f} conflicts with AWS_ALLOW_HTTP={e} in the environment; \
+             remove one of them (the setting in the file is not overridden silently)"
+        )),
+        (Some(f), _) => Ok(f),
+        (None, e) => Ok(e.unwrap_or(false)),
+    }
+}
+
+/// Checks what [`Remote::open`] will read from the environment for `url`
+/// (the endpoint variables, `AWS_ALLOW_HTTP` against `allow_http`, and a
+/// plain-http endpoint without `allow_http`), without building a client.
+/// `check-config` runs it, so a file that `run` would refuse is not called
+/// valid.
+pub fn check_environment(url: &RemoteUrl, allow_http: Option<bool>) -> Result<(), String> {
+    if url.scheme != Scheme::S3 {
+        return Ok(());
+    }
+    let allowed = resolve_allow_http(allow_http)?;
+    if let Some((var, endpoint)) = endpoint_from_env()? {
+        if endpoint.scheme() == "http" && !allowed {
+            return Err(format!(
+                "{var}={endpoint} is plain http, but allow_http is off: set allow_http = true \
+                 in [replicate] (or AWS_ALLOW_HTTP=true for the operator tools), or use https"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Why a remote operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
@@ -166,6 +326,11 @@ pub enum Cause {
     Denied,
     /// The bucket (or container) does not exist.
     NoBucket,
+    /// The endpoint is plain http and `allow_http` is off.
+    HttpNotAllowed,
+    /// A setting or environment variable is malformed or contradicts
+    /// another (the detail names it).
+    Settings,
     /// The object does not exist.
     NotFound,
     /// A conditional write lost: someone else changed the object.
@@ -177,11 +342,22 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// Errors that retrying cannot heal within this process: the settings
+    /// or the environment it started with must change first.
+    pub fn is_permanent(self) -> bool {
+        matches!(
+            self,
+            Cause::Denied | Cause::NoBucket | Cause::HttpNotAllowed | Cause::Settings
+        )
+    }
+
     fn text(self) -> &'static str {
         match self {
             Cause::Unreachable => "cannot reach the endpoint",
             Cause::Denied => "access denied (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the aws_access_key_id and aws_secret_access_key credentials in $CREDENTIALS_DIRECTORY, and the bucket policy)",
             Cause::NoBucket => "the bucket does not exist",
+            Cause::Settings => "bad setting",
+            Cause::HttpNotAllowed => "the endpoint is plain http:// but allow_http is off (set allow_http = true in [replicate], or AWS_ALLOW_HTTP=true for the operator tools)",
             Cause::NotFound => "no such object",
             Cause::Conflict => "the object was changed by another writer",
             Cause::Damaged => "damaged",
@@ -223,6 +399,9 @@ fn classify(e: &object_store::Error, text: &str) -> Cause {
     if text.contains("NoSuchBucket") || text.contains("ContainerNotFound") {
         return Cause::NoBucket;
     }
+    if text.contains("URL scheme is not allowed") {
+        return Cause::HttpNotAllowed;
+    }
     match e {
         E::NotFound { .. } => Cause::NotFound,
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => Cause::Denied,
@@ -263,6 +442,42 @@ pub struct RemoteObject {
     pub size: u64,
 }
 
+/// The pointer object as read.
+#[derive(Debug, Clone)]
+pub enum Head {
+    /// There is no pointer object.
+    Missing,
+    /// A pointer that decodes.
+    Valid(PointerState),
+    /// A pointer object that does not decode (flipped or cut bytes).
+    Damaged {
+        /// Why it does not decode.
+        detail: String,
+        /// Its ETag/version, to replace it conditionally.
+        version: Option<UpdateVersion>,
+    },
+}
+
+impl Head {
+    /// The valid pointer, if there is one.
+    pub fn valid(&self) -> Option<&PointerState> {
+        match self {
+            Head::Valid(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// What a pointer write replaces.
+#[derive(Debug, Clone, Copy)]
+pub enum Replacing<'a> {
+    /// Nothing: the pointer is created (If-None-Match).
+    Nothing,
+    /// The object with this version (If-Match), or whatever is there when
+    /// the server gave no version.
+    Version(Option<&'a UpdateVersion>),
+}
+
 /// The pointer as read, with the version a conditional update needs.
 #[derive(Debug, Clone)]
 pub struct PointerState {
@@ -279,6 +494,34 @@ pub struct FetchedRecord {
     pub record: MappedRecord,
     /// The object's URL.
     pub url: String,
+}
+
+/// The `UPLOAD` file: `{"object": "<key>", "upload_id": "<id>" | null}`,
+/// replaced by rename (not fsynced: it survives a kill, which is what it
+/// is for; a power cut may lose it, and the lifecycle rule covers that).
+fn write_journal(file: &std::path::Path, object: &Path, id: Option<&str>) -> std::io::Result<()> {
+    let doc = serde_json::json!({ "object": object.as_ref(), "upload_id": id });
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, format!("{doc}\n"))?;
+    std::fs::rename(&tmp, file)
+}
+
+fn read_journal(file: &std::path::Path) -> Option<(String, Option<String>)> {
+    let text = std::fs::read(file).ok()?;
+    let doc: serde_json::Value = match serde_json::from_slice(&text) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "unreadable UPLOAD file ignored and removed");
+            let _ = std::fs::remove_file(file);
+            return None;
+        }
+    };
+    let object = doc.get("object")?.as_str()?.to_string();
+    let id = doc
+        .get("upload_id")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    Some((object, id))
 }
 
 /// A record payload range that borrows the read-only mapping: lets a
@@ -302,10 +545,13 @@ pub struct Remote {
     /// Whether the server honours conditional puts; cleared when it says it
     /// does not (the pointer is then overwritten unconditionally).
     conditional: AtomicBool,
-    allow_http: bool,
+    allow_http: Option<bool>,
     /// For `file://`: the local store, whose objects are fsynced (with
     /// their directories) before a pointer names them.
     local: Option<Arc<object_store::local::LocalFileSystem>>,
+    /// Multipart uploads by id (S3, GCS, Azure), so that an upload can be
+    /// remembered and aborted after a kill.
+    multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -318,15 +564,34 @@ impl std::fmt::Debug for Remote {
 
 impl Remote {
     /// Builds the client for `url`. Credentials, region and endpoint come
-    /// from the environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`); `allow_http`
-    /// permits an `http://` endpoint. Nothing is contacted yet.
-    pub fn open(url: &str, allow_http: bool) -> Result<Remote, RemoteError> {
+    /// from the environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`); plain
+    /// `http://` endpoints need `allow_http` (the `[replicate]` setting; the
+    /// tools pass `None` and follow `AWS_ALLOW_HTTP`). The environment is
+    /// checked first ([`check_environment`]): a malformed endpoint variable
+    /// is an error naming it. Nothing is contacted yet.
+    pub fn open(url: &str, allow_http: Option<bool>) -> Result<Remote, RemoteError> {
         let parsed = RemoteUrl::parse(url).map_err(|detail| RemoteError {
             url: url.to_string(),
             what: "parsing the URL".into(),
             cause: Cause::Other,
             detail,
         })?;
+        let settings = |cause: Cause, detail: String| RemoteError {
+            url: url.to_string(),
+            what: "reading the settings and the environment".into(),
+            cause,
+            detail,
+        };
+        let allowed = resolve_allow_http(allow_http).map_err(|d| settings(Cause::Settings, d))?;
+        if parsed.scheme == Scheme::S3 {
+            if let Some((var, endpoint)) =
+                endpoint_from_env().map_err(|d| settings(Cause::Settings, d))?
+            {
+                if endpoint.scheme() == "http" && !allowed {
+                    return Err(settings(Cause::HttpNotAllowed, format!("{var}={endpoint}")));
+                }
+            }
+        }
         let build_error = |e: object_store::Error| RemoteError {
             url: url.to_string(),
             what: "configuring the client".into(),
@@ -343,17 +608,21 @@ impl Remote {
             retry_timeout: Duration::from_secs(20),
         };
         let client = |o: object_store::ClientOptions| {
-            o.with_allow_http(allow_http)
+            o.with_allow_http(allowed)
                 .with_connect_timeout(Duration::from_secs(5))
                 .with_timeout(Duration::from_secs(300))
         };
         let u = parsed.parsed.to_string();
         let mut local = None;
+        let mut multipart: Option<Arc<dyn object_store::multipart::MultipartStore>> = None;
         let store: Arc<dyn ObjectStore> = match parsed.scheme {
             Scheme::S3 => {
+                // from_env reads AWS_ALLOW_HTTP too; the resolved value
+                // (the file's setting first) replaces it.
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_url(u)
-                    .with_retry(retry);
+                    .with_retry(retry)
+                    .with_client_options(client(Default::default()));
                 let creds = aws_credentials_from_directory().map_err(|detail| RemoteError {
                     url: url.to_string(),
                     what: "reading credentials from $CREDENTIALS_DIRECTORY".into(),
@@ -368,29 +637,34 @@ impl Remote {
                         b = b.with_token(t);
                     }
                 }
-                // from_env reads AWS_ALLOW_HTTP; the config key adds to it.
-                let env_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true");
-                b = b.with_client_options(
-                    client(Default::default()).with_allow_http(allow_http || env_http),
-                );
-                Arc::new(b.build().map_err(build_error)?)
+                let s3 = Arc::new(b.build().map_err(build_error)?);
+                multipart = Some(s3.clone());
+                s3
             }
-            Scheme::Gcs => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(u)
-                    .with_retry(retry)
-                    .with_client_options(client(Default::default()))
-                    .build()
-                    .map_err(build_error)?,
-            ),
-            Scheme::Azure => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(u)
-                    .with_retry(retry)
-                    .with_client_options(client(Default::default()))
-                    .build()
-                    .map_err(build_error)?,
-            ),
+            Scheme::Gcs => {
+                let gcs = Arc::new(
+                    object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                        .with_url(u)
+                        .with_retry(retry)
+                        .with_client_options(client(Default::default()))
+                        .build()
+                        .map_err(build_error)?,
+                );
+                multipart = Some(gcs.clone());
+                gcs
+            }
+            Scheme::Azure => {
+                let az = Arc::new(
+                    object_store::azure::MicrosoftAzureBuilder::from_env()
+                        .with_url(u)
+                        .with_retry(retry)
+                        .with_client_options(client(Default::default()))
+                        .build()
+                        .map_err(build_error)?,
+                );
+                multipart = Some(az.clone());
+                az
+            }
             Scheme::File => {
                 let fs = Arc::new(object_store::local::LocalFileSystem::new());
                 local = Some(Arc::clone(&fs));
@@ -401,8 +675,9 @@ impl Remote {
             url: parsed,
             store,
             conditional: AtomicBool::new(true),
-            allow_http,
+            allow_http: Some(allowed),
             local,
+            multipart,
         })
     }
 
@@ -493,42 +768,72 @@ impl Remote {
 
     /// The first contact: lists the prefix (which proves that the endpoint
     /// answers, the bucket exists and the credentials are accepted) and
-    /// reads the pointer.
-    pub async fn probe(&self) -> Result<Option<PointerState>, RemoteError> {
+    /// reads the pointer, damaged or not.
+    pub async fn probe(&self) -> Result<Head, RemoteError> {
+        self.check_bucket().await?;
+        self.read_head().await
+    }
+
+    /// Lists the prefix, one level: an error if the bucket does not exist,
+    /// the credentials are refused or the endpoint cannot be reached.
+    pub async fn check_bucket(&self) -> Result<(), RemoteError> {
         let prefix = self.prefix().clone();
         self.store
             .list_with_delimiter(Some(&prefix))
             .await
             .map_err(|e| self.err(&prefix, "listing the prefix", e))?;
-        self.read_pointer().await
+        Ok(())
     }
 
-    /// Reads the pointer; `None` when there is none yet.
+    /// Reads the pointer; `None` when there is none yet. A pointer that does
+    /// not decode is an error ([`Cause::Damaged`]).
     pub async fn read_pointer(&self) -> Result<Option<PointerState>, RemoteError> {
+        match self.read_head().await? {
+            Head::Missing => Ok(None),
+            Head::Valid(p) => Ok(Some(p)),
+            Head::Damaged { detail, .. } => Err(RemoteError {
+                url: self.object_url(&layout::pointer_path(self.prefix())),
+                what: "reading the pointer".into(),
+                cause: Cause::Damaged,
+                detail,
+            }),
+        }
+    }
+
+    /// Reads the pointer object and says whether it is missing, valid or
+    /// damaged (with the version needed to replace it conditionally).
+    pub async fn read_head(&self) -> Result<Head, RemoteError> {
         let path = layout::pointer_path(self.prefix());
         let got = match self.store.get(&path).await {
             Ok(g) => g,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e @ object_store::Error::NotFound { .. }) => {
+                // A missing bucket answers 404 too: say which it is.
+                let detail = error_text(&e);
+                if classify(&e, &detail) == Cause::NoBucket {
+                    return Err(self.err(&path, "reading the pointer", e));
+                }
+                return Ok(Head::Missing);
+            }
             Err(e) => return Err(self.err(&path, "reading the pointer", e)),
         };
         let version = UpdateVersion {
             e_tag: got.meta.e_tag.clone(),
             version: got.meta.version.clone(),
         };
+        let version = version.e_tag.is_some().then_some(version);
         let bytes = got
             .bytes()
             .await
             .map_err(|e| self.err(&path, "reading the pointer", e))?;
-        let pointer = Pointer::decode(&bytes).map_err(|detail| RemoteError {
-            url: self.object_url(&path),
-            what: "reading the pointer".into(),
-            cause: Cause::Damaged,
-            detail,
-        })?;
-        Ok(Some(PointerState {
-            pointer,
-            version: version.e_tag.is_some().then_some(version),
-        }))
+        Ok(match Pointer::decode(&bytes) {
+            Ok(pointer) => Head::Valid(PointerState { pointer, version }),
+            Err(detail) => Head::Damaged { detail, version },
+        })
+    }
+
+    /// The URL of the pointer object.
+    pub fn pointer_url(&self) -> String {
+        self.object_url(&layout::pointer_path(self.prefix()))
     }
 
     /// Writes the pointer: created when `previous` is `None`, replaced only
@@ -540,16 +845,28 @@ impl Remote {
         pointer: &Pointer,
         previous: Option<&PointerState>,
     ) -> Result<PointerState, RemoteError> {
+        let base = match previous {
+            None => Replacing::Nothing,
+            Some(p) => Replacing::Version(p.version.as_ref()),
+        };
+        self.write_pointer_over(pointer, base).await
+    }
+
+    /// [`Remote::write_pointer`] over a pointer object known only by its
+    /// version (a damaged one, [`Head::Damaged`]).
+    pub async fn write_pointer_over(
+        &self,
+        pointer: &Pointer,
+        base: Replacing<'_>,
+    ) -> Result<PointerState, RemoteError> {
         let path = layout::pointer_path(self.prefix());
         loop {
             let conditional = self.conditional.load(Ordering::Relaxed);
-            let mode = match previous {
+            let mode = match base {
                 _ if !conditional => PutMode::Overwrite,
-                None => PutMode::Create,
-                Some(PointerState {
-                    version: Some(v), ..
-                }) => PutMode::Update(v.clone()),
-                Some(_) => PutMode::Overwrite,
+                Replacing::Nothing => PutMode::Create,
+                Replacing::Version(Some(v)) => PutMode::Update(v.clone()),
+                Replacing::Version(None) => PutMode::Overwrite,
             };
             let opts = PutOptions {
                 mode,
@@ -585,12 +902,16 @@ impl Remote {
     /// Uploads a record as one object: its header page then its payload,
     /// straight from the read-only mapping (no copy of the payload). Records
     /// larger than `part_bytes` go up as a multipart upload with up to
-    /// `parallel` parts in flight.
+    /// `parallel` parts in flight; its upload id is kept in `journal` (the
+    /// `UPLOAD` file of the log directory) until it is completed or
+    /// aborted, so that a run killed meanwhile can abort it at its next
+    /// start ([`Remote::abort_remembered_upload`]).
     pub async fn put_record(
         &self,
         record: &Arc<MappedRecord>,
         part_bytes: usize,
         parallel: usize,
+        journal: Option<&std::path::Path>,
     ) -> Result<u64, RemoteError> {
         let h = *record.header();
         let path = layout::record_path(self.prefix(), h.log_id, h.sequence, h.epoch);
@@ -615,11 +936,102 @@ impl Remote {
             self.make_durable(&path, "making the record object durable")?;
             return Ok(total as u64);
         }
-        let mut upload = self
-            .store
-            .put_multipart(&path)
+        let Some(mp) = self.multipart.clone() else {
+            return self
+                .put_record_streaming(&path, header, slice, payload_len, part_bytes, parallel)
+                .await;
+        };
+        if let Some(j) = journal {
+            // Before the upload exists: a kill between its creation and the
+            // next write is at least known (FORMAT.md §2, `UPLOAD`).
+            write_journal(j, &path, None).map_err(|e| self.local_err(&path, j, e))?;
+        }
+        let id = mp
+            .create_multipart(&path)
             .await
             .map_err(|e| self.err(&path, "starting a multipart upload", e))?;
+        if let Some(j) = journal {
+            write_journal(j, &path, Some(&id)).map_err(|e| self.local_err(&path, j, e))?;
+        }
+        let mut parts = tokio::task::JoinSet::new();
+        let mut done: Vec<Option<object_store::multipart::PartId>> = Vec::new();
+        let mut failure = None;
+        let mut start = 0usize;
+        let mut first = Some(header);
+        let mut index = 0usize;
+        while start < payload_len && failure.is_none() {
+            let room = part_bytes - first.as_ref().map_or(0, |b| b.len());
+            let end = (start + room).min(payload_len);
+            let payload = match first.take() {
+                Some(h) => PutPayload::from_iter([h, slice(start, end)]),
+                None => PutPayload::from(slice(start, end)),
+            };
+            start = end;
+            let (mp, path, id) = (Arc::clone(&mp), path.clone(), id.clone());
+            let i = index;
+            parts.spawn(async move { (i, mp.put_part(&path, &id, i, payload).await) });
+            index += 1;
+            done.push(None);
+            while parts.len() >= parallel.max(1) {
+                match parts.join_next().await {
+                    Some(Ok((i, Ok(part)))) => done[i] = Some(part),
+                    Some(Ok((_, Err(e)))) => failure = Some(e),
+                    _ => {}
+                }
+            }
+        }
+        while let Some(r) = parts.join_next().await {
+            match r {
+                Ok((i, Ok(part))) => done[i] = Some(part),
+                Ok((_, Err(e))) => {
+                    failure.get_or_insert(e);
+                }
+                Err(_) => {}
+            }
+        }
+        let result = match failure {
+            Some(e) => Err(self.err(&path, "uploading a part", e)),
+            None if done.iter().any(Option::is_none) => Err(RemoteError {
+                url: self.object_url(&path),
+                what: "uploading a part".into(),
+                cause: Cause::Other,
+                detail: "a part's task ended without a result".into(),
+            }),
+            None => mp
+                .complete_multipart(&path, &id, done.into_iter().flatten().collect())
+                .await
+                .map(|_| ())
+                .map_err(|e| self.err(&path, "completing the multipart upload", e)),
+        };
+        if result.is_err() {
+            // Best effort; a failed abort stays remembered for the next start.
+            if mp.abort_multipart(&path, &id).await.is_err() {
+                return result.map(|_| total as u64);
+            }
+        }
+        if let Some(j) = journal {
+            let _ = std::fs::remove_file(j);
+        }
+        result.map(|_| total as u64)
+    }
+
+    /// A multipart upload through the generic writer (stores without
+    /// [`object_store::multipart::MultipartStore`]: `file://`).
+    async fn put_record_streaming(
+        &self,
+        path: &Path,
+        header: Bytes,
+        slice: impl Fn(usize, usize) -> Bytes,
+        payload_len: usize,
+        part_bytes: usize,
+        parallel: usize,
+    ) -> Result<u64, RemoteError> {
+        let total = PAGE as usize + payload_len;
+        let mut upload = self
+            .store
+            .put_multipart(path)
+            .await
+            .map_err(|e| self.err(path, "starting a multipart upload", e))?;
         let mut parts = tokio::task::JoinSet::new();
         let mut failure = None;
         let mut start = 0usize;
@@ -646,14 +1058,68 @@ impl Remote {
         }
         if let Some(e) = failure {
             let _ = upload.abort().await;
-            return Err(self.err(&path, "uploading a part", e));
+            return Err(self.err(path, "uploading a part", e));
         }
         if let Err(e) = upload.complete().await {
             let _ = upload.abort().await;
-            return Err(self.err(&path, "completing the multipart upload", e));
+            return Err(self.err(path, "completing the multipart upload", e));
         }
         self.make_durable(&path, "making the record object durable")?;
         Ok(total as u64)
+    }
+
+    fn local_err(&self, path: &Path, file: &std::path::Path, e: std::io::Error) -> RemoteError {
+        RemoteError {
+            url: self.object_url(path),
+            what: format!("remembering the multipart upload in {}", file.display()),
+            cause: Cause::Other,
+            detail: e.to_string(),
+        }
+    }
+
+    /// At start: aborts the multipart upload a killed run left unfinished,
+    /// if its `journal` file names one, and removes the file. Says what it
+    /// did; where the store cannot abort (it answers NotImplemented) or the
+    /// upload id was never learnt, the parts stay, and the warning points
+    /// to the `AbortIncompleteMultipartUpload` lifecycle rule.
+    pub async fn abort_remembered_upload(&self, journal: &std::path::Path) {
+        let Some((object, id)) = read_journal(journal) else {
+            return;
+        };
+        let path = Path::from(object.as_str());
+        let url = self.object_url(&path);
+        match (id, &self.multipart) {
+            (Some(id), Some(mp)) => match mp.abort_multipart(&path, &id).await {
+                Ok(()) => {
+                    tracing::info!(object = %url, upload_id = %id, "aborted the incomplete multipart upload of a killed run (its parts are deleted)")
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    tracing::info!(object = %url, upload_id = %id, "the multipart upload of a killed run is already gone")
+                }
+                Err(
+                    e @ (object_store::Error::NotImplemented { .. }
+                    | object_store::Error::NotSupported { .. }),
+                ) => {
+                    tracing::warn!(object = %url, upload_id = %id, error = %error_text(&e), "the store cannot abort the incomplete multipart upload of a killed run (NotImplemented): its parts stay until an AbortIncompleteMultipartUpload lifecycle rule removes them (README, Replication)")
+                }
+                Err(e) => {
+                    let detail = error_text(&e);
+                    if detail.contains("NoSuchUpload") {
+                        tracing::info!(object = %url, upload_id = %id, "the multipart upload of a killed run is already gone");
+                    } else {
+                        // Once: the next multipart upload reuses the file.
+                        tracing::warn!(object = %url, upload_id = %id, error = %detail, "could not abort the incomplete multipart upload of a killed run (the server may have completed or forgotten it); any parts left stay until an AbortIncompleteMultipartUpload lifecycle rule removes them (README, Replication)");
+                    }
+                }
+            },
+            (Some(id), None) => {
+                tracing::warn!(object = %url, upload_id = %id, "this store has no multipart abort; the partial upload of a killed run stays")
+            }
+            (None, _) => {
+                tracing::warn!(object = %url, "a run was killed while starting a multipart upload: if the store created it, its parts stay until an AbortIncompleteMultipartUpload lifecycle rule removes them (README, Replication)")
+            }
+        }
+        let _ = std::fs::remove_file(journal);
     }
 
     /// The record objects of log `log_id`, by sequence. Objects whose names
@@ -680,6 +1146,42 @@ impl Remote {
         }
         records.sort_by_key(|r| r.sequence);
         Ok((records, others))
+    }
+
+    /// The record objects of every log under the prefix (`logs/<id>/`), by
+    /// log id then sequence: what a restore falls back on when the pointer
+    /// is missing or damaged.
+    pub async fn list_all_records(&self) -> Result<Vec<(u128, RemoteObject)>, RemoteError> {
+        let dir = self.prefix().clone().join(layout::LOGS_DIR);
+        let mut stream = self.store.list(Some(&dir));
+        let mut out = Vec::new();
+        while let Some(meta) = stream.next().await {
+            let meta = meta.map_err(|e| self.err(&dir, "listing the record objects", e))?;
+            let mut parts = meta.location.prefix_match(&dir).into_iter().flatten();
+            let (Some(id), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let id = id.as_ref();
+            let Some(log_id) = (id.len() == 32)
+                .then(|| u128::from_str_radix(id, 16).ok())
+                .flatten()
+            else {
+                continue;
+            };
+            if let Some((sequence, epoch)) = layout::parse_record_name(name.as_ref()) {
+                out.push((
+                    log_id,
+                    RemoteObject {
+                        sequence,
+                        epoch,
+                        path: meta.location.clone(),
+                        size: meta.size,
+                    },
+                ));
+            }
+        }
+        out.sort_by_key(|(id, r)| (*id, r.sequence));
+        Ok(out)
     }
 
     /// Reads and checks only the header of a record object.
@@ -719,7 +1221,7 @@ impl Remote {
             detail: e.to_string(),
         };
         let mut tmp = tempfile::Builder::new()
-            .prefix(".epochwal-download-")
+            .prefix(crate::wal::format::DOWNLOAD_PREFIX)
             .tempfile_in(tmp_dir)
             .map_err(|e| local_err("creating a temporary file", e))?;
         let mut stream = got.into_stream();

@@ -1,11 +1,11 @@
 //! Restore: the newest remote record that validates, written into a local
 //! log directory as a fresh segment.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use super::layout::Pointer;
-use super::remote::{Cause, FetchedRecord, PointerState, Remote, RemoteError};
+use super::remote::{Cause, FetchedRecord, Head, PointerState, Remote, RemoteError, RemoteObject};
 use crate::wal::{self, Log, LogOptions, RecordHeader};
 
 /// The newest remote record that validates, and what was passed over.
@@ -21,6 +21,125 @@ pub struct Found {
     /// a listed record object's if higher (an upload whose pointer update
     /// never happened). A restored log numbers its records after it.
     pub highest_sequence: u64,
+    /// True when the record was found by listing the prefix because the
+    /// pointer is missing or damaged (`pointer` is then built from the
+    /// record's own header).
+    pub by_listing: bool,
+}
+
+/// The log a restore falls back on when the pointer is missing or damaged:
+/// chosen from a listing of every record object under the prefix.
+pub struct ListedLog {
+    /// Its id.
+    pub log_id: u128,
+    /// Its record objects, by sequence.
+    pub records: Vec<RemoteObject>,
+    /// Ids of the other logs found under the prefix (hex).
+    pub others: Vec<String>,
+}
+
+impl ListedLog {
+    /// The highest sequence among its objects.
+    pub fn highest_sequence(&self) -> u64 {
+        self.records.last().map_or(0, |r| r.sequence)
+    }
+}
+
+/// Lists every record object under the prefix and picks the log to
+/// restore: `prefer` (the local directory's log) when the prefix holds
+/// objects of it, else the only log, else the log whose newest readable
+/// record header has the newest snapshot time. `None` when the prefix holds
+/// no record object at all.
+pub async fn list_newest_log(
+    remote: &Remote,
+    prefer: Option<u128>,
+) -> Result<Option<ListedLog>, RemoteError> {
+    let mut logs: BTreeMap<u128, Vec<RemoteObject>> = BTreeMap::new();
+    for (id, obj) in remote.list_all_records().await? {
+        logs.entry(id).or_default().push(obj);
+    }
+    if logs.is_empty() {
+        return Ok(None);
+    }
+    let chosen = match prefer.filter(|id| logs.contains_key(id)) {
+        Some(id) => id,
+        None if logs.len() == 1 => *logs.keys().next().unwrap_or(&0),
+        None => {
+            let mut best: Option<(u64, u128)> = None;
+            for (id, objs) in &logs {
+                for obj in objs.iter().rev() {
+                    match remote.fetch_header(&obj.path).await {
+                        Ok(h) => {
+                            if best.is_none_or(|(t, _)| h.unix_ns > t) {
+                                best = Some((h.unix_ns, *id));
+                            }
+                            break;
+                        }
+                        Err(e) if matches!(e.cause, Cause::Damaged | Cause::NotFound) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            match best {
+                Some((_, id)) => id,
+                None => *logs.keys().next_back().unwrap_or(&0),
+            }
+        }
+    };
+    let others = logs
+        .keys()
+        .filter(|id| **id != chosen)
+        .map(|id| format!("{id:032x}"))
+        .collect();
+    let records = logs.remove(&chosen).unwrap_or_default();
+    Ok(Some(ListedLog {
+        log_id: chosen,
+        records,
+        others,
+    }))
+}
+
+/// The newest record object of `listed` that validates, found without a
+/// pointer. An error when none does: a prefix holding record objects is
+/// never taken for an empty one.
+pub async fn newest_listed(
+    remote: &Remote,
+    listed: &ListedLog,
+    tmp_dir: &Path,
+) -> Result<Found, RemoteError> {
+    let mut skipped = Vec::new();
+    for obj in listed.records.iter().rev() {
+        match remote.fetch_record(&obj.path, tmp_dir).await {
+            Ok(fetched) => {
+                let pointer = Pointer::for_record(fetched.record.header());
+                return Ok(Found {
+                    fetched,
+                    pointer,
+                    skipped,
+                    highest_sequence: listed.highest_sequence(),
+                    by_listing: true,
+                });
+            }
+            Err(e) if matches!(e.cause, Cause::Damaged | Cause::NotFound) => skipped.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(RemoteError {
+        url: remote.url().to_string(),
+        what: "finding a record to restore without a pointer".into(),
+        cause: Cause::Damaged,
+        detail: format!(
+            "none of the {} record objects of log {:032x} validates ({}); refusing to start a \
+             new log beside them",
+            listed.records.len(),
+            listed.log_id,
+            skipped
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    })
 }
 
 fn pointer_damaged(remote: &Remote, detail: String) -> RemoteError {
@@ -83,6 +202,7 @@ pub async fn newest_valid(
                     pointer,
                     skipped,
                     highest_sequence,
+                    by_listing: false,
                 }))
             }
             Err(e) if matches!(e.cause, Cause::Damaged | Cause::NotFound) => skipped.push(e),
@@ -130,6 +250,9 @@ pub fn check_against_pointer(
 }
 
 /// What [`restore_into`] did.
+// Made once per restore and matched at once: boxing the big variant would
+// buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Restored {
     /// A remote record was written into the directory.
     Record {
@@ -142,6 +265,13 @@ pub enum Restored {
         url: String,
         /// Newer record objects that were damaged and passed over.
         skipped: Vec<RemoteError>,
+        /// Found by listing the prefix: the pointer is missing or damaged
+        /// (its problem, and the ids of other logs under the prefix).
+        by_listing: Option<(String, Vec<String>)>,
+        /// Local records (sequence, epoch) that the remote does not hold
+        /// and that the restored record supersedes: this directory's
+        /// writer lost the prefix to another writer of the same log.
+        dropped: Vec<(u64, u64)>,
     },
     /// The directory's newest intact record is at least as new as the best
     /// the remote holds, but the remote has used sequences up to
@@ -219,10 +349,15 @@ const RESTORE_ATTEMPTS: usize = 3;
 /// show for the log, and gets the next one after them otherwise; so does a
 /// local record that is newer than every valid remote one while the remote
 /// has used higher sequences (FORMAT.md §7.7). The copy's checksum is
-/// compared with the original's before it becomes durable.
+/// compared with the original's before it becomes durable. When the pointer
+/// is missing or damaged but record objects exist, the newest one that
+/// validates is restored (found by listing the prefix); a prefix whose
+/// record objects all fail is an error, never an empty remote. The download
+/// happens with the directory's LOCK held (leftover downloads are removed
+/// by [`Log::open`]).
 pub async fn restore_into(
     remote: &Remote,
-    pointer: Option<PointerState>,
+    head: Head,
     dir: &Path,
     options: LogOptions,
 ) -> Result<Restored, RestoreError> {
@@ -231,20 +366,39 @@ pub async fn restore_into(
     } else {
         None
     };
-    let Some(state) = &pointer else {
-        return Ok(Restored::RemoteEmpty);
+    let local_id = local.as_ref().and_then(|r| r.log_id);
+    let (remote_id, upto, listed) = match &head {
+        Head::Valid(state) => {
+            let id = state.pointer.log_id().map_err(|detail| RemoteError {
+                url: remote.url().to_string(),
+                what: "reading the pointer".into(),
+                cause: Cause::Damaged,
+                detail,
+            })?;
+            (id, state.pointer.sequence, None)
+        }
+        Head::Missing | Head::Damaged { .. } => {
+            let Some(listed) = list_newest_log(remote, local_id).await? else {
+                return Ok(Restored::RemoteEmpty);
+            };
+            let problem = match &head {
+                Head::Damaged { detail, .. } => format!("damaged ({detail})"),
+                _ => "missing".to_string(),
+            };
+            (
+                listed.log_id,
+                listed.highest_sequence(),
+                Some((listed, problem)),
+            )
+        }
     };
-    let remote_id = state
-        .pointer
-        .log_id()
-        .map_err(|detail| pointer_damaged(remote, detail))?;
-    if let Some(local_id) = local.as_ref().and_then(|r| r.log_id) {
+    if let Some(local_id) = local_id {
         if local_id != remote_id {
             return Err(RestoreError::OtherLog {
                 dir: dir.display().to_string(),
                 local: local_id,
                 url: remote.url().to_string(),
-                remote: state.pointer.log_id.clone(),
+                remote: format!("{remote_id:032x}"),
             });
         }
     }
@@ -253,30 +407,43 @@ pub async fn restore_into(
         .as_ref()
         .and_then(|r| r.record.as_ref())
         .map(|r| r.header().sequence);
-    if local_intact.is_some_and(|s| s >= state.pointer.sequence) {
+    if local_intact.is_some_and(|s| s >= upto) {
         // Nothing to download; only the sequences the remote has used
         // matter (objects above the pointer: uploads whose pointer update
         // never happened).
         let (records, _) = remote.list_records(remote_id).await?;
-        let highest = records
-            .iter()
-            .map(|r| r.sequence)
-            .fold(state.pointer.sequence, u64::max);
+        let highest = records.iter().map(|r| r.sequence).fold(upto, u64::max);
         if local_next > highest {
             return Ok(Restored::UpToDate(local_next - 1));
         }
         return renumber_local(dir, options, highest, Vec::new());
     }
-    std::fs::create_dir_all(dir).map_err(|e| wal::WalError::Io {
-        path: dir.to_path_buf(),
-        op: "creating the log directory",
-        source: e,
-    })?;
+    let existed = dir.exists();
+    // The writer's LOCK before any download: no other writer starts
+    // meanwhile, and the leftovers of an earlier killed download are gone.
+    let mut log = Some(Log::open(dir, options)?.0);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let Some(found) = newest_valid(remote, pointer.clone(), dir).await? else {
-            return Ok(Restored::RemoteEmpty);
+        let found = match (&head, &listed) {
+            (Head::Valid(state), _) => newest_valid(remote, Some(state.clone()), dir).await,
+            (_, Some((l, _))) => newest_listed(remote, l, dir).await.map(Some),
+            (_, None) => Ok(None),
+        };
+        let found = match found {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                if let Some(mut l) = log.take() {
+                    let _ = l.discard_if_empty(!existed);
+                }
+                return Ok(Restored::RemoteEmpty);
+            }
+            Err(e) => {
+                if let Some(mut l) = log.take() {
+                    let _ = l.discard_if_empty(!existed);
+                }
+                return Err(e.into());
+            }
         };
         let mut header = *found.fetched.record.header();
         let remote_sequence = header.sequence;
@@ -284,6 +451,7 @@ pub async fn restore_into(
             // The newer remote objects are all damaged: the local record is
             // the best copy there is.
             drop(found.fetched);
+            drop(log.take());
             if local_next > found.highest_sequence {
                 return Ok(Restored::UpToDate(local_next - 1));
             }
@@ -303,24 +471,34 @@ pub async fn restore_into(
                 });
             }
         }
-        let (mut log, _) = Log::open(dir, options)?;
+        let writer = match log.as_mut() {
+            Some(l) => l,
+            None => log.insert(Log::open(dir, options)?.0),
+        };
         // The remote has used sequences above this record (a damaged
         // pointer object passed over, or an upload whose pointer update
         // never happened), or the directory holds record headers up to it
         // or beyond (whose payloads are damaged or unreadable): the restored
         // log numbers after them, so that no sequence ever names two
         // different records.
-        let used = found.highest_sequence.max(log.next_sequence() - 1);
-        if remote_sequence < used || remote_sequence < log.next_sequence() {
+        let used = found.highest_sequence.max(writer.next_sequence() - 1);
+        if remote_sequence < used || remote_sequence < writer.next_sequence() {
             header.sequence = used + 1;
         }
-        match log.import(&header, found.fetched.record.payload()) {
+        let dropped = if local_intact.is_some() {
+            local_not_on_remote(remote, dir, remote_id).await?
+        } else {
+            Vec::new()
+        };
+        match writer.import(&header, found.fetched.record.payload()) {
             Ok(durable) => {
                 return Ok(Restored::Record {
                     header: durable.header,
                     remote_sequence,
                     url: found.fetched.url,
                     skipped: found.skipped,
+                    by_listing: listed.map(|(l, problem)| (problem, l.others)),
+                    dropped,
                 })
             }
             Err(e @ wal::WalError::CopyDiffers { .. }) if attempt < RESTORE_ATTEMPTS => {
@@ -330,7 +508,6 @@ pub async fn restore_into(
         }
     }
 }
-
 /// Copies the directory's newest intact record once more as sequence
 /// `remote_highest + 1`, so that the log goes on after every sequence the
 /// remote has used.
@@ -362,4 +539,48 @@ fn renumber_local(
         remote_highest,
         skipped,
     })
+}
+
+/// The local records of log `log_id` in `dir` that the remote does not
+/// hold, newest first, down to the newest one it holds with the same
+/// payload checksum (or the oldest sequence the remote still lists, below
+/// which remote retention may have deleted the common history).
+async fn local_not_on_remote(
+    remote: &Remote,
+    dir: &Path,
+    log_id: u128,
+) -> Result<Vec<(u64, u64)>, RestoreError> {
+    let scan = wal::LogReader::open(dir)?.scan()?;
+    let mut local: Vec<RecordHeader> = scan
+        .segments
+        .iter()
+        .flat_map(|s| s.records.iter().copied())
+        .filter(|h| h.log_id == log_id)
+        .collect();
+    local.sort_by_key(|h| std::cmp::Reverse(h.sequence));
+    local.dedup_by_key(|h| h.sequence);
+    let (records, _) = remote.list_records(log_id).await?;
+    let oldest_remote = records.first().map_or(u64::MAX, |r| r.sequence);
+    let mut dropped = Vec::new();
+    for h in local {
+        if h.sequence < oldest_remote {
+            break;
+        }
+        let same = match records
+            .iter()
+            .find(|r| r.sequence == h.sequence && r.epoch == h.epoch)
+        {
+            Some(obj) => match remote.fetch_header(&obj.path).await {
+                Ok(rh) => rh.payload_checksum == h.payload_checksum,
+                Err(e) if matches!(e.cause, Cause::Damaged | Cause::NotFound) => false,
+                Err(e) => return Err(e.into()),
+            },
+            None => false,
+        };
+        if same {
+            break;
+        }
+        dropped.push((h.sequence, h.epoch));
+    }
+    Ok(dropped)
 }

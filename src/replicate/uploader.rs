@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, error, info, warn};
 
 use super::layout::{self, Pointer};
-use super::remote::{Cause, PointerState, Remote, RemoteError};
+use super::remote::{Cause, Head, PointerState, Remote, RemoteError, Replacing};
 use crate::wal::format::best_first;
 use crate::wal::{format, LogReader, RecordHeader};
 
@@ -150,6 +150,9 @@ struct Slot {
     pointer_known: bool,
     /// (sequence, snapshot time) of offered records newer than the remote's.
     pending: std::collections::VecDeque<(u64, u64)>,
+    /// The pointer object was damaged at start: the first upload replaces
+    /// it (if it is still damaged then).
+    damaged_at_start: bool,
 }
 
 impl Slot {
@@ -192,6 +195,10 @@ pub enum PointerAtStart {
     /// upload adopts the pointer it finds, if that names an older record of
     /// the same log.
     Unread,
+    /// The pointer object was damaged at start (the restore went by a
+    /// listing): the first upload writes a new one over it, if it is still
+    /// damaged then; a valid pointer found instead is another writer's.
+    Damaged(Option<object_store::UpdateVersion>),
 }
 
 /// The uploader thread and its mailbox.
@@ -204,20 +211,31 @@ impl Uploader {
     /// Starts the thread. `pointer` is the remote pointer read at start
     /// (it must name this log or nothing). The thread talks to the remote
     /// through a client of its own (see [`Remote::with_own_client`]).
+    /// `journal` is where a multipart upload's id is kept while it runs
+    /// (the `UPLOAD` file of the log directory); one left by a killed run
+    /// is aborted first.
     pub fn start(
         remote: Remote,
         pointer: PointerAtStart,
         options: UploaderOptions,
         on_progress: OnProgress,
+        journal: Option<PathBuf>,
     ) -> std::io::Result<Uploader> {
         let remote = remote.with_own_client().map_err(std::io::Error::other)?;
         let mut slot = Slot::default();
-        if let PointerAtStart::Read(pointer) = pointer {
-            if let Some(p) = &pointer {
-                slot.set_remote(p.pointer.sequence, p.pointer.unix_ns);
+        match pointer {
+            PointerAtStart::Read(pointer) => {
+                if let Some(p) = &pointer {
+                    slot.set_remote(p.pointer.sequence, p.pointer.unix_ns);
+                }
+                slot.pointer = pointer;
+                slot.pointer_known = true;
             }
-            slot.pointer = pointer;
-            slot.pointer_known = true;
+            PointerAtStart::Damaged(_) => {
+                slot.pointer_known = true;
+                slot.damaged_at_start = true;
+            }
+            PointerAtStart::Unread => {}
         }
         let shared = Arc::new(Shared {
             slot: Mutex::new(slot),
@@ -227,7 +245,7 @@ impl Uploader {
         let s = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("replicate".into())
-            .spawn(move || run(&s, remote, options, on_progress))?;
+            .spawn(move || run(&s, remote, options, on_progress, journal))?;
         Ok(Uploader {
             shared,
             thread: Some(thread),
@@ -377,7 +395,13 @@ fn thread_cpu_ms() -> f64 {
     t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
 }
 
-fn run(shared: &Shared, remote: Remote, options: UploaderOptions, on_progress: OnProgress) {
+fn run(
+    shared: &Shared,
+    remote: Remote,
+    options: UploaderOptions,
+    on_progress: OnProgress,
+    journal: Option<PathBuf>,
+) {
     yield_cpu_to_training();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -389,6 +413,13 @@ fn run(shared: &Shared, remote: Remote, options: UploaderOptions, on_progress: O
             return;
         }
     };
+    if let Some(j) = &journal {
+        runtime.block_on(remote.abort_remembered_upload(j));
+    }
+    let journal = journal.as_deref();
+    // The skip count at the previous upload: each `replicated` line says
+    // how many records that upload superseded, and the running total.
+    let mut skipped_before = 0u64;
     let mut backoff = Duration::from_millis(250);
     // Validation losses of remote records by sequence, for keep_best (a
     // record object never changes, so its header is read once).
@@ -410,9 +441,13 @@ fn run(shared: &Shared, remote: Remote, options: UploaderOptions, on_progress: O
                 slot = shared.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let (previous, known) = {
+        let (previous, known, damaged) = {
             let slot = lock(&shared.slot);
-            (slot.pointer.clone(), slot.pointer_known)
+            (
+                slot.pointer.clone(),
+                slot.pointer_known,
+                slot.damaged_at_start,
+            )
         };
         if previous
             .as_ref()
@@ -429,7 +464,18 @@ fn run(shared: &Shared, remote: Remote, options: UploaderOptions, on_progress: O
             "upload started"
         );
         let expected = known.then_some(previous.as_ref());
-        match runtime.block_on(upload(&remote, &offer, expected, &options)) {
+        let outcome = match runtime.block_on(upload(
+            &remote, &offer, expected, damaged, &options, journal,
+        )) {
+            // Retrying cannot heal these (the settings, the credentials or
+            // the bucket must change first): stop, loudly, instead of
+            // retrying for ever.
+            Err(Failure::Retry(e)) if e.cause.is_permanent() => Err(Failure::Fatal(format!(
+                "{e}; retrying cannot fix this: correct it and restart the daemon"
+            ))),
+            other => other,
+        };
+        match outcome {
             Ok(Uploaded::Done { state, bytes }) => {
                 backoff = Duration::from_millis(250);
                 let upload_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -441,6 +487,7 @@ fn run(shared: &Shared, remote: Remote, options: UploaderOptions, on_progress: O
                     slot.progress.last_error = None;
                     slot.pointer = Some(state.clone());
                     slot.pointer_known = true;
+                    slot.damaged_at_start = false;
                     // Logged under the lock: a `wait_for` at shutdown sees
                     // the new remote sequence only after this line is out,
                     // so the process never exits without it.
@@ -454,10 +501,12 @@ fn run(shared: &Shared, remote: Remote, options: UploaderOptions, on_progress: O
                             * 10.0)
                             .round()
                             / 10.0,
-                        skipped = slot.progress.skipped,
+                        skipped = slot.progress.skipped - skipped_before.min(slot.progress.skipped),
+                        skipped_total = slot.progress.skipped,
                         remote_lag_records = slot.progress.lag_records(),
                         "replicated"
                     );
+                    skipped_before = slot.progress.skipped;
                     slot.progress.clone()
                 };
                 shared.changed.notify_all();
@@ -624,7 +673,9 @@ async fn upload(
     remote: &Remote,
     offer: &Offer,
     expected: Option<Option<&PointerState>>,
+    damaged_at_start: bool,
     options: &UploaderOptions,
+    journal: Option<&std::path::Path>,
 ) -> Result<Uploaded, Failure> {
     let reader = match LogReader::open(offer.segment.parent().unwrap_or(std::path::Path::new(".")))
     {
@@ -639,7 +690,38 @@ async fn upload(
     // Before anything is written: is the pointer still the one this daemon
     // left? (Works on every store; the conditional put below closes the
     // window between this read and the write where the server honours it.)
-    let current = remote.read_pointer().await.map_err(Failure::Retry)?;
+    let current = match remote.read_head().await.map_err(Failure::Retry)? {
+        Head::Valid(p) => Some(p),
+        Head::Missing => None,
+        Head::Damaged { version, .. } if damaged_at_start => {
+            // Damaged at start and still damaged: written over, after the
+            // record object is complete like any pointer update.
+            let bytes = remote
+                .put_record(
+                    &record,
+                    usize::try_from(options.part_bytes).unwrap_or(usize::MAX),
+                    options.parallel_parts,
+                    journal,
+                )
+                .await
+                .map_err(Failure::Retry)?;
+            drop(record);
+            let state = remote
+                .write_pointer_over(&pointer, Replacing::Version(version.as_ref()))
+                .await
+                .map_err(Failure::Retry)?;
+            warn!(pointer = %remote.pointer_url(), seq = pointer.sequence, "the damaged pointer (HEAD) was replaced; it names this record now");
+            return Ok(Uploaded::Done { state, bytes });
+        }
+        Head::Damaged { detail, .. } => {
+            return Err(Failure::Retry(RemoteError {
+                url: remote.pointer_url(),
+                what: "reading the pointer".into(),
+                cause: Cause::Damaged,
+                detail,
+            }))
+        }
+    };
     let baseline = match judge(remote, &pointer, expected, current)? {
         Judged::Holds(state) => return Ok(Uploaded::AlreadyThere(state)),
         Judged::Replace(b) => b,
@@ -649,6 +731,7 @@ async fn upload(
             &record,
             usize::try_from(options.part_bytes).unwrap_or(usize::MAX),
             options.parallel_parts,
+            journal,
         )
         .await
         .map_err(Failure::Retry)?;

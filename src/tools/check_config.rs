@@ -45,6 +45,24 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<i32> {
             return Ok(1);
         }
     };
+    // `run` reads the endpoint and AWS_ALLOW_HTTP from the environment: a
+    // value it would refuse makes the file unusable here too.
+    if let Some(r) = &config.replicate {
+        let checked = crate::replicate::RemoteUrl::parse(&r.url)
+            .and_then(|u| crate::replicate::remote::check_environment(&u, r.allow_http));
+        if let Err(e) = checked {
+            eprintln!(
+                "epochwal: error: {}: [replicate] url = {:?}: {e}",
+                args.file.display(),
+                r.url
+            );
+            eprintln!(
+                "epochwal: {}: configuration is NOT valid in this environment",
+                args.file.display()
+            );
+            return Ok(1);
+        }
+    }
     println!("epochwal: {}: configuration is valid", args.file.display());
     if !args.running {
         return Ok(0);

@@ -96,6 +96,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
 
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
+    let remote = super::is_url(&args.dir);
     if args.json {
         let doc = json!({
             "sequence": h.sequence,
@@ -110,7 +111,9 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
             "time": format_unix_ns(h.unix_ns),
             "segment": file_name(rec.path()),
             "segment_path": rec.path().display().to_string(),
-            "offset": h.offset,
+            // A remote record object starts with its header page: the
+            // offset in the segment it was uploaded from means nothing here.
+            "offset": (!remote).then_some(h.offset),
             "payload_bytes": h.payload_len,
             "payload_checksum": format!("{:016x}", h.payload_checksum),
             "schema_version": rec.schema_version(),
@@ -157,13 +160,22 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
 
     let w = &mut out;
     let mut text = || -> io::Result<()> {
-        writeln!(
-            w,
-            "record        sequence {} in {} at offset {}",
-            h.sequence,
-            rec.path().display(),
-            h.offset
-        )?;
+        if remote {
+            writeln!(
+                w,
+                "record        sequence {} in {}",
+                h.sequence,
+                rec.path().display()
+            )?;
+        } else {
+            writeln!(
+                w,
+                "record        sequence {} in {} at offset {}",
+                h.sequence,
+                rec.path().display(),
+                h.offset
+            )?;
+        }
         writeln!(
             w,
             "epoch         {} (step_in_epoch {})",

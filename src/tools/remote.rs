@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::{Selected, Selection, UsageError};
 use crate::replicate::{
-    block_on, check_against_pointer, newest_valid, restore_into, Cause, PointerState, Remote,
-    RemoteObject, RemoteUrl, Restored,
+    block_on, check_against_pointer, list_newest_log, newest_listed, newest_valid, restore_into,
+    Cause, Head, ListedLog, PointerState, Remote, RemoteObject, RemoteUrl, Restored,
 };
 use crate::wal::LogOptions;
 
@@ -26,19 +26,77 @@ pub fn is_url(p: &Path) -> bool {
 }
 
 /// Opens the remote named by a tool's argument; a malformed URL is a usage
-/// error.
+/// error, a malformed environment (an endpoint variable) an error naming
+/// the variable. Plain http follows `AWS_ALLOW_HTTP`.
 pub(crate) fn open(url: &Path) -> anyhow::Result<Remote> {
     let text = url.to_str().unwrap_or_default();
-    Remote::open(text, false).map_err(|e| UsageError(e.to_string()).into())
+    Remote::open(text, None).map_err(|e| match e.cause {
+        Cause::Other => UsageError(e.to_string()).into(),
+        _ => anyhow::Error::from(e),
+    })
 }
 
-/// Reads the pointer; a remote without one is an error that says so.
-pub(crate) fn pointer(remote: &Remote) -> anyhow::Result<PointerState> {
-    block_on(remote.read_pointer())??.ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}: no pointer object (HEAD): nothing has been replicated there yet",
+/// The log a tool reads on a remote copy.
+pub(crate) struct Source {
+    /// Its id.
+    pub log_id: u128,
+    /// The pointer, when it is there and valid.
+    pub pointer: Option<PointerState>,
+    /// Why there is no valid pointer (missing, or damaged and why).
+    pub problem: Option<String>,
+    /// The listing the log was chosen from (no valid pointer).
+    pub listed: Option<ListedLog>,
+}
+
+/// Reads the pointer; when it is missing or damaged but record objects
+/// exist, the newest log a listing of the prefix finds (with a warning on
+/// stderr: a lost pointer never makes a remote look empty). An error when
+/// the bucket does not exist, or when there is neither a pointer nor a
+/// record object ("nothing has been replicated there yet").
+pub(crate) fn source(remote: &Remote) -> anyhow::Result<Source> {
+    let head = block_on(remote.read_head())??;
+    let problem = match head {
+        Head::Valid(p) => {
+            return Ok(Source {
+                log_id: p.pointer.log_id().map_err(anyhow::Error::msg)?,
+                pointer: Some(p),
+                problem: None,
+                listed: None,
+            })
+        }
+        Head::Missing => "missing".to_string(),
+        Head::Damaged { detail, .. } => format!("DAMAGED ({detail})"),
+    };
+    let listed = block_on(async {
+        // A missing bucket is said as such, not as an empty remote.
+        remote.check_bucket().await?;
+        list_newest_log(remote, None).await
+    })??;
+    let Some(listed) = listed else {
+        anyhow::bail!(
+            "{}: the pointer object (HEAD) is {problem} and there is no record object: nothing \
+             has been replicated there yet",
             remote.url()
-        )
+        );
+    };
+    eprintln!(
+        "epochwal: warning: the pointer {} is {problem}; reading log {:032x} from a listing of \
+         the prefix ({} record object(s), newest sequence {}){}",
+        remote.pointer_url(),
+        listed.log_id,
+        listed.records.len(),
+        listed.highest_sequence(),
+        if listed.others.is_empty() {
+            String::new()
+        } else {
+            format!("; other logs there: {}", listed.others.join(", "))
+        }
+    );
+    Ok(Source {
+        log_id: listed.log_id,
+        pointer: None,
+        problem: Some(problem),
+        listed: Some(listed),
     })
 }
 
@@ -46,14 +104,18 @@ pub(crate) fn pointer(remote: &Remote) -> anyhow::Result<PointerState> {
 pub(crate) fn select(url: &Path, sel: Selection) -> anyhow::Result<Selected> {
     let remote = open(url)?;
     let tmp = std::env::temp_dir();
-    let state = pointer(&remote)?;
-    let log_id = state.pointer.log_id().map_err(anyhow::Error::msg)?;
+    let src = source(&remote)?;
+    let log_id = src.log_id;
     block_on(async {
         match sel {
             Selection::Newest => {
-                let found = newest_valid(&remote, Some(state), &tmp)
-                    .await?
-                    .expect("a pointer was read");
+                let found = match (src.pointer, &src.listed) {
+                    (Some(state), _) => newest_valid(&remote, Some(state), &tmp)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("{}: no pointer", remote.url()))?,
+                    (None, Some(listed)) => newest_listed(&remote, listed, &tmp).await?,
+                    (None, None) => anyhow::bail!("{}: no pointer", remote.url()),
+                };
                 Ok(Selected {
                     record: found.fetched.record,
                     skipped: found.skipped.iter().map(|e| e.to_string()).collect(),
@@ -153,10 +215,14 @@ pub struct RemoteItem {
 pub struct RemoteReport {
     /// The remote.
     pub url: String,
-    /// The log id the pointer names.
+    /// The log id the pointer names (or, without a valid pointer, the log
+    /// a listing of the prefix found).
     pub log_id: String,
-    /// Sequence the pointer names.
-    pub pointer_sequence: u64,
+    /// Sequence the pointer names (null: no valid pointer).
+    pub pointer_sequence: Option<u64>,
+    /// Why there is no valid pointer: "missing" or "DAMAGED (why)".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer_problem: Option<String>,
     /// Record objects that validate.
     pub good: u64,
     /// Payload bytes checked.
@@ -176,16 +242,18 @@ pub struct RemoteReport {
 /// record a restore would use. Exit 1 on damage.
 pub(crate) fn verify(url: &Path, json: bool) -> anyhow::Result<i32> {
     let remote = open(url)?;
-    let state = pointer(&remote)?;
-    let p = &state.pointer;
-    let log_id = p.log_id().map_err(anyhow::Error::msg)?;
+    let src = source(&remote)?;
+    let state = src.pointer.clone();
+    let p = state.as_ref().map(|s| &s.pointer);
+    let log_id = src.log_id;
     let tmp = std::env::temp_dir();
     let report = block_on(async {
         let (records, others) = remote.list_records(log_id).await?;
         let mut report = RemoteReport {
             url: remote.url().to_string(),
-            log_id: p.log_id.clone(),
-            pointer_sequence: p.sequence,
+            log_id: format!("{log_id:032x}"),
+            pointer_sequence: p.map(|p| p.sequence),
+            pointer_problem: src.problem.clone(),
             good: 0,
             payload_bytes: 0,
             damaged: Vec::new(),
@@ -193,25 +261,37 @@ pub(crate) fn verify(url: &Path, json: bool) -> anyhow::Result<i32> {
             restore_sequence: None,
             clean: false,
         };
-        let pointed = remote.pointer_object(p);
-        if !records.iter().any(|r| r.path == pointed) {
+        if let Some(problem) = &src.problem {
             report.damaged.push(RemoteItem {
-                object: remote.object_url(&pointed),
-                reason: "the pointer names this object, but it does not exist".into(),
+                object: remote.pointer_url(),
+                reason: format!(
+                    "the pointer object is {problem}; a restore uses the newest record object \
+                     that validates"
+                ),
             });
+        }
+        let pointed = p.map(|p| remote.pointer_object(p));
+        if let Some(pointed) = &pointed {
+            if !records.iter().any(|r| r.path == *pointed) {
+                report.damaged.push(RemoteItem {
+                    object: remote.object_url(pointed),
+                    reason: "the pointer names this object, but it does not exist".into(),
+                });
+            }
         }
         for obj in &records {
             let fetched = remote.fetch_record(&obj.path, &tmp).await;
-            let fetched = if obj.path == pointed {
-                fetched.and_then(|f| check_against_pointer(f, p))
-            } else {
-                fetched
+            let fetched = match p {
+                Some(p) if pointed.as_ref() == Some(&obj.path) => {
+                    fetched.and_then(|f| check_against_pointer(f, p))
+                }
+                _ => fetched,
             };
             match fetched {
                 Ok(f) => {
                     report.good += 1;
                     report.payload_bytes += f.record.header().payload_len;
-                    if obj.sequence <= p.sequence {
+                    if p.is_none_or(|p| obj.sequence <= p.sequence) {
                         report.restore_sequence = report.restore_sequence.max(Some(obj.sequence));
                     }
                 }
@@ -224,7 +304,8 @@ pub(crate) fn verify(url: &Path, json: bool) -> anyhow::Result<i32> {
                 Err(e) => return Err(anyhow::Error::from(e)),
             }
         }
-        report.clean = report.damaged.is_empty() && report.restore_sequence == Some(p.sequence);
+        report.clean = report.damaged.is_empty()
+            && p.is_some_and(|p| report.restore_sequence == Some(p.sequence));
         Ok(report)
     })??;
     let stdout = io::stdout();
@@ -234,11 +315,15 @@ pub(crate) fn verify(url: &Path, json: bool) -> anyhow::Result<i32> {
         writeln!(out).context("writing to stdout")?;
     } else {
         writeln!(out, "remote       {} (log {})", report.url, report.log_id)?;
-        writeln!(
-            out,
-            "pointer      sequence {} (epoch {}, step {})",
-            p.sequence, p.epoch, p.step
-        )?;
+        match (p, &report.pointer_problem) {
+            (Some(p), _) => writeln!(
+                out,
+                "pointer      sequence {} (epoch {}, step {})",
+                p.sequence, p.epoch, p.step
+            )?,
+            (None, Some(problem)) => writeln!(out, "pointer      {problem}")?,
+            (None, None) => {}
+        }
         writeln!(
             out,
             "records      {} good, {} damaged ({} of payload checked)",
@@ -282,6 +367,81 @@ pub struct PullArgs {
     /// a larger record gets a segment that fits).
     #[arg(long, value_name = "BYTES")]
     pub segment_bytes: Option<u64>,
+    /// Restore the record with this sequence instead of the newest (DIR
+    /// must then hold no log).
+    #[arg(long, value_name = "N", conflicts_with_all = ["epoch", "best"])]
+    pub seq: Option<u64>,
+    /// Restore the newest valid record of this epoch (DIR must hold no log).
+    #[arg(long, value_name = "E", conflicts_with = "best")]
+    pub epoch: Option<u64>,
+    /// Restore the record with the lowest validation loss (DIR must hold
+    /// no log).
+    #[arg(long)]
+    pub best: bool,
+}
+
+/// `pull --seq/--epoch/--best`: the chosen record into a directory that
+/// holds no log (an older record made the newest of an existing log would
+/// turn training back silently).
+fn pull_chosen(args: &PullArgs, sel: Selection, options: LogOptions) -> anyhow::Result<i32> {
+    if args.dir.exists() {
+        let local = crate::wal::recover(&args.dir)?;
+        if let Some(id) = local.log_id {
+            anyhow::bail!(
+                "{}: holds log {id:032x} already; pull --seq, --epoch or --best restores into an \
+                 empty or new directory only (the chosen record would otherwise become the newest \
+                 of that log)",
+                args.dir.display()
+            );
+        }
+    }
+    let selected = select(&args.url, sel)?;
+    for s in &selected.skipped {
+        eprintln!("epochwal: warning: damaged remote record passed over: {s}");
+    }
+    let remote = open(&args.url)?;
+    let mut header = *selected.record.header();
+    let remote_sequence = header.sequence;
+    // Numbered after every sequence the remote has used for this log
+    // (FORMAT.md §7.7), so that no sequence names two records.
+    let highest = block_on(async {
+        let (records, _) = remote.list_records(header.log_id).await?;
+        let from_pointer = match remote.read_head().await? {
+            Head::Valid(p) if p.pointer.log_id().ok() == Some(header.log_id) => p.pointer.sequence,
+            _ => 0,
+        };
+        Ok::<_, crate::replicate::RemoteError>(
+            records
+                .iter()
+                .map(|r| r.sequence)
+                .fold(from_pointer, u64::max),
+        )
+    })??;
+    if remote_sequence < highest {
+        header.sequence = highest + 1;
+    }
+    let (mut log, _) = crate::wal::Log::open(&args.dir, options)?;
+    let durable = log.import(&header, selected.record.payload())?;
+    eprintln!(
+        "epochwal: restored record {remote_sequence} (epoch {}, step {}) from {} into {}{}",
+        header.epoch,
+        header.step,
+        selected.record.path().display(),
+        args.dir.display(),
+        renumbered(durable.header.sequence, remote_sequence)
+    );
+    Ok(0)
+}
+
+fn renumbered(local: u64, remote: u64) -> String {
+    if local == remote {
+        String::new()
+    } else {
+        format!(
+            " as sequence {local} (the remote has used sequences up to {}; the log numbers after them)",
+            local - 1
+        )
+    }
 }
 
 /// `epochwal pull URL DIR`: restore without training.
@@ -291,9 +451,13 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<i32> {
     if let Some(b) = args.segment_bytes {
         options.segment_bytes = b;
     }
+    let sel = Selection::from_flags(args.seq, args.epoch, args.best);
+    if sel != Selection::Newest {
+        return pull_chosen(args, sel, options);
+    }
     let outcome = block_on(async {
-        let state = remote.probe().await?;
-        restore_into(&remote, state, &args.dir, options).await
+        let head = remote.probe().await?;
+        restore_into(&remote, head, &args.dir, options).await
     })??;
     match outcome {
         Restored::Record {
@@ -301,6 +465,8 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<i32> {
             remote_sequence,
             url,
             skipped,
+            by_listing,
+            dropped,
         } => {
             for s in &skipped {
                 eprintln!(
@@ -308,20 +474,36 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<i32> {
                     s.url, s.detail
                 );
             }
+            if let Some((problem, others)) = by_listing {
+                eprintln!(
+                    "epochwal: WARNING: the pointer {} is {problem}: restored the newest record \
+                     object that validates, found by listing the prefix{}",
+                    remote.pointer_url(),
+                    if others.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (other logs there: {})", others.join(", "))
+                    }
+                );
+            }
+            if !dropped.is_empty() {
+                eprintln!(
+                    "epochwal: WARNING: {} held records the remote does not ({}): the remote's \
+                     record is newer and is now the newest; those records are no longer the run's",
+                    args.dir.display(),
+                    dropped
+                        .iter()
+                        .map(|(s, e)| format!("seq {s} epoch {e}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             eprintln!(
                 "epochwal: restored record {remote_sequence} (epoch {}, step {}) from {url} into {}{}",
                 header.epoch,
                 header.step,
                 args.dir.display(),
-                if header.sequence == remote_sequence {
-                    String::new()
-                } else {
-                    format!(
-                        " as sequence {} (the remote has used sequences up to {}; the log numbers after them)",
-                        header.sequence,
-                        header.sequence - 1
-                    )
-                }
+                renumbered(header.sequence, remote_sequence)
             );
             Ok(0)
         }
@@ -356,7 +538,8 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<i32> {
         }
         Restored::RemoteEmpty => {
             anyhow::bail!(
-                "{}: no pointer object (HEAD): nothing has been replicated there yet",
+                "{}: no pointer object (HEAD) and no record object: nothing has been replicated \
+                 there yet",
                 remote.url()
             )
         }

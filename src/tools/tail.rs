@@ -161,6 +161,8 @@ impl Row {
                     _ => &text,
                 };
                 self.intact = false;
+                // A damaged record is never called the best.
+                self.best = false;
                 self.damage = Some(reason.to_string());
             }
         }
@@ -209,6 +211,7 @@ fn mark_best(rows: &mut [Row]) {
     let best = rows
         .iter()
         .enumerate()
+        .filter(|(_, r)| r.intact)
         .filter_map(|(i, r)| {
             r.val_loss
                 .filter(|l| l.is_finite())
@@ -269,14 +272,20 @@ impl Row {
 }
 
 /// The rows of the records of a remote copy with sequences in `after+1..=upto`
-/// (headers only, fetched by range reads), the last `limit` of them.
+/// (headers fetched by range reads), the last `limit` of them. With `check`
+/// each is also downloaded and validated like a restore validates it
+/// (header and payload checksums, size, rkyv), and a damaged one is marked
+/// `DAMAGED: <reason>`; a record object whose header does not decode gets a
+/// row from its name, marked the same way.
 fn remote_rows(
     remote: &Remote,
     log_id: u128,
     after: u64,
     upto: u64,
     limit: usize,
+    check: bool,
 ) -> anyhow::Result<Vec<Row>> {
+    let tmp = std::env::temp_dir();
     block_on(async {
         let (records, _) = remote.list_records(log_id).await?;
         let wanted: Vec<_> = records
@@ -286,18 +295,54 @@ fn remote_rows(
         let start = wanted.len().saturating_sub(limit);
         let mut rows = Vec::new();
         for obj in &wanted[start..] {
-            match remote.fetch_header(&obj.path).await {
-                Ok(h) => rows.push(Row::from_remote(
-                    &h,
-                    obj.path.filename().unwrap_or_default().to_string(),
-                )),
+            let name = obj.path.filename().unwrap_or_default().to_string();
+            let mut row = match remote.fetch_header(&obj.path).await {
+                Ok(h) => Row::from_remote(&h, name),
                 // Deleted by retention between the listing and the read.
-                Err(e) if e.cause == Cause::NotFound => {}
-                Err(e) => eprintln!("epochwal: warning: {e}"),
+                Err(e) if e.cause == Cause::NotFound => continue,
+                Err(e) if e.cause == Cause::Damaged => {
+                    let mut row = Row::from_remote(&placeholder(log_id, obj), name);
+                    row.intact = false;
+                    row.damage = Some(e.detail);
+                    rows.push(row);
+                    continue;
+                }
+                Err(e) => return Err(anyhow::Error::from(e)),
+            };
+            if check {
+                match remote.fetch_record(&obj.path, &tmp).await {
+                    Ok(_) => {}
+                    Err(e) if e.cause == Cause::NotFound => continue,
+                    Err(e) if e.cause == Cause::Damaged => {
+                        row.intact = false;
+                        row.damage = Some(e.detail);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
+            rows.push(row);
         }
         Ok(rows)
     })?
+}
+
+/// A header standing in for a record object whose own header does not
+/// decode: sequence and epoch from its name, nothing else known.
+fn placeholder(log_id: u128, obj: &crate::replicate::RemoteObject) -> RecordHeader {
+    RecordHeader {
+        log_id,
+        segment_no: 0,
+        sequence: obj.sequence,
+        epoch: obj.epoch,
+        step: 0,
+        offset: 0,
+        payload_len: obj.size.saturating_sub(crate::wal::format::PAGE),
+        payload_checksum: 0,
+        unix_ns: 0,
+        loss: f64::NAN,
+        schema_version: 0,
+        validation: None,
+    }
 }
 
 /// `tail URL`: the records of a remote copy; `-f` polls the pointer.
@@ -323,7 +368,24 @@ fn run_remote(args: &TailArgs) -> anyhow::Result<i32> {
                 }
             }
         } else {
-            Some(super::remote::pointer(&remote)?)
+            // Without a valid pointer: the log a listing finds (warned).
+            let src = super::remote::source(&remote)?;
+            let upto = match (&src.pointer, &src.listed) {
+                (Some(p), _) => p.pointer.sequence,
+                (None, Some(l)) => l.highest_sequence(),
+                (None, None) => 0,
+            };
+            let mut rows =
+                remote_rows(&remote, src.log_id, 0, upto, args.lines, !args.headers_only)?;
+            mark_best(&mut rows);
+            for row in &rows {
+                match writeln!(out, "{}", row.line(args.json)) {
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
+                    r => r.context("writing to stdout")?,
+                }
+            }
+            out.flush().ok();
+            return Ok(0);
         };
         if let Some(state) = state {
             let p = &state.pointer;
@@ -346,7 +408,8 @@ fn run_remote(args: &TailArgs) -> anyhow::Result<i32> {
                 } else {
                     usize::MAX
                 };
-                let mut rows = remote_rows(&remote, id, after, p.sequence, limit)?;
+                let mut rows =
+                    remote_rows(&remote, id, after, p.sequence, limit, !args.headers_only)?;
                 if last.is_none() {
                     // Among the rows shown: `tail` reads headers only.
                     mark_best(&mut rows);

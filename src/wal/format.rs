@@ -42,6 +42,14 @@ pub const RUNNING_CONFIG_FILE: &str = "RUNNING.toml";
 /// Name of the file in which replication (`src/replicate`) reports the newest
 /// record the remote copy holds. The log itself never reads it.
 pub const REMOTE_FILE: &str = "REMOTE";
+/// Name of the file in which replication remembers the multipart upload in
+/// progress (object key and upload id), so that the next start can abort
+/// one a kill left unfinished. The log itself never reads it.
+pub const UPLOAD_FILE: &str = "UPLOAD";
+/// Prefix of the temporary file a restore downloads a record object into
+/// before it validates it (`src/replicate`); a writer that opens the
+/// directory removes leftovers of a killed restore, under its LOCK.
+pub const DOWNLOAD_PREFIX: &str = ".epochwal-download-";
 
 /// What the `COMMIT` file says: the newest record the writer reported
 /// durable, `sequence=S epoch=E step=T segment=NAME offset=O\n`.

@@ -370,6 +370,26 @@ fn remove_stale_temporaries(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes what a restore killed while downloading a record object left
+/// (`.epochwal-download-*`, up to a record in size). A restore downloads
+/// only with the LOCK held, so with the LOCK in hand none is in progress.
+fn remove_leftover_downloads(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| WalError::io(dir, "listing", e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name
+            .to_str()
+            .is_some_and(|n| n.starts_with(format::DOWNLOAD_PREFIX))
+        {
+            let path = entry.path();
+            std::fs::remove_file(&path)
+                .map_err(|e| WalError::io(&path, "removing a leftover download", e))?;
+            tracing::info!(file = %path.display(), "removed the leftover download of an interrupted restore");
+        }
+    }
+    Ok(())
+}
+
 fn read_lock_holder(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -449,6 +469,7 @@ impl Log {
             Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "statfs failed"),
         }
 
+        remove_leftover_downloads(&dir)?;
         // Fsyncs and re-reads from the disk every segment it visits; a read
         // error is an error, never "no checkpoint".
         let recovery = recover_for_writer(&dir, keep)?;

@@ -192,9 +192,22 @@ impl Drop for S3Server {
 /// Runs the epochwal binary with the server's environment; returns exit
 /// code, stdout and stderr.
 pub fn epochwal(server: &S3Server, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(super::daemon::binary())
+    epochwal_env(&server.env(), args)
+}
+
+/// Runs the epochwal binary with exactly these `AWS_*` variables (the
+/// test's own `AWS_*` environment is removed); returns exit code, stdout
+/// and stderr.
+pub fn epochwal_env(env: &[(String, String)], args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(super::daemon::binary());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
         .args(args)
-        .envs(server.env())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run epochwal");
     (
@@ -202,6 +215,46 @@ pub fn epochwal(server: &S3Server, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The server's environment with `key` set to `value` (`None`: removed).
+pub fn env_with(server: &S3Server, key: &str, value: Option<&str>) -> Vec<(String, String)> {
+    let mut env = server.env();
+    env.retain(|(k, _)| k != key);
+    if let Some(v) = value {
+        env.push((key.to_string(), v.to_string()));
+    }
+    env
+}
+
+/// Parts of unfinished multipart uploads the server holds: (parts of
+/// uploads it still knows, which a client can abort; parts whose upload id
+/// it has already forgotten; bytes of both). s3s-fs keeps a part as
+/// `.upload_id-<id>.part-<n>` and an upload as `.upload-<id>.json` in its
+/// root; its CompleteMultipartUpload forgets the id before it moves the
+/// parts, so a client killed during that request leaves parts that no
+/// client can abort any more (S3 itself completes or not, atomically).
+pub fn leftover_parts(server: &S3Server) -> (usize, usize, u64) {
+    let names: Vec<String> = std::fs::read_dir(server.root())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let (mut known, mut forgotten, mut bytes) = (0, 0, 0);
+    for name in &names {
+        let Some(rest) = name.strip_prefix(".upload_id-") else {
+            continue;
+        };
+        let id = rest.split(".part-").next().unwrap_or_default();
+        if names.contains(&format!(".upload-{id}.json")) {
+            known += 1;
+        } else {
+            forgotten += 1;
+        }
+        bytes += std::fs::metadata(server.root().join(name)).map_or(0, |m| m.len());
+    }
+    (known, forgotten, bytes)
 }
 
 /// Starts `epochwal run --config CONFIG ARGS...` with the server's environment.
@@ -217,4 +270,55 @@ pub fn replicate_table(server: &S3Server, prefix: &str, extra: &str) -> String {
         "[replicate]\nurl = \"{}\"\nallow_http = true\n{extra}\n",
         server.url(prefix)
     )
+}
+
+/// `[checkpoint]` of the replication tests: a record per epoch, 1 MiB
+/// segments, every record kept.
+pub const CHECKPOINT_ALL: &str = "every_epochs = 1\nsegment_bytes = 1048576\nkeep_records = 0";
+
+/// A small synthetic run replicating to `prefix` of `server`, with extra
+/// `[replicate]` lines.
+pub fn replicated_config(
+    server: &S3Server,
+    prefix: &str,
+    data: &Path,
+    epochs: u64,
+    extra: &str,
+) -> String {
+    format!(
+        "{}{}",
+        super::daemon::synthetic_config(data, epochs, CHECKPOINT_ALL),
+        replicate_table(server, prefix, extra)
+    )
+}
+
+/// Runs the daemon on `cfg` to its end; asserts success; its log lines.
+pub fn run_to_end(server: &S3Server, cfg: &Path) -> Vec<String> {
+    let d = spawn_daemon(server, cfg, &[]);
+    let (status, lines) = d.wait(Duration::from_secs(180));
+    assert!(status.success(), "run failed:\n{}", lines.join("\n"));
+    lines
+}
+
+/// Trains `epochs` epochs one run at a time (`epochs = 1`, then 2, ...):
+/// every run ends by waiting for its final record to reach the remote, so
+/// every epoch's record goes up, however much shorter an epoch is than an
+/// upload (within one run, latest wins would skip some).
+pub fn run_epoch_by_epoch(server: &S3Server, dir: &Path, prefix: &str, epochs: u64) {
+    for e in 1..=epochs {
+        let cfg = super::daemon::write_config(
+            dir.parent().unwrap(),
+            "stepwise.toml",
+            &replicated_config(server, prefix, dir, e, ""),
+        );
+        let lines = run_to_end(server, &cfg);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("reached the remote")
+                    && super::daemon::field(l, "seq") == Some(e)),
+            "{}",
+            lines.join("\n")
+        );
+    }
 }
