@@ -53,7 +53,12 @@ fn replicated_run_restored_on_an_empty_dir_ends_bit_identical() {
     let mut total = 0;
     for l in &replicated {
         let seq = field(l, "seq").unwrap();
-        assert_eq!(field(l, "skipped"), Some(seq - previous - 1), "{l}");
+        assert_eq!(
+            field(l, "skipped"),
+            Some(seq - previous - 1),
+            "{l}\n{}",
+            lines.join("\n")
+        );
         total += seq - previous - 1;
         assert_eq!(field(l, "skipped_total"), Some(total), "{l}");
         previous = seq;

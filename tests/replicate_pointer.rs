@@ -334,3 +334,20 @@ fn tail_on_a_url_marks_damaged_record_objects_and_never_calls_one_best() {
     let (_, out, _) = epochwal(&server, &["tail", "--headers-only", &url]);
     assert!(!out.contains("DAMAGED"), "{out}");
 }
+
+#[test]
+fn a_flipped_byte_in_the_padding_of_the_header_page_is_reported() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    run_epoch_by_epoch(&server, &tmp.path().join("a"), "pad", 1);
+    let key = &server.record_keys("pad")[0];
+    let file = server.object_file(key);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[2000] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    let (code, out, _) = epochwal(&server, &["verify", &server.url("pad")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("byte 2000 of the header page"), "{out}");
+}

@@ -1246,12 +1246,23 @@ impl Remote {
                 format!("downloaded {written} bytes, the object is {size}"),
             ));
         }
-        let mut head = [0u8; RECORD_HEADER_LEN];
+        let mut page = vec![0u8; PAGE as usize];
         std::fs::File::open(tmp.path())
-            .and_then(|mut f| f.read_exact(&mut head))
+            .and_then(|mut f| f.read_exact(&mut page))
             .map_err(|e| local_err("reading a temporary file", e))?;
-        let header = RecordHeader::decode(&head)
+        let header = RecordHeader::decode(&page[..RECORD_HEADER_LEN])
             .map_err(|e| self.damaged(path, format!("record header: {e}")))?;
+        // The rest of the header page is zero in every record object
+        // (FORMAT.md §7.3): no byte of the object goes unchecked.
+        if let Some(at) = page[RECORD_HEADER_LEN..].iter().position(|b| *b != 0) {
+            return Err(self.damaged(
+                path,
+                format!(
+                    "byte {} of the header page is not zero (bytes {RECORD_HEADER_LEN}..{PAGE} are padding)",
+                    RECORD_HEADER_LEN + at
+                ),
+            ));
+        }
         if layout::parse_record_name(path.filename().unwrap_or_default())
             != Some((header.sequence, header.epoch))
         {

@@ -417,9 +417,10 @@ fn run(
         runtime.block_on(remote.abort_remembered_upload(j));
     }
     let journal = journal.as_deref();
-    // The skip count at the previous upload: each `replicated` line says
-    // how many records that upload superseded, and the running total.
-    let mut skipped_before = 0u64;
+    // Each `replicated` line says how many records this upload superseded
+    // (the sequences between the remote's previous record and this one,
+    // never uploaded), and their sum over the run.
+    let mut skipped_total = 0u64;
     let mut backoff = Duration::from_millis(250);
     // Validation losses of remote records by sequence, for keep_best (a
     // record object never changes, so its header is read once).
@@ -482,6 +483,11 @@ fn run(
                 let cpu_ms = thread_cpu_ms() - cpu_started;
                 let progress = {
                     let mut slot = lock(&shared.slot);
+                    let skipped = offer
+                        .header
+                        .sequence
+                        .saturating_sub(slot.progress.remote_seq + 1);
+                    skipped_total += skipped;
                     slot.set_remote(state.pointer.sequence, state.pointer.unix_ns);
                     slot.progress.uploaded += 1;
                     slot.progress.last_error = None;
@@ -501,12 +507,11 @@ fn run(
                             * 10.0)
                             .round()
                             / 10.0,
-                        skipped = slot.progress.skipped - skipped_before.min(slot.progress.skipped),
-                        skipped_total = slot.progress.skipped,
+                        skipped,
+                        skipped_total,
                         remote_lag_records = slot.progress.lag_records(),
                         "replicated"
                     );
-                    skipped_before = slot.progress.skipped;
                     slot.progress.clone()
                 };
                 shared.changed.notify_all();
