@@ -41,6 +41,15 @@ fn run(cfg: &Path, env: &[(String, String)]) -> (Option<i32>, String) {
     (status.code(), lines.join("\n"))
 }
 
+/// Trains one epoch into `data` without `[replicate]`: `required = false`
+/// starts only on a directory that holds a checkpoint (an empty one could
+/// fork a run the remote holds).
+fn train_locally(dir: &Path, data: &Path) {
+    let cfg = write_config(dir, "local.toml", &synthetic_config(data, 1, CHECKPOINT));
+    let (code, log) = run(&cfg, &[]);
+    assert_eq!(code, Some(0), "{log}");
+}
+
 fn no_panic(code: Option<i32>, text: &str) {
     assert_ne!(code, Some(101), "a panic: {text}");
     assert!(!text.contains("panicked"), "{text}");
@@ -124,8 +133,10 @@ fn plain_http_without_allow_http_names_allow_http_and_never_retries() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("AWS_ALLOW_HTTP"), "{stderr}");
 
-    // With required = false: trains, says loudly that replication is off,
-    // and does not retry an error that cannot heal.
+    // With required = false (on a directory with a checkpoint): trains,
+    // says loudly that replication is off, and does not retry an error
+    // that cannot heal.
+    train_locally(tmp.path(), &data);
     let cfg = write_config(
         tmp.path(),
         "lenient.toml",
@@ -147,6 +158,7 @@ fn rejected_credentials_with_required_false_turn_replication_off_without_retryin
     let tmp = tempfile::tempdir().unwrap();
     let url = server.url("creds");
     let data = tmp.path().join("data");
+    train_locally(tmp.path(), &data);
     let cfg = write_config(
         tmp.path(),
         "c.toml",
@@ -166,6 +178,7 @@ fn rejected_credentials_with_required_false_turn_replication_off_without_retryin
     assert!(!log.contains("waiting for the final checkpoint"), "{log}");
 
     // A bucket that does not exist: the same.
+    train_locally(tmp.path(), &tmp.path().join("data2"));
     let cfg = write_config(
         tmp.path(),
         "nobucket.toml",

@@ -582,7 +582,12 @@ impl Remote {
             cause,
             detail,
         };
-        let allowed = resolve_allow_http(allow_http).map_err(|d| settings(Cause::Settings, d))?;
+        // AWS_ALLOW_HTTP is S3's; the other stores follow the setting alone.
+        let allowed = if parsed.scheme == Scheme::S3 {
+            resolve_allow_http(allow_http).map_err(|d| settings(Cause::Settings, d))?
+        } else {
+            allow_http.unwrap_or(false)
+        };
         if parsed.scheme == Scheme::S3 {
             if let Some((var, endpoint)) =
                 endpoint_from_env().map_err(|d| settings(Cause::Settings, d))?
@@ -1064,7 +1069,7 @@ impl Remote {
             let _ = upload.abort().await;
             return Err(self.err(path, "completing the multipart upload", e));
         }
-        self.make_durable(&path, "making the record object durable")?;
+        self.make_durable(path, "making the record object durable")?;
         Ok(total as u64)
     }
 

@@ -503,6 +503,10 @@ pub async fn restore_into(
             }
             Err(e @ wal::WalError::CopyDiffers { .. }) if attempt < RESTORE_ATTEMPTS => {
                 tracing::warn!(object = %found.fetched.url, error = %e, "the restored copy differs from the downloaded record; downloading it again");
+                // A writer that failed an import is done; a fresh one (the
+                // LOCK taken again at once) sees the directory as it is.
+                drop(log.take());
+                log = Some(Log::open(dir, options)?.0);
             }
             Err(e) => return Err(e.into()),
         }

@@ -908,7 +908,8 @@ mod tests {
     #[test]
     fn a_record_under_a_sequence_the_remote_used_is_reported_not_shown_as_lag_0() {
         let dir = tempfile::tempdir().unwrap();
-        let remote = Remote::open(&format!("file://{}", dir.path().display()), false).unwrap();
+        let remote =
+            Remote::open(&format!("file://{}", dir.path().display()), Some(false)).unwrap();
         let theirs = header(5, 0xaaaa);
         let pointer = PointerState {
             pointer: Pointer::for_record(&theirs),
@@ -919,6 +920,7 @@ mod tests {
             PointerAtStart::Read(Some(pointer)),
             UploaderOptions::default(),
             Box::new(|_| {}),
+            None,
         )
         .unwrap();
         // The pointer's own record: already there.
