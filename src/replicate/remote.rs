@@ -502,7 +502,7 @@ pub struct FetchedRecord {
 fn write_journal(file: &std::path::Path, object: &Path, id: Option<&str>) -> std::io::Result<()> {
     let doc = serde_json::json!({ "object": object.as_ref(), "upload_id": id });
     let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, format!("{doc}\n"))?;
+    crate::wal::write_private(&tmp, format!("{doc}\n").as_bytes())?;
     std::fs::rename(&tmp, file)
 }
 

@@ -28,8 +28,8 @@ pub struct TensorboardArgs {
 /// The headers of the records of a remote copy (one range read each).
 fn remote_headers(args: &TensorboardArgs) -> anyhow::Result<Vec<RecordHeader>> {
     let remote = super::remote::open(&args.dir)?;
-    let state = super::remote::pointer(&remote)?;
-    let log_id = state.pointer.log_id().map_err(anyhow::Error::msg)?;
+    // Without a valid pointer: the log a listing finds (warned).
+    let log_id = super::remote::source(&remote)?.log_id;
     block_on(async {
         let (records, _) = remote.list_records(log_id).await?;
         let mut out = Vec::new();
