@@ -152,7 +152,12 @@ fn start_replication(
         }
         Err(RestoreError::Remote(e)) => Some(format!("restore failed, starting locally: {e}")),
     };
-    Ok((remote, PointerAtStart::Read(pointer), note))
+    let pointer = match pointer {
+        epochwal::replicate::Head::Valid(p) => PointerAtStart::Read(Some(p)),
+        epochwal::replicate::Head::Missing => PointerAtStart::Read(None),
+        epochwal::replicate::Head::Damaged { version, .. } => PointerAtStart::Damaged(version),
+    };
+    Ok((remote, pointer, note))
 }
 
 impl Writer {
@@ -299,7 +304,8 @@ impl Writer {
                     let on_progress = Box::new(move |p: &Progress| {
                         epochwal::replicate::write_remote_file(&dir2, &url, p);
                     });
-                    let up = Uploader::start(remote, pointer, uo, on_progress)
+                    let journal = Some(dir.join(epochwal::wal::format::UPLOAD_FILE));
+                    let up = Uploader::start(remote, pointer, uo, on_progress, journal)
                         .map_err(|e| format!("starting the uploader: {e}"))?;
                     if let Some(r) = &recovered {
                         up.offer(*r.header(), r.path().to_path_buf());
