@@ -248,7 +248,7 @@ fn verify_reports_read_errors_apart_from_damage() {
 
 // ------------------------------------------- finding 2: fsyncgate at restart
 
-/// After a failed header msync the run exits 1; a restart that cannot make
+/// After a failed header fdatasync the run exits 1; a restart that cannot make
 /// what it would resume from durable refuses to start instead of trusting
 /// the page cache (and reporting "already complete"); a restart that can
 /// make it durable resumes from it.
@@ -257,8 +257,8 @@ fn a_restart_resumes_only_from_what_it_made_durable_itself() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let cfg = config(tmp.path(), &data, 2);
-    // msync #1, #2: record 1's payload and header; #4: record 2's header.
-    let (status, lines) = spawn_with_faults(&cfg, "msync,.wal,EIO,skip=3").wait(LONG);
+    // fdatasync #1, #2: record 1's payload and header; #4: record 2's header.
+    let (status, lines) = spawn_with_faults(&cfg, "fdatasync,.wal,EIO,skip=3").wait(LONG);
     let all = joined(&lines);
     assert_eq!(status.code(), Some(1), "{all}");
     assert!(all.contains("flushing to disk failed"), "{all}");

@@ -246,6 +246,11 @@ fn persist_loop(
     replication: Option<Arc<Replication>>,
     observe: &Observers,
 ) {
+    // The first checkpoint's staging buffer is populated here, while the
+    // training thread starts, so that its pause is as short as any other.
+    if let Err(e) = lock(log).prepare_next_append() {
+        warn!(error = %e, "preparing space for the first checkpoint failed");
+    }
     for job in jobs {
         let header = *job.pending.header();
         let result = job.pending.persist();

@@ -1,5 +1,6 @@
-//! The checkpoint log: rkyv training-state records in memory-mapped,
-//! preallocated, rotating segment files.
+//! The checkpoint log: rkyv training-state records in preallocated,
+//! rotating segment files, written with `pwrite` and read zero-copy through
+//! read-only mappings.
 //!
 //! Why it looks the way it does (FORMAT.md has the bytes):
 //! - every record is a *full* training state, so recovery needs only the
@@ -9,8 +10,11 @@
 //!   that reads as "end of segment", and a header on disk vouches for a payload
 //!   that already reached the disk; the payload checksum and rkyv validation
 //!   catch everything else;
-//! - segments are preallocated with fallocate before they are mapped, so a
-//!   full disk is an error at rotation, never a SIGBUS in the middle of a copy;
+//! - segments are preallocated with fallocate before the first record, so a
+//!   full disk is an error at rotation, not in the middle of an append;
+//! - the pause of an append is a copy into a staging buffer that stays
+//!   populated; the file is written from it with `pwrite` on the persisting
+//!   thread, never through a shared writable mapping (`staging.rs` says why);
 //! - a writer never appends to a segment it did not create in this process,
 //!   so it never appends behind garbage left by a crash.
 //!
@@ -22,6 +26,7 @@
 mod error;
 pub mod format;
 mod reader;
+mod staging;
 mod stream;
 mod sys;
 mod writer;

@@ -1,4 +1,4 @@
-//! The rkyv writer that serializes a record into the mapped segment, copying
+//! The rkyv writer that serializes a record into the staging buffer, copying
 //! large pieces (the tensors) with non-temporal stores.
 //!
 //! Why not rkyv's own `Buffer`: it copies each piece with `memcpy`, and

@@ -52,10 +52,10 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
 }
 
-/// Allocates real blocks for `[0, len)` so that later stores through a
-/// mapping can never fail for lack of space (which would be a SIGBUS).
-/// `ftruncate` alone would create a sparse file and defer the allocation to
-/// the page fault.
+/// Allocates real blocks for `[0, len)` so that later writes into them
+/// can never fail for lack of space. `ftruncate` alone would create a sparse
+/// file and defer the allocation to write-back, where a full disk would
+/// surface late.
 pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length too large"))?;
@@ -279,7 +279,7 @@ pub fn risky_file_system(dir: &Path) -> io::Result<Option<(&'static str, &'stati
 
 /// See [`risky_file_system`]; by `statfs`'s `f_type` magic number.
 pub fn classify_file_system(magic: i64) -> Option<(&'static str, &'static str)> {
-    const COW: &str = "copy-on-write: a store into a preallocated mapping allocates new blocks, so a full disk can still end the writer with SIGBUS; keep free space well beyond the segment size";
+    const COW: &str = "copy-on-write: a write into a preallocated segment allocates new blocks, so a full disk can still fail an append and stop the writer; keep free space well beyond the segment size";
     const NET: &str = "a network file system: flock may not exclude a writer on another host, and write-back errors can surface late; prefer a local disk";
     match magic as u32 {
         0x9123_683e => Some(("btrfs", COW)),

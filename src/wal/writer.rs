@@ -1,21 +1,23 @@
-//! The single writer: lock, segment creation and rotation, appends straight
-//! into the mapped tail, durability, the commit file, retention.
+//! The single writer: lock, segment creation and rotation, appends,
+//! durability, the commit file, retention.
 //!
 //! An append has two halves so that training can go on while the disk works:
-//! [`Log::begin_append`] serializes the state with rkyv directly into the
-//! mapping (the only part the training thread waits for), and
-//! [`PendingAppend::persist`] makes it durable (payload write-back started and
-//! checksummed meanwhile, payload msync, then the header page, then a second
-//! msync). [`Log::finish`] records the result and applies
-//! retention. At most one append is in flight.
+//! [`Log::begin_append`] serializes the state with rkyv into a staging
+//! buffer that stays populated from one record to the next (the only part
+//! the training thread waits for), and [`PendingAppend::persist`] makes it
+//! durable (payload written with `pwrite` and checksummed chunk by chunk,
+//! `fdatasync`, then the header page, then a second `fdatasync`).
+//! [`Log::finish`] records the result and applies retention. At most one
+//! append is in flight. `staging.rs` says why the writer does not store
+//! through a mapping.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use memmap2::{MmapOptions, MmapRaw};
 use rkyv::rancor;
 use rkyv::ser::{Positional, Writer};
 
@@ -25,6 +27,7 @@ use super::format::{
     ValidationFigures, MAX_PAYLOAD_BYTES, MAX_SEGMENT_NO, PAGE,
 };
 use super::reader::{list_dir, recover_for_writer, scan_segment, Recovery, Skip};
+use super::staging::{self, Staging, StagingSlot};
 use super::sys;
 use super::{Result, WalError};
 use crate::state::{TrainState, SCHEMA_VERSION};
@@ -104,19 +107,20 @@ impl Default for LogOptions {
     }
 }
 
-/// A mapped segment shared between the training thread (which writes a new
-/// payload into its tail) and the persisting thread (which syncs it).
-struct SegmentMap {
+/// The segment being appended to, shared between the training thread
+/// (which reserves space in it) and the persisting thread (which writes and
+/// syncs a record into it). The writer does not map it: records reach it
+/// with `pwrite` from the staging buffer (see `staging.rs` for why).
+struct Segment {
     path: PathBuf,
     file: File,
-    map: MmapRaw,
     len: u64,
     segment_no: u64,
 }
 
-impl SegmentMap {
-    /// Errors if someone truncated the file under the mapping: touching
-    /// pages past the end of the file would raise SIGBUS.
+impl Segment {
+    /// Errors if someone truncated the file: a record written past its end
+    /// would extend it, and readers check segment sizes against headers.
     fn check_size(&self) -> Result<()> {
         let actual = self
             .file
@@ -133,64 +137,16 @@ impl SegmentMap {
         Ok(())
     }
 
-    /// Writable view of `[offset, offset + len)`.
-    ///
-    /// # Safety
-    /// The caller must be the only one touching this range for the lifetime
-    /// of the slice; the writer guarantees it by having at most one append in
-    /// flight and by never revisiting the range of a finished record.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn range_mut(&self, offset: u64, len: u64) -> &mut [u8] {
-        assert!(offset + len <= self.len, "range outside the segment");
-        std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(offset as usize), len as usize)
-    }
-
-    /// Checksum of `[offset, offset + len)`, computed while the kernel
-    /// writes the range back: write-back of each chunk is started
-    /// ([`sys::start_writeback`]) before the chunk is hashed, so the device
-    /// is busy while the CPU hashes, and the barrier that follows
-    /// ([`SegmentMap::sync`]) waits only for what is left. Nothing becomes
-    /// durable earlier than before, and nothing is trusted before the
-    /// barrier: the header that the checksum goes into is written after it.
-    fn checksum_during_writeback(&self, offset: u64, len: u64) -> Result<u64> {
-        let mut stream = format::ChecksumStream::new();
-        let mut hint = true;
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(WRITEBACK_CHUNK_BYTES);
-            if hint {
-                hint = sys::start_writeback(&self.file, offset + done, n).map_err(|source| {
-                    WalError::SyncFailed {
-                        path: self.path.clone(),
-                        source,
-                    }
-                })?;
-            }
-            // SAFETY: the range was filled by `begin_append` and, with one
-            // append in flight, nobody writes it any more; it is only read.
-            let chunk = unsafe { self.range_mut(offset + done, n) };
-            stream.update(chunk);
-            done += n;
-        }
-        Ok(stream.finish())
-    }
-
-    fn sync(&self, offset: u64, len: u64) -> Result<()> {
-        self.map
-            .flush_range(offset as usize, len as usize)
+    /// The first barrier's and the second's: `fdatasync`.
+    fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
             .map_err(|source| WalError::SyncFailed {
                 path: self.path.clone(),
                 source,
             })
     }
 }
-
-/// How much of a payload is handed to write-back at a time while it is
-/// being checksummed: hashing 4 MiB takes a fraction of a millisecond, about
-/// what the device needs to write it, so each chunk's write-back is under
-/// way while the next is hashed, and one system call per 4 MiB costs
-/// nothing measurable.
-const WRITEBACK_CHUNK_BYTES: u64 = 4 << 20;
 
 /// Counts the bytes rkyv would write, so that space can be reserved in the
 /// segment before serializing into it.
@@ -266,7 +222,7 @@ pub struct Log {
     log_id: u128,
     next_sequence: u64,
     next_segment_no: u64,
-    active: Option<Arc<SegmentMap>>,
+    active: Option<Arc<Segment>>,
     /// Where the next record header goes in the active segment.
     write_offset: u64,
     inventory: Vec<SegmentInventory>,
@@ -274,6 +230,9 @@ pub struct Log {
     in_flight: bool,
     /// Span of the last record begun, the best guess for the next one.
     last_span: u64,
+    /// The buffer records are serialized into (held by the append in
+    /// flight, if any).
+    staging: StagingSlot,
 }
 
 impl std::fmt::Debug for Log {
@@ -286,14 +245,19 @@ impl std::fmt::Debug for Log {
     }
 }
 
-/// A record serialized into the mapping but not yet durable.
+/// A record serialized into the staging buffer but not yet written or
+/// durable.
 pub struct PendingAppend {
-    segment: Arc<SegmentMap>,
+    segment: Arc<Segment>,
     header: RecordHeader,
     new_segment: bool,
     dir: PathBuf,
     poison: Poison,
-    /// How long serialization into the mapping took.
+    /// The serialized payload and its zero padding; given back to `slot`
+    /// when the append is dropped, persisted or not.
+    staging: Option<Staging>,
+    slot: StagingSlot,
+    /// How long serialization into the staging buffer took.
     pub serialize_time: Duration,
     /// For a copy of a record made elsewhere ([`Log::import`]): the payload
     /// checksum of the original. The copy's checksum is compared with it
@@ -503,6 +467,7 @@ impl Log {
             poison: Arc::new(Mutex::new(None)),
             in_flight: false,
             last_span: 0,
+            staging: Arc::new(Mutex::new(None)),
         };
         let (highest, holder, logs) = log.take_inventory(&recovery.skipped)?;
         // Segments of two logs: which one is "the" log cannot be told from
@@ -706,7 +671,7 @@ impl Log {
         durable
     }
 
-    /// Serializes `state` into the mapped tail of the log (rotating first if
+    /// Serializes `state` into the staging buffer (rotating first if
     /// it does not fit). The record is not durable until
     /// [`PendingAppend::persist`] returns, and is not visible to readers
     /// before that either (its header is written last).
@@ -751,29 +716,30 @@ impl Log {
         segment.check_size()?;
         let offset = self.write_offset;
         debug_assert_eq!(offset % PAGE, 0, "records start on a fresh page");
-        let payload_offset = offset + PAGE;
-        // SAFETY: [payload_offset, +payload_len) lies inside the mapping (fits
-        // was checked or the new segment was sized for it), no other append is
-        // in flight, and finished records lie strictly before `offset`.
-        let dest = unsafe { segment.range_mut(payload_offset, payload_len) };
+        let mut buffer = staging::take(&self.staging, span - PAGE)
+            .map_err(|e| WalError::io(&segment.path, "allocating the staging buffer", e))?;
+        // Usually a no-op: `prepare_next_append` populated it off this thread.
+        buffer.populate(span - PAGE);
         // Tensors go in with non-temporal stores (see `stream.rs`).
         let written = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
             state,
-            super::stream::StreamWriter::new(&mut *dest),
+            super::stream::StreamWriter::new(buffer.bytes_mut(payload_len)),
         )
-        .map_err(|e| WalError::Serialize {
-            path: segment.path.clone(),
-            reason: e.to_string(),
-        })?;
-        if written.pos() as u64 != payload_len {
-            return Err(WalError::Serialize {
-                path: segment.path.clone(),
-                reason: format!(
-                    "archive is {} bytes, {payload_len} were reserved",
-                    written.pos()
-                ),
-            });
-        }
+        .map(|w| w.pos() as u64);
+        let written = match written {
+            Ok(n) if n == payload_len => n,
+            other => {
+                staging::give_back(&self.staging, buffer);
+                return Err(WalError::Serialize {
+                    path: segment.path.clone(),
+                    reason: match other {
+                        Ok(n) => format!("archive is {n} bytes, {payload_len} were reserved"),
+                        Err(e) => e.to_string(),
+                    },
+                });
+            }
+        };
+        buffer.zero_padding(written);
         let header = RecordHeader {
             log_id: self.log_id,
             segment_no: segment.segment_no,
@@ -799,6 +765,8 @@ impl Log {
             new_segment,
             dir: self.dir.clone(),
             poison: Arc::clone(&self.poison),
+            staging: Some(buffer),
+            slot: Arc::clone(&self.staging),
             serialize_time: started.elapsed(),
             expect_checksum: None,
         })
@@ -907,18 +875,9 @@ impl Log {
                 return Err(e);
             }
         };
-        // The raw mapping is sound to use: the file is ours (created above under the writer lock),
-        // fully allocated to `bytes`, and epochwal never truncates a segment;
-        // the region is only accessed through `SegmentMap`, whose users keep
-        // ranges disjoint.
-        let map = MmapOptions::new()
-            .len(bytes as usize)
-            .map_raw(&file)
-            .map_err(|e| WalError::io(&path, "mapping segment", e))?;
-        self.active = Some(Arc::new(SegmentMap {
+        self.active = Some(Arc::new(Segment {
             path: path.clone(),
             file,
-            map,
             len: bytes,
             segment_no: n,
         }));
@@ -998,51 +957,52 @@ impl Log {
     /// Creates the segment the first record of `state`'s size will go to, so
     /// that a full disk, a read-only or immutable directory or a segment size
     /// larger than the disk is found before training instead of at the first
-    /// checkpoint. Returns the size of the segment.
+    /// checkpoint. Returns the size of the segment. The staging buffer is
+    /// left for [`Log::prepare_next_append`] to populate off the thread that
+    /// is about to train.
     pub fn reserve_for(&mut self, state: &TrainState) -> Result<u64> {
         self.last_span = record_span(archived_len(state)?);
-        self.prepare_next_append()?;
+        self.make_room()?;
         Ok(self.active.as_ref().map_or(0, |s| s.len))
+    }
+
+    /// Rotates now if a record as large as the last one would not fit.
+    /// False when no append is expected (one in flight, none begun yet,
+    /// or the log is closed).
+    fn make_room(&mut self) -> Result<bool> {
+        if self.in_flight || self.last_span == 0 || self.poisoned().is_some() {
+            return Ok(false);
+        }
+        let fits = self
+            .active
+            .as_ref()
+            .is_some_and(|seg| self.write_offset + self.last_span <= seg.len);
+        if !fits {
+            self.rotate(self.last_span)?;
+        }
+        Ok(true)
     }
 
     /// Gets the space for the next record ready, off the training thread:
     /// rotates now if a record as large as the last one would not fit, and
-    /// write-faults the pages it will be written to (one store per page of
-    /// the byte already there), so that the next [`Log::begin_append`] copies
-    /// at memory speed instead of taking a page fault per 4 KiB. Call it after
-    /// [`Log::finish`] when more appends are expected. The pages stay ready
-    /// until write-back cleans them (about 30 s on Linux by default); after
-    /// that they fault again, more cheaply. Touching pages one by one, rather
-    /// than `madvise(MADV_POPULATE_WRITE)`, keeps each fault on the per-VMA
-    /// lock instead of holding the process's mmap lock for the whole range,
-    /// which the training thread's own allocations would wait for.
+    /// populates the staging buffer for it (one store per page), so that
+    /// the next [`Log::begin_append`] copies at memory speed instead of
+    /// taking a page fault per page. Call it after [`Log::finish`] when more
+    /// appends are expected, and once before the first (the buffer then
+    /// stays populated for the life of the writer). Touching pages one by
+    /// one, rather than `madvise(MADV_POPULATE_WRITE)`, keeps each fault on
+    /// the per-VMA lock instead of holding the process's mmap lock for the
+    /// whole range, which the training thread's own allocations would wait
+    /// for.
     pub fn prepare_next_append(&mut self) -> Result<()> {
-        if self.in_flight || self.last_span == 0 || self.poisoned().is_some() {
+        if !self.make_room()? {
             return Ok(());
         }
         let span = self.last_span;
-        let fits = self
-            .active
-            .as_ref()
-            .is_some_and(|seg| self.write_offset + span <= seg.len);
-        if !fits {
-            self.rotate(span)?;
-        }
-        let seg = self.active.as_ref().expect("a segment is active");
-        let start = self.write_offset;
-        let len = span.min(seg.len - start);
-        let base = seg.map.as_mut_ptr();
-        for offset in (start..start + len).step_by(PAGE as usize) {
-            // SAFETY: the byte lies inside the live mapping (offset <
-            // start + len <= seg.len); no append is in flight and the range is
-            // past every record, so no one else reads or writes it now.
-            // Writing back the value just read leaves the contents unchanged
-            // while making the kernel fault the page in for writing.
-            unsafe {
-                let p = base.add(offset as usize);
-                std::ptr::write_volatile(p, std::ptr::read_volatile(p));
-            }
-        }
+        let mut buffer = staging::take(&self.staging, span - PAGE)
+            .map_err(|e| WalError::io(&self.dir, "allocating the staging buffer", e))?;
+        buffer.populate(span - PAGE);
+        staging::give_back(&self.staging, buffer);
         Ok(())
     }
 
@@ -1237,10 +1197,12 @@ impl Log {
         self.rotate(span)?;
         let segment = Arc::clone(self.active.as_ref().expect("rotate installs a segment"));
         let offset = self.write_offset;
-        // SAFETY: the new segment was sized for `span` bytes after its header
-        // page, nothing else is in flight, and no record exists in it yet.
-        let dest = unsafe { segment.range_mut(offset + PAGE, header.payload_len) };
-        dest.copy_from_slice(payload);
+        let mut buffer = staging::take(&self.staging, span - PAGE)
+            .map_err(|e| WalError::io(&segment.path, "allocating the staging buffer", e))?;
+        buffer
+            .bytes_mut(header.payload_len)
+            .copy_from_slice(payload);
+        buffer.zero_padding(header.payload_len);
         let new_header = RecordHeader {
             segment_no: segment.segment_no,
             offset,
@@ -1256,6 +1218,8 @@ impl Log {
             new_segment: true,
             dir: self.dir.clone(),
             poison: Arc::clone(&self.poison),
+            staging: Some(buffer),
+            slot: Arc::clone(&self.staging),
             serialize_time: Duration::ZERO,
             expect_checksum: Some(header.payload_checksum),
         };
@@ -1273,26 +1237,55 @@ impl PendingAppend {
         &self.header
     }
 
-    /// Makes the record durable: start the payload's write-back and
-    /// checksum it meanwhile, msync it (first barrier), write the header
-    /// page, msync that (second barrier), then replace the commit file for
-    /// tailers.
-    /// A sync failure closes the log for good (see [`WalError::SyncFailed`]).
+    /// Makes the record durable: write the payload from the staging buffer
+    /// (checksumming each chunk as it goes and starting its write-back),
+    /// `fdatasync` (first barrier), write the header page, `fdatasync`
+    /// (second barrier), then replace the commit file for tailers.
+    /// A write or sync failure closes the log for good (see
+    /// [`WalError::SyncFailed`]).
     pub fn persist(mut self) -> Result<Durable> {
         let started = Instant::now();
-        let seg = &self.segment;
-        let h = &mut self.header;
-        let payload_offset = h.payload_offset();
-        let poison = |e: WalError| -> WalError {
+        let buffer = self
+            .staging
+            .take()
+            .expect("a pending append holds its buffer");
+        let result = self.write_and_sync(&buffer);
+        staging::give_back(&self.slot, buffer);
+        let sync_time = started.elapsed();
+        let header = result.inspect_err(|e| {
+            // A copy that differs from its original wrote no header and
+            // leaves the log usable; any other failure closes it.
+            if matches!(e, WalError::CopyDiffers { .. }) {
+                return;
+            }
             if let Ok(mut p) = self.poison.lock() {
                 p.get_or_insert_with(|| e.to_string());
             }
-            e
+        })?;
+        write_commit_file(&self.dir, &header, &self.segment.path);
+        Ok(Durable {
+            header,
+            path: self.segment.path.clone(),
+            bytes: record_span(header.payload_len),
+            new_segment: self.new_segment,
+            sync_time,
+        })
+    }
+
+    /// The two barriers of [`PendingAppend::persist`]; the header as
+    /// written.
+    fn write_and_sync(&mut self, buffer: &Staging) -> Result<RecordHeader> {
+        let seg = &self.segment;
+        let h = &mut self.header;
+        let failed = |source| WalError::SyncFailed {
+            path: seg.path.clone(),
+            source,
         };
-        seg.check_size().map_err(poison)?;
-        h.payload_checksum = seg
-            .checksum_during_writeback(payload_offset, h.payload_len)
-            .map_err(poison)?;
+        seg.check_size()?;
+        let padded = buffer.bytes(page_align(h.payload_len));
+        h.payload_checksum =
+            staging::write_payload(&seg.file, h.payload_offset(), padded, h.payload_len)
+                .map_err(failed)?;
         if let Some(expected) = self.expect_checksum {
             if expected != h.payload_checksum {
                 // No header is written: these bytes never become a record.
@@ -1305,21 +1298,22 @@ impl PendingAppend {
             }
         }
         // First barrier: the payload is durable before its header exists.
-        seg.sync(payload_offset, h.payload_len).map_err(poison)?;
-        // SAFETY: the header page of this record belongs to this append only.
-        let header_page = unsafe { seg.range_mut(h.offset, PAGE) };
-        h.encode(header_page);
-        seg.sync(h.offset, PAGE).map_err(poison)?;
-        let sync_time = started.elapsed();
-        let header = *h;
-        write_commit_file(&self.dir, &header, &seg.path);
-        Ok(Durable {
-            header,
-            path: seg.path.clone(),
-            bytes: record_span(header.payload_len),
-            new_segment: self.new_segment,
-            sync_time,
-        })
+        seg.sync()?;
+        let mut page = vec![0u8; PAGE as usize];
+        h.encode(&mut page);
+        seg.file.write_all_at(&page, h.offset).map_err(failed)?;
+        seg.sync()?;
+        Ok(*h)
+    }
+}
+
+impl Drop for PendingAppend {
+    /// An append dropped without being persisted (its thread gave up) still
+    /// hands the staging buffer back to the writer.
+    fn drop(&mut self) {
+        if let Some(buffer) = self.staging.take() {
+            staging::give_back(&self.slot, buffer);
+        }
     }
 }
 

@@ -1,0 +1,528 @@
+//! The `train` section: what checkpointing every epoch costs a real
+//! training run, at 1 and 2 training threads, measured side by side in one
+//! run (for each run: both thread counts, each with checkpoints off, on, and
+//! a restart from the log the "on" side wrote).
+//!
+//! Figures, per thread count (goals from issue 21):
+//! - `overhead_per_epoch`: wall time with a checkpoint every epoch over
+//!   without, the epoch about 2× the persist time (`epoch_over_persist`
+//!   shows it); goal ≤ 1.03.
+//! - `train_thread_ratio`: the training loop's wall time (without the wait
+//!   for the last persist) with over without; ≤ 1.02. `train_thread_cpu_ratio`
+//!   is the same for the training thread's own CPU time.
+//! - `extra_cpu_vs_copy_checksum`: the process CPU time (getrusage, all
+//!   threads) a checkpoint adds, over the CPU time of a `memcpy` plus a
+//!   checksum of the same record measured in the same run; ≤ 3.
+//! - `first_pause_after_restart_vs_steady`: the pause of the first
+//!   checkpoint after a restart over the median steady-state pause; ≤ 1.2.
+//! - `restart_to_first_step_vs_read_checksum`: from the start of a
+//!   restart (building the trainer, opening the log, restoring) to the end
+//!   of its first training step, over a cold read plus checksum of the
+//!   record it resumes from; ≤ 1.2.
+
+use super::*;
+
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+
+/// The synthetic run of the training-overhead figure. Its state is
+/// `3 * params * 4` bytes; `EPOCHWAL_BENCH_TRAIN="n,input,hidden1:hidden2,output,batch,epochs"`
+/// overrides it.
+struct TrainShape {
+    n: usize,
+    input_dim: usize,
+    hidden: Vec<usize>,
+    output_dim: usize,
+    batch: usize,
+    epochs: u64,
+}
+
+impl TrainShape {
+    fn from_env() -> TrainShape {
+        let default = TrainShape {
+            n: 1024,
+            input_dim: 512,
+            hidden: vec![2048, 512],
+            output_dim: 8,
+            batch: 32,
+            epochs: 4,
+        };
+        let Ok(v) = std::env::var("EPOCHWAL_BENCH_TRAIN") else {
+            return default;
+        };
+        let f: Vec<&str> = v.split(',').collect();
+        let num = |i: usize| -> usize {
+            f.get(i)
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or_else(|| die(&format!("bad EPOCHWAL_BENCH_TRAIN {v:?}")))
+        };
+        TrainShape {
+            n: num(0),
+            input_dim: num(1),
+            hidden: f
+                .get(2)
+                .map(|s| s.split(':').filter_map(|w| w.trim().parse().ok()).collect())
+                .unwrap_or_default(),
+            output_dim: num(3),
+            batch: num(4),
+            epochs: num(5) as u64,
+        }
+    }
+
+    fn config(&self, threads: usize) -> TrainConfig {
+        let text = format!(
+            "batch_size = {}\nseed = 1\nthreads = {threads}\nvalidation_fraction = 0.0\n[dataset]\nkind = \"synthetic\"\nn = {}\ninput_dim = {}\noutput_dim = {}\n[model]\nhidden = {:?}\n",
+            self.batch, self.n, self.input_dim, self.output_dim, self.hidden
+        );
+        toml::from_str(&text).expect("train config")
+    }
+}
+
+/// Thread counts to measure: `EPOCHWAL_BENCH_TRAIN_THREADS` (comma list),
+/// default 1 and 2.
+fn thread_counts() -> Vec<usize> {
+    std::env::var("EPOCHWAL_BENCH_TRAIN_THREADS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![1, 2])
+}
+
+/// CPU time (user + system) of the calling thread so far.
+fn thread_cpu() -> Duration {
+    // SAFETY: an all-zero timespec is a valid value of a plain C struct.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out pointer; the clock id is a constant the kernel knows.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// What one checkpointed run measured.
+#[derive(Default)]
+struct OnRun {
+    /// The training loop, from its first step until the last checkpoint is
+    /// durable.
+    total: Duration,
+    /// CPU time of the training thread in the loop (until the last
+    /// checkpoint was handed over).
+    train_cpu: Duration,
+    /// From the start (trainer built, log opened, record restored) to the
+    /// end of the first step.
+    to_first_step: Duration,
+    /// Training thread blocked in begin_append (the pause).
+    pause: Vec<f64>,
+    /// Training thread blocked waiting for the previous persist.
+    wait: Vec<f64>,
+    /// persist + finish on the persister thread.
+    persist: Vec<f64>,
+    /// Waiting for the last checkpoint after the last step.
+    final_wait: Duration,
+    /// Epoch checkpoints deferred because the previous one was in flight.
+    deferred: u64,
+    /// The last durable record: (segment, payload offset, payload length).
+    last: Option<(PathBuf, u64, u64)>,
+}
+
+/// Trains until epoch `epochs` with one checkpoint per epoch, exactly as the
+/// daemon does: the trainer is built, the log opened and its newest record
+/// (if any) restored; begin_append on the training thread; persist, finish
+/// and prepare_next_append on a persister thread that also prepares the
+/// first checkpoint when it starts; at most one append in flight (the
+/// training thread waits for the previous one before the next
+/// begin_append). The run ends when the last checkpoint is durable.
+fn train_with_checkpoints(
+    cfg: &TrainConfig,
+    epochs: u64,
+    log_dir: &Path,
+    obs: Option<Arc<super::observe::Observed>>,
+) -> OnRun {
+    let begun = Instant::now();
+    let mut trainer = Trainer::new(cfg).expect("trainer");
+    let (mut log, recovery) = Log::open(
+        log_dir,
+        LogOptions {
+            retention: Retention {
+                keep_records: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .expect("open log");
+    if let Some(r) = &recovery.record {
+        trainer.restore(r.state()).expect("restore");
+    }
+    drop(recovery);
+    log.reserve_for(trainer.state()).expect("reserve_for");
+    let log = Arc::new(Mutex::new(log));
+    let (job_tx, job_rx) = mpsc::sync_channel::<PendingAppend>(1);
+    let (done_tx, done_rx) = mpsc::channel::<(f64, PathBuf, u64, u64)>();
+    let persister = {
+        let log = Arc::clone(&log);
+        let obs = obs.clone();
+        std::thread::spawn(move || {
+            log.lock()
+                .unwrap()
+                .prepare_next_append()
+                .expect("prepare_next_append");
+            for pending in job_rx {
+                let t = Instant::now();
+                let durable = pending.persist();
+                let d = durable.as_ref().expect("persist");
+                let last = (
+                    d.path.clone(),
+                    d.header.payload_offset(),
+                    d.header.payload_len,
+                );
+                {
+                    let mut log = log.lock().unwrap();
+                    log.finish(&durable).expect("finish");
+                    log.prepare_next_append().expect("prepare_next_append");
+                }
+                if let (Some(o), Ok(d)) = (&obs, &durable) {
+                    o.durable(d, t.elapsed());
+                }
+                if done_tx
+                    .send((ms(t.elapsed()), last.0, last.1, last.2))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    };
+    let mut run = OnRun::default();
+    let mut in_flight = false;
+    let start = Instant::now();
+    let cpu0 = thread_cpu();
+    let done = |run: &mut OnRun, m: (f64, PathBuf, u64, u64)| {
+        run.persist.push(m.0);
+        run.last = Some((m.1, m.2, m.3));
+    };
+    let mut first = true;
+    loop {
+        let out = trainer.step();
+        if let Some(o) = &obs {
+            o.step(out.epoch, out.global_step);
+            if out.epoch_completed {
+                o.epoch_done(out.loss);
+            }
+        }
+        if first {
+            run.to_first_step = begun.elapsed();
+            first = false;
+        }
+        if out.epoch_completed {
+            if in_flight {
+                // As the daemon does with min_seconds_between > 0 (the
+                // shipped config): a checkpoint that finds the previous one
+                // still in flight is deferred to the next epoch end instead
+                // of stalling training; the last epoch always checkpoints.
+                match done_rx.try_recv() {
+                    Ok(m) => done(&mut run, m),
+                    Err(_) if out.epoch < epochs => {
+                        run.deferred += 1;
+                        continue;
+                    }
+                    Err(_) => {
+                        let t = Instant::now();
+                        done(&mut run, done_rx.recv().expect("persister died"));
+                        run.wait.push(ms(t.elapsed()));
+                    }
+                }
+            }
+            let t = Instant::now();
+            let pending = log
+                .lock()
+                .unwrap()
+                .begin_append(trainer.state())
+                .expect("begin_append");
+            run.pause.push(ms(t.elapsed()));
+            job_tx.send(pending).expect("persister died");
+            in_flight = true;
+            if out.epoch >= epochs {
+                break;
+            }
+        }
+    }
+    run.train_cpu = thread_cpu() - cpu0;
+    let t = Instant::now();
+    if in_flight {
+        done(&mut run, done_rx.recv().expect("persister died"));
+    }
+    run.final_wait = t.elapsed();
+    run.total = start.elapsed();
+    drop(job_tx);
+    persister.join().unwrap();
+    run
+}
+
+/// (wall time of the loop, CPU time of the training thread in it).
+fn train_without_checkpoints(cfg: &TrainConfig, epochs: u64) -> (Duration, Duration) {
+    let mut trainer = Trainer::new(cfg).expect("trainer");
+    let start = Instant::now();
+    let cpu0 = thread_cpu();
+    while trainer.step().epoch < epochs {}
+    black_box(trainer.state());
+    (start.elapsed(), thread_cpu() - cpu0)
+}
+
+/// CPU time of a `memcpy` of `src` into a warm buffer plus the checksum of
+/// the copy: the floor of what a checkpoint must cost.
+fn copy_and_checksum(src: &[u8], dst: &mut [u8]) -> Duration {
+    let cpu0 = thread_cpu();
+    dst.copy_from_slice(black_box(src));
+    black_box(format::checksum(dst));
+    thread_cpu() - cpu0
+}
+
+/// Wall time of reading `[offset, offset + len)` of `path` from the disk
+/// (fsync, page cache dropped, `pread` into a page-aligned buffer) and
+/// checksumming it, as recovery does.
+fn cold_read_and_checksum(path: &Path, offset: u64, len: u64) -> Duration {
+    let file = File::open(path).expect("open segment");
+    file.sync_all().expect("fsync");
+    // SAFETY: posix_fadvise only reads its integer arguments.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK + 4096];
+    let skew = buf.as_ptr().align_offset(4096);
+    let t = Instant::now();
+    let mut hasher = format::ChecksumStream::new();
+    let mut done = 0u64;
+    while done < len {
+        let n = ((len - done) as usize).min(CHUNK);
+        let b = &mut buf[skew..skew + n];
+        file.read_exact_at(b, offset + done).expect("pread");
+        hasher.update(b);
+        done += n as u64;
+    }
+    black_box(hasher.finish());
+    t.elapsed()
+}
+
+/// Everything measured at one thread count.
+#[derive(Default)]
+struct Side {
+    off: Vec<f64>,
+    on: Vec<f64>,
+    /// The checkpointed run again with the observers' work (metrics, event
+    /// files, a scraper).
+    on_observed: Vec<f64>,
+    on_thread: Vec<f64>,
+    cpu_off: Vec<f64>,
+    cpu_on: Vec<f64>,
+    train_cpu_off: Vec<f64>,
+    train_cpu_on: Vec<f64>,
+    copy_checksum: Vec<f64>,
+    pause: Vec<f64>,
+    steady_pause: Vec<f64>,
+    wait: Vec<f64>,
+    persist: Vec<f64>,
+    final_wait: Vec<f64>,
+    deferred: u64,
+    first_pause_after_restart: Vec<f64>,
+    to_first_step: Vec<f64>,
+    read_checksum: Vec<f64>,
+    loads: Vec<String>,
+}
+
+pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
+    let shape = TrainShape::from_env();
+    let threads = thread_counts();
+    let probe = Trainer::new(&shape.config(1)).expect("trainer");
+    let record = archive(probe.state());
+    let state_bytes = record.len() as u64;
+    let steps = probe.steps_per_epoch();
+    note(&format!(
+        "train: {} ; n={} batch={} steps/epoch={steps} epochs/run={} ; record {} bytes ({:.1} MiB) ; threads {:?}",
+        probe.describe(),
+        shape.n,
+        shape.batch,
+        shape.epochs,
+        state_bytes,
+        state_bytes as f64 / MIB as f64,
+        threads
+    ));
+    drop(probe);
+    let mut copy_dst = vec![1u8; record.len()];
+    let runs = opts.runs.unwrap_or(5);
+    let dir = work.join("train");
+    fresh_dir(&dir);
+    let mut sides: Vec<Side> = threads.iter().map(|_| Side::default()).collect();
+    for run in 0..=runs {
+        for (ti, &t) in threads.iter().enumerate() {
+            let cfg = shape.config(t);
+            let side = &mut sides[ti];
+            // 0: off, 1: checkpoints, 2: checkpoints and observers; the
+            // order rotates from run to run.
+            let order: [u8; 3] = match run % 3 {
+                0 => [0, 1, 2],
+                1 => [2, 0, 1],
+                _ => [1, 2, 0],
+            };
+            let load = load_average();
+            for which in order {
+                sync_all_fs();
+                if which == 2 {
+                    let log_dir = dir.join(format!("log-obs-{run}-{t}"));
+                    let tb_dir = dir.join(format!("tb-{run}-{t}"));
+                    let obs = super::observe::Observed::start(&tb_dir);
+                    let r = train_with_checkpoints(
+                        &cfg,
+                        shape.epochs,
+                        &log_dir,
+                        Some(Arc::clone(&obs)),
+                    );
+                    obs.finish();
+                    remove(&log_dir);
+                    remove(&tb_dir);
+                    if run > 0 {
+                        side.on_observed.push(ms(r.total));
+                    }
+                } else if which == 1 {
+                    let log_dir = dir.join(format!("log-{run}-{t}"));
+                    let cpu0 = self_cpu();
+                    let r = train_with_checkpoints(&cfg, shape.epochs, &log_dir, None);
+                    let cpu = ms(self_cpu() - cpu0);
+                    // A restart from what the run left, two more epochs.
+                    let (seg, off, len) = r.last.clone().expect("a durable record");
+                    let read = cold_read_and_checksum(&seg, off, len);
+                    sync_all_fs();
+                    let again = train_with_checkpoints(&cfg, shape.epochs + 2, &log_dir, None);
+                    remove(&log_dir);
+                    if run > 0 {
+                        side.on.push(ms(r.total));
+                        side.on_thread.push(ms(r.total - r.final_wait));
+                        side.final_wait.push(ms(r.final_wait));
+                        side.deferred += r.deferred;
+                        side.steady_pause.extend(r.pause.iter().skip(1));
+                        side.pause.extend(r.pause);
+                        side.wait.extend(r.wait);
+                        side.persist.extend(r.persist);
+                        side.cpu_on.push(cpu);
+                        side.train_cpu_on.push(ms(r.train_cpu));
+                        side.first_pause_after_restart.push(again.pause[0]);
+                        side.to_first_step.push(ms(again.to_first_step));
+                        side.read_checksum.push(ms(read));
+                    }
+                } else {
+                    let cpu0 = self_cpu();
+                    let (wall, train_cpu) = train_without_checkpoints(&cfg, shape.epochs);
+                    let cpu = ms(self_cpu() - cpu0);
+                    if run > 0 {
+                        side.off.push(ms(wall));
+                        side.cpu_off.push(cpu);
+                        side.train_cpu_off.push(ms(train_cpu));
+                    }
+                }
+            }
+            let c = copy_and_checksum(&record, &mut copy_dst);
+            if run > 0 {
+                side.copy_checksum.push(ms(c));
+                side.loads.push(load);
+            }
+        }
+    }
+    remove(&dir);
+    let size = size_label_f(state_bytes);
+    let ratio = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>();
+    for (ti, &t) in threads.iter().enumerate() {
+        let s = &sides[ti];
+        let label = format!("{size},threads={t}");
+        let loads = s.loads.join(",").replace(' ', "/");
+        let epoch_ms = median(&s.off) / shape.epochs as f64;
+        let persist_ms = median(&s.persist);
+        let extra: Vec<f64> = s
+            .cpu_on
+            .iter()
+            .zip(&s.cpu_off)
+            .map(|(a, b)| (a - b) / shape.epochs as f64)
+            .collect();
+        report.push(
+            Line::new("overhead_per_epoch", &label, ratio(&s.on, &s.off))
+                .goal("<=", 1.03)
+                .kv("epochs", shape.epochs)
+                .kv("epoch_ms", fmt_ms(epoch_ms))
+                .kv("persist_ms", fmt_ms(persist_ms))
+                .kv(
+                    "epoch_over_persist",
+                    format!("{:.1}", epoch_ms / persist_ms),
+                )
+                .ms_of("off_ms", &s.off)
+                .ms_of("on_ms", &s.on)
+                .ms_of("pause_ms", &s.pause)
+                .ms_of("wait_prev_ms", &s.wait)
+                .ms_of("final_wait_ms", &s.final_wait)
+                .kv("deferred_checkpoints", s.deferred)
+                .kv(
+                    "cpu_ratio",
+                    format!("{:.3}", median(&ratio(&s.cpu_on, &s.cpu_off))),
+                )
+                .kv(
+                    "observe_ratio",
+                    format!("{:.4}", median(&ratio(&s.on_observed, &s.on))),
+                )
+                .kv("load", &loads),
+        );
+        report.push(
+            Line::new("observe_overhead", &label, ratio(&s.on_observed, &s.on))
+                .goal("<=", 1.005)
+                .kv("epochs", shape.epochs)
+                .kv("scrapes_per_second", 10)
+                .ms_of("on_ms", &s.on)
+                .ms_of("on_observed_ms", &s.on_observed)
+                .kv("load", &loads),
+        );
+        report.push(
+            Line::new("train_thread_ratio", &label, ratio(&s.on_thread, &s.off))
+                .goal("<=", 1.02)
+                .kv(
+                    "train_thread_cpu_ratio",
+                    format!("{:.3}", median(&ratio(&s.train_cpu_on, &s.train_cpu_off))),
+                )
+                .ms_of("train_cpu_off_ms", &s.train_cpu_off)
+                .ms_of("train_cpu_on_ms", &s.train_cpu_on)
+                .kv("load", &loads),
+        );
+        report.push(
+            Line::new(
+                "extra_cpu_vs_copy_checksum",
+                &label,
+                ratio(&extra, &s.copy_checksum),
+            )
+            .goal("<=", 3.0)
+            .kv("extra_cpu_ms_per_checkpoint", fmt_ms(median(&extra)))
+            .ms_of("copy_checksum_cpu_ms", &s.copy_checksum)
+            .ms_of("process_cpu_off_ms", &s.cpu_off)
+            .ms_of("process_cpu_on_ms", &s.cpu_on)
+            .kv("load", &loads),
+        );
+        let steady = median(&s.steady_pause);
+        report.push(
+            Line::new(
+                "first_pause_after_restart_vs_steady",
+                &label,
+                s.first_pause_after_restart
+                    .iter()
+                    .map(|p| p / steady)
+                    .collect(),
+            )
+            .goal("<=", 1.2)
+            .ms_of("first_pause_ms", &s.first_pause_after_restart)
+            .kv("steady_pause_ms", fmt_ms(steady))
+            .kv("load", &loads),
+        );
+        report.push(
+            Line::new(
+                "restart_to_first_step_vs_read_checksum",
+                &label,
+                ratio(&s.to_first_step, &s.read_checksum),
+            )
+            .goal("<=", 1.2)
+            .ms_of("to_first_step_ms", &s.to_first_step)
+            .ms_of("cold_read_checksum_ms", &s.read_checksum)
+            .kv("load", &loads),
+        );
+    }
+}
