@@ -137,7 +137,9 @@ fn train_with_checkpoints(
     obs: Option<Arc<super::observe::Observed>>,
 ) -> OnRun {
     let begun = Instant::now();
-    let mut trainer = Trainer::new(cfg).expect("trainer");
+    // As the daemon starts: weights are drawn only if there is nothing to
+    // restore.
+    let mut trainer = Trainer::new_for_restore_within(cfg, &|_| Ok(())).expect("trainer");
     let (mut log, recovery) = Log::open(
         log_dir,
         LogOptions {
@@ -149,8 +151,9 @@ fn train_with_checkpoints(
         },
     )
     .expect("open log");
-    if let Some(r) = &recovery.record {
-        trainer.restore(r.state()).expect("restore");
+    match &recovery.record {
+        Some(r) => trainer.restore(r.state()).expect("restore"),
+        None => trainer.initialise_weights(),
     }
     drop(recovery);
     log.reserve_for(trainer.state()).expect("reserve_for");

@@ -538,7 +538,10 @@ type Started = (
 /// fresh, or from `--init-from`).
 fn start(config: &Config, args: &RunArgs, dir_existed: bool) -> anyhow::Result<Started> {
     let limit = preflight::memory_limit();
-    let mut trainer = match Trainer::new_within(&config.train_config(), &|plan| {
+    // Weights are drawn from the seed only if recovery finds nothing to
+    // restore (below): drawing them for a large model takes longer than
+    // reading the record that would overwrite them.
+    let mut trainer = match Trainer::new_for_restore_within(&config.train_config(), &|plan| {
         preflight::check_memory(plan, limit.as_ref())
     }) {
         Ok(t) => t,
@@ -569,6 +572,9 @@ fn start(config: &Config, args: &RunArgs, dir_existed: bool) -> anyhow::Result<S
     let (mut log, recovery) =
         Log::open_keeping(&config.data_dir, config.log_options(), args.keep_log_id)?;
     refuse_fresh_over_records(config, &recovery)?;
+    if recovery.record.is_none() {
+        trainer.initialise_weights();
+    }
     let recovered = recovery
         .record
         .as_ref()

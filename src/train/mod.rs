@@ -459,6 +459,9 @@ pub struct Trainer {
     batch_x: Vec<f32>,
     batch_y: Vec<f32>,
     batch_c: Vec<u32>,
+    /// False while the weights are zeros awaiting a restore (see
+    /// [`Trainer::new_for_restore_within`]).
+    weights_initialised: bool,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -495,6 +498,18 @@ fn adam_pieces(tensors: &[crate::state::Tensor]) -> Vec<(usize, usize, usize)> {
     out
 }
 
+/// The weights a fresh run starts from: drawn from the seed, except the
+/// tutorial's recognisable `fc` start on the seed data (y = 10 x + 1).
+fn initial_tensors(spec: &MlpSpec, seed: u64, is_seed_data: bool) -> Vec<crate::state::Tensor> {
+    let mut init_rng = Xoshiro256::derive(seed, stream::INIT, 0);
+    let mut tensors = spec.init_tensors(&mut init_rng);
+    if is_seed_data && spec.names == TensorNames::Fc && spec.sizes == [1, 1] {
+        tensors[0].data[0] = 10.0;
+        tensors[1].data[0] = 1.0;
+    }
+    tensors
+}
+
 impl Trainer {
     /// Starts a fresh run (epoch 0, step 0): builds the dataset and the
     /// model, initialises the weights from the seed (the `fc` tutorial model
@@ -509,6 +524,42 @@ impl Trainer {
     pub fn new_within(
         cfg: &TrainConfig,
         check: &dyn Fn(&MemoryPlan) -> Result<(), String>,
+    ) -> Result<Trainer, TrainError> {
+        Trainer::build(cfg, check, true)
+    }
+
+    /// [`Trainer::new_within`] for a run that will most likely
+    /// [`Trainer::restore`] a record: the weights are left at zero (memory
+    /// the system hands out already zeroed, so they cost nothing until
+    /// written) instead of being drawn from the seed only to be
+    /// overwritten. Call [`Trainer::initialise_weights`] if there turns out
+    /// to be nothing to restore; the first [`Trainer::step`] does it too.
+    pub fn new_for_restore_within(
+        cfg: &TrainConfig,
+        check: &dyn Fn(&MemoryPlan) -> Result<(), String>,
+    ) -> Result<Trainer, TrainError> {
+        Trainer::build(cfg, check, false)
+    }
+
+    /// Draws the initial weights from the seed, exactly as
+    /// [`Trainer::new`] does, if they were left for a restore that did not
+    /// happen; otherwise does nothing.
+    pub fn initialise_weights(&mut self) {
+        if self.weights_initialised {
+            return;
+        }
+        let is_seed = matches!(self.cfg.dataset, DatasetConfig::Seed { .. });
+        let fresh = initial_tensors(self.mlp.spec(), self.cfg.seed, is_seed);
+        for (t, f) in self.state.model.tensors.iter_mut().zip(fresh) {
+            t.data = f.data;
+        }
+        self.weights_initialised = true;
+    }
+
+    fn build(
+        cfg: &TrainConfig,
+        check: &dyn Fn(&MemoryPlan) -> Result<(), String>,
+        initialise: bool,
     ) -> Result<Trainer, TrainError> {
         if cfg.batch_size == 0 {
             return Err(TrainError::Config("batch_size must be at least 1".into()));
@@ -560,14 +611,11 @@ impl Trainer {
             names: m.names,
         };
 
-        let mut init_rng = Xoshiro256::derive(cfg.seed, stream::INIT, 0);
-        let mut tensors = spec.init_tensors(&mut init_rng);
-        if is_seed && spec.names == TensorNames::Fc && spec.sizes == [1, 1] {
-            // The tutorial's recognisable start: y = 10 x + 1. Any other
-            // model on the seed data gets the ordinary random start.
-            tensors[0].data[0] = 10.0;
-            tensors[1].data[0] = 1.0;
-        }
+        let tensors = if initialise {
+            initial_tensors(&spec, cfg.seed, is_seed)
+        } else {
+            spec.zero_tensors()
+        };
         let params = tensors
             .iter()
             .map(|t| AdamParamState {
@@ -634,6 +682,7 @@ impl Trainer {
             batch_x: Vec::new(),
             batch_y: Vec::new(),
             batch_c: Vec::new(),
+            weights_initialised: initialise,
         })
     }
 
@@ -737,6 +786,7 @@ impl Trainer {
     /// forward, backward, Adam. After the last batch of an epoch the epoch
     /// counter advances and the position returns to 0.
     pub fn step(&mut self) -> StepOutcome {
+        self.initialise_weights();
         let n = self.data.n;
         let bs = self.cfg.batch_size;
         if self.perm_epoch != self.state.epoch {
@@ -1079,6 +1129,7 @@ impl Trainer {
             self.perm_epoch = st.epoch;
         }
         self.last_validation = None;
+        self.weights_initialised = true;
         Ok(())
     }
 

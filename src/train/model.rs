@@ -123,6 +123,22 @@ impl MlpSpec {
             .sum()
     }
 
+    /// The tensors with every value zero (allocated zeroed, so untouched
+    /// pages cost nothing), for a state that a restore will fill.
+    pub fn zero_tensors(&self) -> Vec<Tensor> {
+        self.tensor_specs()
+            .into_iter()
+            .map(|(name, shape)| {
+                let len = shape.iter().product::<u64>() as usize;
+                Tensor {
+                    name,
+                    shape,
+                    data: vec![0.0; len],
+                }
+            })
+            .collect()
+    }
+
     /// Fresh parameters with PyTorch's default `nn.Linear` initialisation:
     /// weight and bias both uniform in `[-1/sqrt(fan_in), 1/sqrt(fan_in))`
     /// (kaiming-uniform with `a = sqrt(5)` reduces to exactly this bound).

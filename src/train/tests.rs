@@ -122,6 +122,32 @@ fn counters_and_epochs() {
     );
 }
 
+/// A trainer built for a restore that finds nothing to restore starts
+/// exactly where `Trainer::new` does, whether its weights are drawn
+/// explicitly or by the first step.
+#[test]
+fn a_trainer_built_for_a_restore_initialises_as_new_when_nothing_is_restored() {
+    for cfg in [
+        synthetic_cfg(Loss::Mse, &[5], 3),
+        TrainConfig::seed_tutorial(),
+    ] {
+        let mut new = Trainer::new(&cfg).unwrap();
+        let mut later = Trainer::new_for_restore_within(&cfg, &|_| Ok(())).unwrap();
+        assert!(later.state().model.tensors[0]
+            .data
+            .iter()
+            .all(|&v| v == 0.0));
+        later.initialise_weights();
+        assert_bit_identical(new.state(), later.state(), "initialised");
+        let mut by_step = Trainer::new_for_restore_within(&cfg, &|_| Ok(())).unwrap();
+        for _ in 0..3 {
+            new.step();
+            by_step.step();
+        }
+        assert_bit_identical(new.state(), by_step.state(), "first steps");
+    }
+}
+
 /// Runs `total` steps uninterrupted, and again with a checkpoint after
 /// `cut` steps restored into a brand-new trainer; the results must match
 /// bit for bit.
@@ -137,7 +163,8 @@ fn resume_matches(cfg: &TrainConfig, cut: usize, total: usize) {
     first.set_wall_clock(1_700_000_000_000_000_000, 42);
     let bytes = archive(first.state());
     drop(first);
-    let mut resumed = Trainer::new(cfg).unwrap();
+    // As the daemon resumes: weights left at zero for the restore.
+    let mut resumed = Trainer::new_for_restore_within(cfg, &|_| Ok(())).unwrap();
     resumed.restore(access(&bytes)).expect("restore");
     assert_eq!(resumed.state().train_time_ms, 42);
     assert_eq!(resumed.state().global_step, cut as u64);
