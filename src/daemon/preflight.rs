@@ -153,7 +153,7 @@ pub fn check_memory(plan: &MemoryPlan, limit: Option<&MemoryLimit>) -> Result<()
     Err(format!(
         "the model does not fit in memory: widths {} (`model.hidden` = {:?}) have {} parameters, \
          so the training state takes {} (weights and two Adam moments) and training needs {} more \
-         (gradients, activations for `batch_size`, the dataset): {} in all, but {} are available \
+         (gradients, activations for `batch_size`, the dataset, the checkpoint's copy of the state): {} in all, but {} are available \
          ({}); make `model.hidden` smaller",
         plan.widths_text(),
         &plan.widths[1..plan.widths.len() - 1],

@@ -14,7 +14,8 @@ pub struct MemoryPlan {
     /// Bytes of the training state: weights and both Adam moments (f32).
     pub state_bytes: u128,
     /// Bytes training needs beyond the state: gradients, activations and
-    /// their gradients for one mini-batch, the dataset and its order.
+    /// their gradients for one mini-batch, the dataset and its order, and
+    /// the checkpoint's staging copy of the state.
     pub working_bytes: u128,
 }
 
@@ -34,8 +35,10 @@ impl MemoryPlan {
         // Gradients (one per parameter); per layer output and its gradient,
         // plus the backward pass's scratch, for one mini-batch; the dataset
         // (inputs and targets, 4 bytes each) and the epoch order (8 bytes per
-        // example).
+        // example); and the log's staging buffer, which holds a copy of the
+        // state between a checkpoint's pause and its write (wal/staging.rs).
         let working = 4 * parameters
+            + 3 * 4 * parameters
             + 4 * 3 * batch * sum_widths
             + 4 * n as u128 * (input_dim as u128 + output_dim as u128)
             + 8 * n as u128;
