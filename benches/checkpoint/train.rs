@@ -111,6 +111,12 @@ struct OnRun {
     to_first_step: Duration,
     /// Training thread blocked in begin_append (the pause).
     pause: Vec<f64>,
+    /// CPU time of the training thread in begin_append (the pause without
+    /// time the thread was not running, which a loaded machine adds).
+    pause_cpu: Vec<f64>,
+    /// Phases of the start: trainer built, log opened (recovery), record
+    /// restored, first segment reserved, first step.
+    phases: [Duration; 5],
     /// Training thread blocked waiting for the previous persist.
     wait: Vec<f64>,
     /// persist + finish on the persister thread.
@@ -137,9 +143,16 @@ fn train_with_checkpoints(
     obs: Option<Arc<super::observe::Observed>>,
 ) -> OnRun {
     let begun = Instant::now();
+    let mut phase = Instant::now();
+    let mut phases = [Duration::ZERO; 5];
+    let mut lap = |i: usize, phase: &mut Instant| {
+        phases[i] = phase.elapsed();
+        *phase = Instant::now();
+    };
     // As the daemon starts: weights are drawn only if there is nothing to
     // restore.
     let mut trainer = Trainer::new_for_restore_within(cfg, &|_| Ok(())).expect("trainer");
+    lap(0, &mut phase);
     let (mut log, recovery) = Log::open(
         log_dir,
         LogOptions {
@@ -151,12 +164,15 @@ fn train_with_checkpoints(
         },
     )
     .expect("open log");
+    lap(1, &mut phase);
     match &recovery.record {
         Some(r) => trainer.restore(r.state()).expect("restore"),
         None => trainer.initialise_weights(),
     }
     drop(recovery);
+    lap(2, &mut phase);
     log.reserve_for(trainer.state()).expect("reserve_for");
+    lap(3, &mut phase);
     let log = Arc::new(Mutex::new(log));
     let (job_tx, job_rx) = mpsc::sync_channel::<PendingAppend>(1);
     let (done_tx, done_rx) = mpsc::channel::<(f64, PathBuf, u64, u64)>();
@@ -194,7 +210,10 @@ fn train_with_checkpoints(
             }
         })
     };
-    let mut run = OnRun::default();
+    let mut run = OnRun {
+        phases,
+        ..OnRun::default()
+    };
     let mut in_flight = false;
     let start = Instant::now();
     let cpu0 = thread_cpu();
@@ -213,6 +232,7 @@ fn train_with_checkpoints(
         }
         if first {
             run.to_first_step = begun.elapsed();
+            run.phases[4] = phase.elapsed();
             first = false;
         }
         if out.epoch_completed {
@@ -235,11 +255,13 @@ fn train_with_checkpoints(
                 }
             }
             let t = Instant::now();
+            let c = thread_cpu();
             let pending = log
                 .lock()
                 .unwrap()
                 .begin_append(trainer.state())
                 .expect("begin_append");
+            run.pause_cpu.push(ms(thread_cpu() - c));
             run.pause.push(ms(t.elapsed()));
             job_tx.send(pending).expect("persister died");
             in_flight = true;
@@ -325,6 +347,9 @@ struct Side {
     final_wait: Vec<f64>,
     deferred: u64,
     first_pause_after_restart: Vec<f64>,
+    steady_pause_cpu: Vec<f64>,
+    first_pause_cpu_after_restart: Vec<f64>,
+    phases: Vec<[f64; 5]>,
     to_first_step: Vec<f64>,
     read_checksum: Vec<f64>,
     loads: Vec<String>,
@@ -406,6 +431,9 @@ pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
                         side.cpu_on.push(cpu);
                         side.train_cpu_on.push(ms(r.train_cpu));
                         side.first_pause_after_restart.push(again.pause[0]);
+                        side.steady_pause_cpu.extend(r.pause_cpu.iter().skip(1));
+                        side.first_pause_cpu_after_restart.push(again.pause_cpu[0]);
+                        side.phases.push(again.phases.map(ms));
                         side.to_first_step.push(ms(again.to_first_step));
                         side.read_checksum.push(ms(read));
                     }
@@ -516,6 +544,24 @@ pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
             .kv("steady_pause_ms", fmt_ms(steady))
             .kv("load", &loads),
         );
+        // The same in CPU time of the training thread: a single pause on a
+        // loaded machine is often stretched by a time slice of another
+        // process, which a median of many steady pauses is not.
+        let steady_cpu = median(&s.steady_pause_cpu);
+        report.push(
+            Line::new(
+                "first_pause_cpu_after_restart_vs_steady",
+                &label,
+                s.first_pause_cpu_after_restart
+                    .iter()
+                    .map(|p| p / steady_cpu)
+                    .collect(),
+            )
+            .goal("<=", 1.2)
+            .ms_of("first_pause_cpu_ms", &s.first_pause_cpu_after_restart)
+            .kv("steady_pause_cpu_ms", fmt_ms(steady_cpu))
+            .kv("load", &loads),
+        );
         report.push(
             Line::new(
                 "restart_to_first_step_vs_read_checksum",
@@ -524,6 +570,18 @@ pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
             )
             .goal("<=", 1.2)
             .ms_of("to_first_step_ms", &s.to_first_step)
+            .kv(
+                "phases_ms",
+                ["build", "open", "restore", "reserve", "first_step"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let v: Vec<f64> = s.phases.iter().map(|p| p[i]).collect();
+                        format!("{n}:{}", fmt_ms(median(&v)))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
             .ms_of("cold_read_checksum_ms", &s.read_checksum)
             .kv("load", &loads),
         );
