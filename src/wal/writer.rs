@@ -277,7 +277,7 @@ pub struct Durable {
     pub bytes: u64,
     /// Whether the record opened a new segment.
     pub new_segment: bool,
-    /// Time spent in msync (both barriers).
+    /// Time spent writing and in fdatasync (both barriers).
     pub sync_time: Duration,
 }
 
