@@ -2,10 +2,10 @@
 //!
 //! Three threads, so that keeping the state safe costs training little:
 //! - the **training thread** steps the model and, when a checkpoint is due,
-//!   serializes the live state straight into the log's mapped tail (the only
+//!   serializes the live state into the log's staging buffer (the only
 //!   time training pauses);
-//! - the **persisting thread** makes that record durable (msync, header,
-//!   msync), applies retention and reports it, while training goes on;
+//! - the **persisting thread** makes that record durable (`pwrite`,
+//!   `fdatasync`, header, `fdatasync`), applies retention and reports it, while training goes on;
 //! - the **main thread** runs a small tokio runtime for signals, the systemd
 //!   watchdog and shutdown.
 //!

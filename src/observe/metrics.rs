@@ -180,7 +180,7 @@ impl Metrics {
         );
         r.register(
             "checkpoint_pause_seconds",
-            "How long training paused to hand a checkpoint to the log (serialization into the mapping, and any wait for the previous one)",
+            "How long training paused to hand a checkpoint to the log (serialization into the staging buffer, and any wait for the previous one)",
             m.pause.clone(),
         );
         r.register(

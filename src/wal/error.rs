@@ -122,7 +122,7 @@ pub enum WalError {
     #[error("record of {bytes} bytes exceeds the format limit of {limit} bytes")]
     TooLarge { bytes: u64, limit: u64 },
 
-    /// Serialization into the mapping failed.
+    /// Serialization of a record failed.
     #[error("{path}: serializing the training state failed: {reason}")]
     Serialize { path: PathBuf, reason: String },
 
@@ -159,7 +159,7 @@ pub enum WalError {
     },
 
     /// The kernel's pages are larger than the format's 4 KiB pages.
-    #[error("{path}: this kernel's page size is {page_size} bytes, but epochwal writes records on 4096-byte pages: an msync of a record's header would also write back the last bytes of the record before it, which the format promises never to rewrite (FORMAT.md §1). Writing a log on such a kernel is not supported (reading one is: verify, inspect, export and tail work); run the writer on a kernel with 4 KiB pages")]
+    #[error("{path}: this kernel's page size is {page_size} bytes, but epochwal writes records on 4096-byte pages: writing back a record's header would also write back the last bytes of the record before it, which the format promises never to rewrite (FORMAT.md §1). Writing a log on such a kernel is not supported (reading one is: verify, inspect, export and tail work); run the writer on a kernel with 4 KiB pages")]
     PageSize { path: PathBuf, page_size: u64 },
 
     /// A setting from the environment is not valid.

@@ -83,7 +83,7 @@ impl<E: Source> Writer<E> for StreamWriter<'_> {
 /// `dst.copy_from_slice(src)` with non-temporal stores for the 16-byte
 /// aligned body (SSE2, which every x86-64 has), followed by a store fence so
 /// that the bytes are globally visible before any later store (the hand-over
-/// to the persisting thread, the `msync` that reads the pages). Elsewhere a
+/// to the persisting thread, which reads the buffer). Elsewhere a
 /// plain copy.
 pub fn stream_copy(dst: &mut [u8], src: &[u8]) {
     assert_eq!(dst.len(), src.len(), "stream_copy of unequal lengths");

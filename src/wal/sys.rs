@@ -154,7 +154,7 @@ pub fn advise_random(file: &File) {
 /// waiting for it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). It is only a
 /// head start, never a barrier: it guarantees nothing about durability (no
 /// metadata, no device flush) and does not consume a write-back error, which
-/// the `msync(MS_SYNC)` that must follow still reports. `Ok(false)` where the
+/// the `fdatasync` that must follow still reports. `Ok(false)` where the
 /// file system or kernel does not support it; then the barrier alone does
 /// the work.
 pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<bool> {
