@@ -143,7 +143,9 @@ fn start_replication(
             header.sequence, header.epoch
         )),
         Ok(_) => None,
-        Err(e @ RestoreError::OtherLog { .. }) => return Err(format!("replication: {e}")),
+        Err(e @ (RestoreError::OtherLog { .. } | RestoreError::WouldLoseUnreadable { .. })) => {
+            return Err(format!("replication: {e}"))
+        }
         Err(RestoreError::Local(e)) => return Err(e.to_string()),
         Err(RestoreError::Remote(e)) if cfg.required => {
             return Err(format!(
