@@ -78,7 +78,13 @@ fn sigterm_mid_epoch_writes_the_position_and_a_restart_ends_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
     // Checkpoints only at epoch ends, so any record with step_in_epoch > 0
     // can only come from the shutdown path.
-    let body = |d: &std::path::Path| synthetic_config(d, 8, "every_epochs = 1\nkeep_records = 0");
+    // 16384 examples (512 steps an epoch): with the default 1024 the eight
+    // epochs took about 0.1 s on a quiet machine, so a SIGTERM 40 ms after
+    // "training started" could find the run already complete.
+    let body = |d: &std::path::Path| {
+        synthetic_config(d, 8, "every_epochs = 1\nkeep_records = 0")
+            .replace("n = 1024\n", "n = 16384\n")
+    };
     let reference = reference_run(tmp.path(), body);
 
     let data = tmp.path().join("data");
