@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{file_name, format_unix_ns, human_bytes, select_source, Selection, TensorStats};
 use crate::state::DTYPE_F32;
-use crate::wal::MappedRecord;
+use crate::wal::{MappedRecord, RecordHeader};
 
 /// Arguments of `epochwal inspect`.
 #[derive(clap::Args, Debug)]
@@ -199,20 +199,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
                 "validation    none (mid-epoch record, or no validation split)"
             )?,
         }
-        writeln!(
-            w,
-            "time          {} ({} ns)",
-            format_unix_ns(h.unix_ns),
-            h.unix_ns
-        )?;
-        writeln!(
-            w,
-            "payload       {} bytes ({}), checksum xxh3-64 {:016x}",
-            h.payload_len,
-            human_bytes(h.payload_len),
-            h.payload_checksum
-        )?;
-        writeln!(w, "schema        version {}", rec.schema_version())?;
+        write_record_frame(w, h, rec)?;
         writeln!(w, "model         {}", st.model.description)?;
         writeln!(w, "fingerprint   {:016x}", st.model.fingerprint.to_native())?;
         writeln!(
@@ -380,20 +367,7 @@ fn inspect_general(rec: &MappedRecord, as_json: bool) -> anyhow::Result<i32> {
             Some(v) => writeln!(w, "validation    loss {}", v.loss)?,
             None => writeln!(w, "validation    none")?,
         }
-        writeln!(
-            w,
-            "time          {} ({} ns)",
-            format_unix_ns(h.unix_ns),
-            h.unix_ns
-        )?;
-        writeln!(
-            w,
-            "payload       {} bytes ({}), checksum xxh3-64 {:016x}",
-            h.payload_len,
-            human_bytes(h.payload_len),
-            h.payload_checksum
-        )?;
-        writeln!(w, "schema        version {}", rec.schema_version())?;
+        write_record_frame(w, h, rec)?;
         if g.world_size.to_native() > 0 {
             writeln!(
                 w,
@@ -438,6 +412,25 @@ fn inspect_general(rec: &MappedRecord, as_json: bool) -> anyhow::Result<i32> {
     text().context("writing to stdout")?;
     out.flush().context("writing to stdout")?;
     Ok(0)
+}
+
+/// The lines every kind of record shares in `inspect`'s text: when it was
+/// written, its payload's size and checksum, and its schema version.
+fn write_record_frame(w: &mut impl Write, h: &RecordHeader, rec: &MappedRecord) -> io::Result<()> {
+    writeln!(
+        w,
+        "time          {} ({} ns)",
+        format_unix_ns(h.unix_ns),
+        h.unix_ns
+    )?;
+    writeln!(
+        w,
+        "payload       {} bytes ({}), checksum xxh3-64 {:016x}",
+        h.payload_len,
+        human_bytes(h.payload_len),
+        h.payload_checksum
+    )?;
+    writeln!(w, "schema        version {}", rec.schema_version())
 }
 
 /// Writes an aligned table: text columns left, number columns right.
