@@ -419,3 +419,78 @@ fn remote_retention_keeps_the_best_records_by_validation_loss() {
     // exited before the last upload's retention pass.
     assert!(remote.len() <= 7, "retention ran: {remote:?}");
 }
+
+/// A restore's target directory is private like any log directory: `pull`
+/// into a new directory (under a missing parent) and `run` restoring at
+/// start into a new data directory, both under umask 000, leave the
+/// directory 0700 and every file in it 0600.
+#[test]
+fn a_restore_creates_its_directory_0700_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    run_epoch_by_epoch(&server, &tmp.path().join("a"), "modes", 1);
+    let umask_000 = |cmd: &mut std::process::Command| {
+        // SAFETY: umask is async-signal-safe and touches only the child's mask.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+    };
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let assert_private = |dir: &Path, what: &str| {
+        assert_eq!(mode(dir), 0o700, "{what}: {}", dir.display());
+        let mut files = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            assert_eq!(mode(&p), 0o600, "{what}: {}", p.display());
+            files += 1;
+        }
+        assert!(files >= 3, "{what}: {files} files");
+    };
+
+    let pulled = tmp.path().join("new").join("pulled");
+    let mut cmd = std::process::Command::new(common::daemon::binary());
+    cmd.args(["pull", &server.url("modes")])
+        .arg(&pulled)
+        .envs(server.env());
+    umask_000(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_private(&pulled, "pull");
+    assert_eq!(
+        mode(&tmp.path().join("new")),
+        0o700,
+        "pull: the parent it created"
+    );
+
+    let restored = tmp.path().join("b").join("data");
+    let cfg = write_config(
+        tmp.path(),
+        "b.toml",
+        &config(&server, "modes", &restored, 2, ""),
+    );
+    let mut cmd = std::process::Command::new(common::daemon::binary());
+    cmd.arg("run").arg("--config").arg(&cfg).envs(server.env());
+    umask_000(&mut cmd);
+    let (status, lines) = common::daemon::Daemon::spawn_command(cmd).wait(Duration::from_secs(180));
+    assert!(status.success(), "{}", lines.join("\n"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("restored from the remote copy")),
+        "{}",
+        lines.join("\n")
+    );
+    assert_private(&restored, "run");
+    assert_eq!(
+        mode(&tmp.path().join("b")),
+        0o700,
+        "run: the parent it created"
+    );
+}

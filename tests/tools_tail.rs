@@ -2,19 +2,16 @@
 
 mod common;
 
+use common::follow::{Follower, LINE_TIMEOUT};
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use epochwal::wal::{Log, LogOptions, Retention};
 
 const BIN: &str = env!("CARGO_BIN_EXE_epochwal");
-/// Generous bound for CI machines; the design target is well under 1 s.
-/// How long a line may take: generous for a loaded machine (load 10 on 2
-/// cores), and every wait ends as soon as the line arrives.
-const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn small_segments() -> LogOptions {
     LogOptions {
@@ -27,65 +24,6 @@ fn write_log(dir: &Path, epochs: std::ops::RangeInclusive<u64>, opts: LogOptions
     let (mut log, _) = Log::open(dir, opts).unwrap();
     for e in epochs {
         log.append(&common::sample_state(20_000, e)).unwrap();
-    }
-}
-
-/// A running `epochwal tail -f`, killed on drop if still running.
-struct Follower {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Follower {
-    fn spawn(dir: &Path, extra: &[&str]) -> Follower {
-        let mut child = Command::new(BIN)
-            .arg("tail")
-            .arg(dir)
-            .arg("-f")
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Follower { child, lines }
-    }
-
-    fn next_json(&self) -> serde_json::Value {
-        let line = self
-            .lines
-            .recv_timeout(LINE_TIMEOUT)
-            .expect("tail -f printed no line in time");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"))
-    }
-
-    fn expect_sequences(&self, seqs: impl IntoIterator<Item = u64>) {
-        for want in seqs {
-            let v = self.next_json();
-            assert_eq!(v["sequence"], want, "line {v}");
-        }
-    }
-
-    fn assert_quiet(&self, for_: Duration) {
-        if let Ok(line) = self.lines.recv_timeout(for_) {
-            panic!("unexpected line {line}");
-        }
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -47,7 +47,8 @@ pub struct TailArgs {
     pub follow: bool,
     /// One JSON object per line: sequence, epoch, step, loss, val_loss,
     /// val_accuracy (null when absent), best, payload_bytes, unix_ns, time,
-    /// segment, offset.
+    /// segment, offset, intact, and for records of the Python package the
+    /// `metrics` given to `save`.
     #[arg(long)]
     pub json: bool,
     /// Do not validate the payloads of the printed records (no `DAMAGED`
@@ -142,16 +143,7 @@ impl Row {
     /// Validates the payload (checksum, rkyv, schema) and records the result.
     fn check(&mut self, reader: &LogReader) {
         match reader.load(&self.path, &self.header) {
-            Ok(rec) => {
-                let st = rec.state();
-                if st.is_general() {
-                    self.metrics =
-                        serde_json::from_str::<serde_json::Value>(st.general.meta.as_str())
-                            .ok()
-                            .and_then(|m| m.get("metrics").cloned())
-                            .filter(|m| m.as_object().is_some_and(|o| !o.is_empty()));
-                }
-            }
+            Ok(rec) => self.metrics = general_metrics(&rec),
             Err(e) => {
                 let text = e.to_string();
                 // The reason without the "path at offset N: " prefix the
@@ -167,6 +159,19 @@ impl Row {
             }
         }
     }
+}
+
+/// The non-empty `metrics` of a general record (the Python package's;
+/// FORMAT.md §4.5); None for a trainer record.
+fn general_metrics(rec: &crate::wal::MappedRecord) -> Option<serde_json::Value> {
+    let st = rec.state();
+    if !st.is_general() {
+        return None;
+    }
+    serde_json::from_str::<serde_json::Value>(st.general.meta.as_str())
+        .ok()
+        .and_then(|m| m.get("metrics").cloned())
+        .filter(|m| m.as_object().is_some_and(|o| !o.is_empty()))
 }
 
 /// The records of the newest log in the directory (segments of another log
@@ -311,7 +316,7 @@ fn remote_rows(
             };
             if check {
                 match remote.fetch_record(&obj.path, &tmp).await {
-                    Ok(_) => {}
+                    Ok(fetched) => row.metrics = general_metrics(&fetched.record),
                     Err(e) if e.cause == Cause::NotFound => continue,
                     Err(e) if e.cause == Cause::Damaged => {
                         row.intact = false;

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod faults;
+pub mod follow;
 pub mod http;
 pub mod prometheus;
 pub mod python;

@@ -77,8 +77,14 @@ fn probe() -> Result<(), String> {
 
 /// Runs a script to completion; panics with its output unless it exits 0.
 pub fn run_ok(name: &str, args: &[&str]) -> Output {
+    run_ok_env(name, args, &[])
+}
+
+/// [`run_ok`] with extra environment variables (an S3 server's).
+pub fn run_ok_env(name: &str, args: &[&str], env: &[(String, String)]) -> Output {
     let out = command(name)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
     assert!(
@@ -247,5 +253,33 @@ pub fn python_in_container(s: &super::systemd::Systemd) -> ContainerPython {
     ContainerPython {
         exe: format!("/opt/epochwal-py/base/bin/{version}"),
         environment,
+    }
+}
+
+/// The lines a running script prints, read on a thread.
+pub struct Said(std::sync::mpsc::Receiver<String>);
+
+impl Said {
+    /// Reads the lines of `stdout` (a spawned script's) as they come.
+    pub fn of(stdout: std::process::ChildStdout) -> Said {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Said(rx)
+    }
+
+    /// The next line, waiting up to 120 s (torch starts slowly on a loaded
+    /// machine; the wait ends as soon as the line comes).
+    pub fn next(&self, what: &str) -> String {
+        self.0
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("the script did not say {what} within 120 s: {e}"))
     }
 }
