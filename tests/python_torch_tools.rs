@@ -14,8 +14,9 @@
 //!   (`optimizer.load_state_dict`) bit for bit;
 //! - `verify` checks general records: a flipped payload byte in the newest
 //!   is reported and the previous record chosen;
+//! - `tensorboard` writes a point per record with its loss and val_loss;
 //! - replicated to a real s3s-fs: `tail`, `inspect`, `verify`, `export` on
-//!   the URL, `pull`, and `load_latest` on an empty directory restoring
+//!   the URL, `tail -f URL`, `pull`, and `load_latest` on an empty directory restoring
 //!   from the remote.
 //!
 //! Needs python3 with torch, safetensors and the package installed
@@ -243,6 +244,41 @@ fn check_export(
     assert!(String::from_utf8_lossy(&o.stdout).contains("export ok"));
 }
 
+/// `epochwal tensorboard SOURCE -o OUT`, read back with TensorBoard's own
+/// reader (`tb_events.py`): one point per record at its step, with the
+/// record's loss and val_loss (float32, as event files hold them).
+fn check_tensorboard(env: &[(String, String)], source: &str, out: &Path, refs: &Reference) {
+    tool_ok(env, &["tensorboard", source, "-o", &s(out)]);
+    let o = command("tb_events.py").arg(out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let points: Vec<(u64, f64, f64)> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["events"].as_array().unwrap().clone())
+        .map(|e| {
+            (
+                e["step"].as_u64().unwrap(),
+                e["values"]["loss/train"].as_f64().unwrap(),
+                e["values"]["loss/validation"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, f64, f64)> = refs
+        .records
+        .iter()
+        .map(|r| {
+            (
+                r["step"].as_u64().unwrap(),
+                r["loss"].as_f64().unwrap(),
+                r["val_loss"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(points, want, "{v}");
+}
+
 #[test]
 fn tail_inspect_export_and_verify_read_general_records() {
     if !available("tail_inspect_export_and_verify_read_general_records") {
@@ -270,6 +306,7 @@ fn tail_inspect_export_and_verify_read_general_records() {
     assert_eq!(best["sequence"], 4, "{best}");
 
     check_export(&[], &dir, &tmp.path().join("export"), &ref_base, &refs);
+    check_tensorboard(&[], &dir, &tmp.path().join("tb"), &refs);
 
     let clean = tool_ok(&[], &["verify", &dir]);
     assert!(clean.contains("records      5 good, 0 damaged"), "{clean}");
@@ -393,6 +430,12 @@ fn replicated_general_records_are_read_on_the_url_pulled_and_restored() {
     let verify = tool_ok(&env, &["verify", &url]);
     assert!(verify.contains("clean"), "{verify}");
     check_export(&env, &url, &tmp.path().join("export"), &ref_base, &refs);
+    check_tensorboard(&env, &url, &tmp.path().join("tb"), &refs);
+    // tail -f on the URL: the records so far, with their metrics.
+    let follow = Follower::spawn_env(Path::new(&url), &["--json"], &env);
+    let rows: Vec<String> = (0..3).map(|_| follow.next_line()).collect();
+    check_tail_json(&rows.join("\n"), &refs, &[1, 2, 3]);
+    drop(follow);
 
     // pull, then the package loads the pulled log bit for bit.
     let pulled = tmp.path().join("pulled");
@@ -420,4 +463,13 @@ fn replicated_general_records_are_read_on_the_url_pulled_and_restored() {
     let restored: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(restored["epoch"], 3, "{restored}");
     assert_eq!(restored["val_loss"], 0.5, "{restored}");
+    // Created private, as every log directory (a directory of the default
+    // mode would be 0755 under the usual umask 022).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&empty), 0o700);
+    for e in std::fs::read_dir(&empty).unwrap() {
+        let p = e.unwrap().path();
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
 }
