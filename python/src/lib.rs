@@ -17,6 +17,7 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
 mod reader;
+mod set;
 mod writer;
 
 create_exception!(
@@ -47,5 +48,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reader::RecordView>()?;
     m.add_class::<reader::TensorBuffer>()?;
     m.add_function(wrap_pyfunction!(reader::open_log, m)?)?;
+    m.add_function(wrap_pyfunction!(set::restore_from_set, m)?)?;
     Ok(())
 }

@@ -117,10 +117,12 @@ fn start_replication(
                  fix the remote, or pass required=False to train locally while uploads retry"
             ))
         }
-        Err(_) if cfg.required => return Err(format!(
+        Err(_) if cfg.required => {
+            return Err(format!(
             "replication: {}: no answer within 60 s; nothing was started because required = true",
             cfg.url
-        )),
+        ))
+        }
         Ok(Err(e)) => {
             return Ok((
                 remote,
@@ -264,11 +266,16 @@ impl Writer {
                 "rank {rank} must be below world_size {world_size}"
             )));
         }
-        let cfg: Option<ReplicateConfig> = match &replicate {
+        let mut cfg: Option<ReplicateConfig> = match &replicate {
             None => None,
             Some(json) => {
                 Some(serde_json::from_str(json).map_err(|e| error(format!("replicate: {e}")))?)
             }
+        };
+        // A rank of a job: `replicate`'s URL is the job's (FORMAT.md §7.10).
+        let job_url = match cfg.as_mut() {
+            Some(c) if world_size > 0 => Some(crate::set::as_rank(c, rank)),
+            _ => None,
         };
         let options = LogOptions {
             segment_bytes,
@@ -284,6 +291,9 @@ impl Writer {
             let notifier = Notifier::from_env()
                 .map_err(|e| format!("NOTIFY_SOCKET is set but cannot be used: {e}"))?;
             let mut replication = None;
+            if let (Some(cfg), Some(job)) = (&cfg, &job_url) {
+                crate::set::restore_if_empty(job, cfg.allow_http, rank, world_size, &dir, options)?;
+            }
             if let Some(cfg) = &cfg {
                 // A restore writes through `Log::open`, so a directory that
                 // another writer holds is refused there, by its lock.
@@ -307,8 +317,19 @@ impl Writer {
                         epochwal::replicate::write_remote_file(&dir2, &url, p);
                     });
                     let journal = Some(dir.join(epochwal::wal::format::UPLOAD_FILE));
-                    let up = Uploader::start(remote, pointer, uo, on_progress, journal)
-                        .map_err(|e| format!("starting the uploader: {e}"))?;
+                    let member = match &job_url {
+                        Some(job) => Some(crate::set::member(
+                            job,
+                            cfg.allow_http,
+                            rank,
+                            world_size,
+                            &job_id,
+                        )?),
+                        None => None,
+                    };
+                    let up =
+                        Uploader::start_member(remote, pointer, uo, member, on_progress, journal)
+                            .map_err(|e| format!("starting the uploader: {e}"))?;
                     if let Some(r) = &recovered {
                         up.offer(*r.header(), r.path().to_path_buf());
                     }

@@ -15,11 +15,13 @@
 //!   knows nothing of the network, and training never waits for it.
 //!
 //! The pieces: [`layout`] (names, pointer), [`remote`] (the client),
-//! [`uploader`] (the background thread), [`restore`] (remote → local).
+//! [`uploader`] (the background thread), [`restore`] (remote → local),
+//! [`set`] (the set pointer of a multi-rank job).
 
 pub mod layout;
 pub mod remote;
 pub mod restore;
+pub mod set;
 pub mod uploader;
 
 pub use layout::Pointer;
@@ -30,6 +32,10 @@ pub use remote::{
 pub use restore::{
     check_against_pointer, list_newest_log, newest_listed, newest_valid, restore_into, Found,
     ListedLog, RestoreError, Restored,
+};
+pub use set::{
+    rank_dir, rank_url, read_set, restore_from_set, SetHead, SetMember, SetOutcome, SetPointer,
+    SetRestored,
 };
 pub use uploader::{
     read_remote_file, write_remote_file, PointerAtStart, Progress, RemoteFile, Uploader,

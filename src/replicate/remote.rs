@@ -380,7 +380,7 @@ pub struct RemoteError {
     pub detail: String,
 }
 
-fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -394,7 +394,7 @@ fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn classify(e: &object_store::Error, text: &str) -> Cause {
+pub(super) fn classify(e: &object_store::Error, text: &str) -> Cause {
     use object_store::Error as E;
     if text.contains("NoSuchBucket") || text.contains("ContainerNotFound") {
         return Cause::NoBucket;
@@ -1321,6 +1321,12 @@ impl Remote {
             .await
             .map(|_| ())
             .map_err(|e| self.err(&path, "uploading", e))
+    }
+
+    /// For `file://`, the file that holds the object at `path` (to fsync
+    /// it); `None` for object stores.
+    pub fn local_file(&self, path: &Path) -> Option<std::path::PathBuf> {
+        self.local.as_ref()?.path_to_filesystem(path).ok()
     }
 
     /// The underlying store and the prefix (benchmarks).

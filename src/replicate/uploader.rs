@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use super::layout::{self, Pointer};
 use super::remote::{Cause, Head, PointerState, Remote, RemoteError, Replacing};
+use super::set::SetMember;
 use crate::wal::format::best_first;
 use crate::wal::{format, LogReader, RecordHeader};
 
@@ -221,6 +222,21 @@ impl Uploader {
         on_progress: OnProgress,
         journal: Option<PathBuf>,
     ) -> std::io::Result<Uploader> {
+        Uploader::start_member(remote, pointer, options, None, on_progress, journal)
+    }
+
+    /// [`Uploader::start`] for a rank of a multi-rank job: after each
+    /// upload the thread advances the job's set pointer (`set`), and
+    /// remote retention keeps what the set names or may name
+    /// (FORMAT.md §7.10).
+    pub fn start_member(
+        remote: Remote,
+        pointer: PointerAtStart,
+        options: UploaderOptions,
+        set: Option<SetMember>,
+        on_progress: OnProgress,
+        journal: Option<PathBuf>,
+    ) -> std::io::Result<Uploader> {
         let remote = remote.with_own_client().map_err(std::io::Error::other)?;
         let mut slot = Slot::default();
         match pointer {
@@ -245,7 +261,7 @@ impl Uploader {
         let s = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("replicate".into())
-            .spawn(move || run(&s, remote, options, on_progress, journal))?;
+            .spawn(move || run(&s, remote, options, set, on_progress, journal))?;
         Ok(Uploader {
             shared,
             thread: Some(thread),
@@ -399,6 +415,7 @@ fn run(
     shared: &Shared,
     remote: Remote,
     options: UploaderOptions,
+    mut set: Option<SetMember>,
     on_progress: OnProgress,
     journal: Option<PathBuf>,
 ) {
@@ -516,10 +533,29 @@ fn run(
                 };
                 shared.changed.notify_all();
                 on_progress(&progress);
-                if let Err(e) =
-                    runtime.block_on(retention(&remote, &state.pointer, &options, &mut losses))
-                {
-                    warn!(error = %e, "remote retention failed; old record objects stay until the next upload");
+                // A rank of a job: advance the set pointer first; retention
+                // then keeps what it names or may name, and deletes nothing
+                // when the set could not be read.
+                let keep = match set.as_mut() {
+                    None => Some(None),
+                    Some(member) => match runtime.block_on(member.advance()) {
+                        Ok(outcome) => Some(Some(outcome.keep)),
+                        Err(e) => {
+                            warn!(error = %e, "the set pointer was not advanced; remote retention waits for the next upload");
+                            None
+                        }
+                    },
+                };
+                if let Some(keep) = keep {
+                    if let Err(e) = runtime.block_on(retention(
+                        &remote,
+                        &state.pointer,
+                        &options,
+                        &mut losses,
+                        keep.as_ref(),
+                    )) {
+                        warn!(error = %e, "remote retention failed; old record objects stay until the next upload");
+                    }
                 }
             }
             Ok(Uploaded::Gone(reason)) => {
@@ -545,6 +581,13 @@ fn run(
                 };
                 shared.changed.notify_all();
                 on_progress(&progress);
+                // An earlier run uploaded it, perhaps without advancing the
+                // set pointer before it was killed.
+                if let Some(member) = set.as_mut() {
+                    if let Err(e) = runtime.block_on(member.advance()) {
+                        warn!(error = %e, "the set pointer was not advanced");
+                    }
+                }
             }
             Err(Failure::Fatal(reason)) => {
                 error!(url = %remote.url(), %reason, "replication stopped; training goes on locally");
@@ -758,12 +801,14 @@ async fn upload(
 }
 
 /// Deletes record objects of the pointer's log that retention no longer
-/// keeps. Never the pointer's record, never anything newer than it.
+/// keeps. Never the pointer's record, never anything newer than it, never
+/// a sequence in `keep` (what a job's set pointer names or may name).
 async fn retention(
     remote: &Remote,
     pointer: &Pointer,
     options: &UploaderOptions,
     losses: &mut HashMap<u64, Option<f32>>,
+    keep: Option<&HashSet<u64>>,
 ) -> Result<(), RemoteError> {
     if options.keep_records == 0 {
         return Ok(());
@@ -812,7 +857,8 @@ async fn retention(
         let milestone = options.keep_every_epochs > 0
             && r.epoch % options.keep_every_epochs == 0
             && epochs_kept.insert(r.epoch);
-        if !(newest || within || milestone || best.contains(&r.sequence)) {
+        let in_set = keep.is_some_and(|k| k.contains(&r.sequence));
+        if !(newest || within || milestone || in_set || best.contains(&r.sequence)) {
             doomed.push(r.path.clone());
         }
     }

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod faults;
 pub mod follow;
 pub mod http;
+pub mod netns;
 pub mod prometheus;
 pub mod python;
 pub mod systemd;

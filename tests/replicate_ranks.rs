@@ -1,0 +1,263 @@
+//! A multi-rank job moves to fresh hosts through S3 (issue 22, items 4
+//! and 5), with real torchrun (gloo, CPU), the real Python package and a
+//! real S3 server (s3s-fs on 127.0.0.1):
+//! - host A, a network namespace of its own that sees only its directory
+//!   and the S3 server's port, runs a 2-rank job that replicates every
+//!   step to `s3://ckpt/job/rank-<r>` and advances `s3://ckpt/job/SET`;
+//!   it is SIGKILLed once the set pointer names a step;
+//! - the set pointer names, for every rank, a record object that exists,
+//!   of the same step;
+//! - host B, another namespace with an empty directory, runs the same job:
+//!   every rank restores its record of that step from S3 and the job ends
+//!   on the same bits as a job that ran through without interruption.
+//!
+//! Without `ip netns` (not root, no namespaces) the hosts are two
+//! directories of this machine and the test says so.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::netns::Host;
+use common::s3::S3Server;
+use common::torch;
+
+const STEPS: u64 = 60;
+const WAIT: Duration = Duration::from_secs(300);
+
+/// `python -m torch.distributed.run --standalone` of `ranks_s3.py`.
+fn torchrun_args(job: &Path, url: Option<&str>, digest: &Path, ranks: u32) -> Vec<String> {
+    let mut a = vec![
+        "-m".into(),
+        "torch.distributed.run".into(),
+        "--standalone".into(),
+        format!("--nproc-per-node={ranks}"),
+        torch::script("ranks_s3.py").display().to_string(),
+        job.display().to_string(),
+        "--steps".into(),
+        STEPS.to_string(),
+        "--digest".into(),
+        digest.display().to_string(),
+    ];
+    if let Some(u) = url {
+        a.push("--url".into());
+        a.push(u.into());
+    }
+    a
+}
+
+fn env(cmd: &mut Command, server: Option<&S3Server>) {
+    cmd.env("PYTHONUNBUFFERED", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        // A host has only its loopback.
+        .env("GLOO_SOCKET_IFNAME", "lo");
+    if let Some(s) = server {
+        cmd.envs(s.env());
+    }
+}
+
+fn spawn(mut cmd: Command, out: &Path) -> Child {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(out).expect("log file");
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("spawn torchrun")
+}
+
+fn wait_ok(child: &mut Child, log: &Path, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            assert!(
+                st.success(),
+                "{what} failed ({st}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not finish:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn digests(prefix: &Path, ranks: u32) -> Vec<String> {
+    (0..ranks)
+        .map(|r| {
+            std::fs::read_to_string(format!("{}.{r}", prefix.display()))
+                .unwrap_or_else(|e| panic!("digest of rank {r} at {}: {e}", prefix.display()))
+        })
+        .collect()
+}
+
+fn set_pointer(server: &S3Server) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(server.object_file("job/SET")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// A host: a namespace when possible, else this machine.
+struct Machine {
+    host: Option<Host>,
+    dir: PathBuf,
+}
+
+impl Machine {
+    fn command(&self, hidden: &[PathBuf]) -> Command {
+        match &self.host {
+            Some(h) => h.command(hidden, &torch::python()),
+            None => Command::new(torch::python()),
+        }
+    }
+}
+
+#[test]
+fn a_job_moved_to_fresh_hosts_resumes_from_the_set_pointer_bit_identically() {
+    if !torch::available("replicate_ranks") {
+        return;
+    }
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ranks = 2;
+
+    // The job run through, without replication, for the reference bits.
+    let reference = tmp.path().join("reference");
+    std::fs::create_dir(&reference).unwrap();
+    let mut cmd = Command::new(torch::python());
+    cmd.args(torchrun_args(
+        &reference.join("J"),
+        None,
+        &reference.join("digest"),
+        ranks,
+    ));
+    env(&mut cmd, None);
+    let log = reference.join("log");
+    wait_ok(&mut spawn(cmd, &log), &log, "the reference job");
+    let expected = digests(&reference.join("digest"), ranks);
+
+    // Two hosts.
+    let machines: Vec<Machine> = ["a", "b"]
+        .iter()
+        .map(|tag| {
+            let dir = tmp.path().join(format!("host-{tag}"));
+            std::fs::create_dir(&dir).unwrap();
+            let host = match Host::create(tag) {
+                Ok(h) => {
+                    h.bridge_port(server.port).expect("bridge the S3 port");
+                    assert_eq!(h.interfaces(), vec!["lo".to_string()], "host {tag}");
+                    Some(h)
+                }
+                Err(why) => {
+                    common::systemd::notice(&format!(
+                        "replicate_ranks: no network namespaces ({why}); the two hosts are two \
+                         directories of this machine"
+                    ));
+                    None
+                }
+            };
+            Machine { host, dir }
+        })
+        .collect();
+    let hidden = |me: usize| -> Vec<PathBuf> {
+        vec![
+            machines[1 - me].dir.clone(),
+            server.root().to_path_buf(),
+            reference.clone(),
+        ]
+    };
+    let url = server.url("job");
+
+    // Host A: replicates every step; killed once the set names a step.
+    let a = &machines[0];
+    let mut cmd = a.command(&hidden(0));
+    cmd.args(torchrun_args(
+        &a.dir.join("J"),
+        Some(&url),
+        &a.dir.join("digest"),
+        ranks,
+    ));
+    env(&mut cmd, Some(&server));
+    let log_a = a.dir.join("log");
+    let mut job_a = spawn(cmd, &log_a);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if set_pointer(&server).is_some_and(|s| s["step"].as_u64().unwrap_or(0) >= 10) {
+            break;
+        }
+        if let Some(st) = job_a.try_wait().unwrap() {
+            panic!(
+                "host A's job ended ({st}) before the set pointer named step 10:\n{}",
+                std::fs::read_to_string(&log_a).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no set pointer of step >= 10 within {WAIT:?}:\n{}",
+            std::fs::read_to_string(&log_a).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pgid = job_a.id() as i32;
+    // SAFETY: kill(2) of the process group this test started (its leader
+    // is the child spawned with process_group(0)).
+    assert_eq!(unsafe { libc::kill(-pgid, libc::SIGKILL) }, 0);
+    let _ = job_a.wait();
+    std::thread::sleep(Duration::from_millis(200));
+    let set = set_pointer(&server).expect("the set pointer");
+    let step = set["step"].as_u64().unwrap();
+    assert_eq!(set["world_size"], 2, "{set}");
+    let entries = set["ranks"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{set}");
+    for (r, e) in entries.iter().enumerate() {
+        assert_eq!(e["step"].as_u64(), Some(step), "rank {r}: {set}");
+        let key = format!("job/rank-{r:05}/{}", e["object"].as_str().unwrap());
+        assert!(
+            server.object_file(&key).is_file(),
+            "the set names {key}, which is not on the server"
+        );
+    }
+    eprintln!("host A was killed with the set pointer at step {step} of {STEPS}");
+    assert!(step < STEPS, "host A finished before it was killed");
+
+    // Host B: an empty directory; resumes from S3.
+    let b = &machines[1];
+    let mut cmd = b.command(&hidden(1));
+    cmd.args(torchrun_args(
+        &b.dir.join("J"),
+        Some(&url),
+        &b.dir.join("digest"),
+        ranks,
+    ));
+    env(&mut cmd, Some(&server));
+    let log_b = b.dir.join("log");
+    wait_ok(&mut spawn(cmd, &log_b), &log_b, "host B's job");
+    let text = std::fs::read_to_string(&log_b).unwrap();
+    for r in 0..ranks {
+        assert!(
+            text.contains(&format!("resumed rank={r} step={step}\n")),
+            "rank {r} did not resume at step {step}:\n{text}"
+        );
+    }
+    assert_eq!(
+        digests(&b.dir.join("digest"), ranks),
+        expected,
+        "the job resumed on host B did not end on the bits of the uninterrupted job:\n{text}"
+    );
+    let last = set_pointer(&server).expect("the set pointer");
+    assert_eq!(last["step"].as_u64(), Some(STEPS), "{last}");
+    eprintln!(
+        "replicate_ranks: {} s",
+        started.elapsed().as_secs_f64().round()
+    );
+}
