@@ -42,8 +42,14 @@ fn torchrun_args(job: &Path, url: Option<&str>, digest: &Path, ranks: u32) -> Ve
         digest.display().to_string(),
     ];
     if let Some(u) = url {
-        a.push("--url".into());
-        a.push(u.into());
+        // Uploads keep up with a step of 50 ms; with none, "latest wins"
+        // lets the ranks skip different steps (FORMAT.md §7.10).
+        a.extend([
+            "--url".into(),
+            u.into(),
+            "--step-seconds".into(),
+            "0.05".into(),
+        ]);
     }
     a
 }
@@ -102,6 +108,55 @@ fn digests(prefix: &Path, ranks: u32) -> Vec<String> {
 fn set_pointer(server: &S3Server) -> Option<serde_json::Value> {
     let bytes = std::fs::read(server.object_file("job/SET")).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// The processes descended from `root` (by their parent ids in /proc).
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent: Vec<(u32, u32)> = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so after the ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|r| r.1) else {
+            continue;
+        };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+            parent.push((pid, ppid));
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for &(c, pp) in &parent {
+            if pp == p && !out.contains(&c) {
+                out.push(c);
+                frontier.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// SIGKILLs `root` and every process descended from it, until none is left.
+fn kill_tree(root: u32) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut all = descendants(root);
+        all.push(root);
+        for pid in &all {
+            // SAFETY: kill(2) of a process this test started or one of its
+            // descendants.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+        if descendants(root).is_empty() || Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A host: a namespace when possible, else this machine.
@@ -208,12 +263,14 @@ fn a_job_moved_to_fresh_hosts_resumes_from_the_set_pointer_bit_identically() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let pgid = job_a.id() as i32;
-    // SAFETY: kill(2) of the process group this test started (its leader
-    // is the child spawned with process_group(0)).
-    assert_eq!(unsafe { libc::kill(-pgid, libc::SIGKILL) }, 0);
+    // The whole job at once: torchrun starts its workers in sessions of
+    // their own, so every descendant of the process this test started.
+    kill_tree(job_a.id());
     let _ = job_a.wait();
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        descendants(job_a.id()).is_empty(),
+        "host A's job still runs after SIGKILL"
+    );
     let set = set_pointer(&server).expect("the set pointer");
     let step = set["step"].as_u64().unwrap();
     assert_eq!(set["world_size"], 2, "{set}");

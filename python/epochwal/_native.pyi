@@ -110,3 +110,23 @@ class Writer:
     def notify(self, message: str) -> bool: ...
     def remote_seq(self) -> Optional[int]: ...
     def close(self, upload_timeout: float = 30.0) -> Optional[int]: ...
+
+def restore_from_set(
+    url: str,
+    dir: str,
+    *,
+    rank: int,
+    world_size: int,
+    allow_http: Optional[bool] = None,
+    only_if_empty: bool = False,
+) -> Optional[Dict[str, Any]]:
+    """Restores rank `rank`'s record named by the job's set pointer
+    (`url + "/SET"`, FORMAT.md §7.10) into `dir`, a directory holding no
+    log. Returns {"set_step", "step", "epoch", "sequence",
+    "remote_sequence", "object", "job_id"}, or None when the job URL holds
+    no set pointer and nothing of this rank. With `only_if_empty` a
+    directory that already holds a log is left alone (None).
+
+        got = restore_from_set("s3://bucket/job", "J/rank-00001", rank=1, world_size=2)
+    """
+    ...

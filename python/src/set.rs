@@ -93,7 +93,9 @@ pub(crate) fn member(
 /// Restores rank `rank`'s record named by the job's set pointer
 /// (`<url>/SET`) into `dir`, a directory that holds no log (created if
 /// missing), and returns what was restored, or `None` when the job URL
-/// holds no set pointer and nothing of this rank.
+/// holds no set pointer and nothing of this rank. With `only_if_empty`, a
+/// directory that already holds a log is left alone (`None`, nothing is
+/// contacted) instead of being an error.
 ///
 /// ```python
 /// from epochwal import _native
@@ -106,7 +108,7 @@ pub(crate) fn member(
 /// set pointer although the rank has records, another world size, a
 /// damaged or missing object, a directory that holds a log).
 #[pyfunction]
-#[pyo3(signature = (url, dir, *, rank, world_size, allow_http=None))]
+#[pyo3(signature = (url, dir, *, rank, world_size, allow_http=None, only_if_empty=false))]
 pub(crate) fn restore_from_set<'py>(
     py: Python<'py>,
     url: &str,
@@ -114,6 +116,7 @@ pub(crate) fn restore_from_set<'py>(
     rank: u32,
     world_size: u32,
     allow_http: Option<bool>,
+    only_if_empty: bool,
 ) -> PyResult<Option<Bound<'py, PyDict>>> {
     if world_size == 0 || rank >= world_size {
         return Err(error(format!(
@@ -122,6 +125,12 @@ pub(crate) fn restore_from_set<'py>(
     }
     let got = py
         .allow_threads(|| {
+            if only_if_empty && dir.exists() {
+                let local = epochwal::wal::recover(&dir).map_err(|e| e.to_string())?;
+                if local.log_id.is_some() {
+                    return Ok(None);
+                }
+            }
             restore_blocking(
                 url,
                 allow_http,

@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import os
 import sys
+import time
 from typing import Optional
 
 import torch
@@ -69,6 +70,8 @@ def main() -> int:
     ap.add_argument("--url", default=None)
     ap.add_argument("--digest", required=True)
     ap.add_argument("--keep-records", type=int, default=3)
+    ap.add_argument("--step-seconds", type=float, default=0.0,
+                    help="sleep after each step (the time a real step computes)")
     args = ap.parse_args()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -105,6 +108,7 @@ def main() -> int:
         opt.step()
         ckpt.save(epoch=step // 10, step=step, model=model, optimizer=opt, loss=float(loss))
         print(f"saved rank={rank} step={step}", flush=True)
+        time.sleep(args.step_seconds)
     ckpt.wait()
     ckpt.close(upload_timeout=120.0)
     with open(f"{args.digest}.{rank}", "w") as f:
