@@ -11,7 +11,8 @@
 //!   JSON), the metrics and param_groups;
 //! - `export` writes every tensor with its dtype, and README's block gives
 //!   back the model (`load_state_dict(strict=True)`) and the AdamW state
-//!   (`optimizer.load_state_dict`) bit for bit;
+//!   (`optimizer.load_state_dict`) bit for bit; an optimizer state the file
+//!   cannot carry (an integer per parameter) is refused, naming it;
 //! - `verify` checks general records: a flipped payload byte in the newest
 //!   is reported and the previous record chosen;
 //! - `tensorboard` writes a point per record with its loss and val_loss;
@@ -351,6 +352,39 @@ fn tail_inspect_export_and_verify_read_general_records() {
         tail.starts_with("seq=5 ") && tail.contains("DAMAGED: ") && tail.contains("checksum"),
         "{tail}"
     );
+}
+
+/// An optimizer whose state holds an integer per parameter: `export
+/// --with-optimizer` refuses, naming the values, and writes nothing; the
+/// model alone is exported.
+#[test]
+fn export_refuses_an_optimizer_state_it_cannot_carry() {
+    if !available("export_refuses_an_optimizer_state_it_cannot_carry") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    run_ok("torch_tools.py", &["write-counting", &s(&log)]);
+    let full = tmp.path().join("full.safetensors");
+    let (code, out, err) = tool(
+        &[],
+        &["export", &s(&log), "-o", &s(&full), "--with-optimizer"],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    for needle in [
+        "record 1",
+        "optimizer.state.0.calls (1)",
+        "optimizer.state.5.calls (1)",
+        "without --with-optimizer",
+        "load_latest",
+    ] {
+        assert!(err.contains(needle), "{needle:?} in {err}");
+    }
+    assert!(!err.contains("momentum_buffer"), "{err}");
+    assert!(!full.exists(), "nothing written");
+    let model = tmp.path().join("model.safetensors");
+    tool_ok(&[], &["export", &s(&log), "-o", &s(&model)]);
+    assert!(safetensors_header(&model).get("a.weight").is_some());
 }
 
 #[test]

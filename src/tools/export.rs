@@ -42,7 +42,11 @@
 //! strict=True)` takes the file unchanged; with `--with-optimizer` the
 //! `optimizer.state.<i>.<key>` tensors follow under their names, and the
 //! metadata `optimizer.param_groups` holds the record's `param_groups`
-//! (tuples as lists), which `optimizer.load_state_dict` takes. Metadata
+//! (tuples as lists), which `optimizer.load_state_dict` takes. An optimizer
+//! whose state holds values that are not tensors (a counter, a list of
+//! tensors) or whose `param_groups` hold a tensor or a non-finite float is
+//! refused with `--with-optimizer`, naming each such value: the file would
+//! not restore it (`Checkpointer.load_latest` does). Metadata
 //! also has `kind` (`general`), `epoch`, `global_step`, `step_in_epoch`,
 //! `sequence`, `loss`, `val_loss`, `schema_version`.
 //!
@@ -387,9 +391,96 @@ fn general_views<'a>(
                     h.sequence
                 )
             })?;
+        let left = optimizer_leftovers(&meta["optimizer"]);
+        if !left.is_empty() {
+            bail!(
+                "{}: record {}: the optimizer's state holds what a safetensors file cannot carry: \
+                 {}; export without --with-optimizer for the model alone, and restore the \
+                 optimizer with Checkpointer.load_latest, which restores all of it",
+                rec.path().display(),
+                h.sequence,
+                left.join(", ")
+            );
+        }
         metadata.insert(PARAM_GROUPS_KEY.into(), groups.to_string());
     }
     Ok((views, metadata))
+}
+
+/// What an export of a general record's optimizer document (FORMAT.md
+/// §4.5) would lose, by path: state values that are not tensors (an
+/// integer counter, a list of tensors), and values in `param_groups` that
+/// plain JSON cannot hold (a tensor, a non-finite float, a dict with
+/// non-string keys). Empty when the file carries the optimizer exactly:
+/// its state as `optimizer.state.<i>.<key>` tensors, its `param_groups`
+/// as JSON (tuples as lists).
+fn optimizer_leftovers(opt: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    fn marker(v: &Value) -> Option<&str> {
+        match v {
+            Value::Object(o) if o.len() == 1 => o.keys().next().map(String::as_str),
+            _ => None,
+        }
+    }
+    fn describe(v: &Value) -> String {
+        let text = v.to_string();
+        if text.len() > 40 {
+            format!("{}...", text.chars().take(37).collect::<String>())
+        } else {
+            text
+        }
+    }
+    fn walk(v: &Value, path: &str, out: &mut Vec<String>) {
+        match (marker(v), v) {
+            (Some("__tuple__"), Value::Object(o)) => walk(&o["__tuple__"], path, out),
+            (Some("__tensor__" | "__ndarray__" | "__float__" | "__dict__"), _) => {
+                out.push(format!("{path} ({})", describe(v)))
+            }
+            (_, Value::Array(a)) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(x, &format!("{path}.{i}"), out);
+                }
+            }
+            (_, Value::Object(o)) => {
+                for (k, x) in o {
+                    walk(x, &format!("{path}.{k}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    // The state is keyed by parameter index: {"__dict__": [[i, {...}], ...]}
+    // ({} before the first step).
+    let state: Vec<(String, &Value)> = match opt.get("state") {
+        Some(v @ Value::Object(o)) if marker(v) == Some("__dict__") => o["__dict__"]
+            .as_array()
+            .map(|pairs| {
+                pairs
+                    .iter()
+                    .filter_map(|p| Some((p.get(0)?.to_string(), p.get(1)?)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Some(Value::Object(o)) => o.iter().map(|(k, v)| (k.clone(), v)).collect(),
+        _ => Vec::new(),
+    };
+    for (i, per) in state {
+        match per {
+            Value::Object(fields) => {
+                for (k, v) in fields {
+                    if marker(v) != Some("__tensor__") {
+                        out.push(format!("optimizer.state.{i}.{k} ({})", describe(v)));
+                    }
+                }
+            }
+            other => out.push(format!("optimizer.state.{i} ({})", describe(other))),
+        }
+    }
+    if let Some(groups) = opt.get("param_groups") {
+        walk(groups, "optimizer.param_groups", &mut out);
+    }
+    out
 }
 
 /// The safetensors dtype of a general tensor's dtype name (FORMAT.md §4.3

@@ -10,6 +10,9 @@ tests (tests/python_torch_tools.rs, tests/python_torch_options.rs).
         for the upload, so every record reaches the remote. Writes
         REF.pt (torch.save of the final model and optimizer state dicts)
         and REF.json (the records' figures and every tensor's dtype name).
+    torch_tools.py write-counting DIR
+        one record of an SGD whose state also holds an integer per
+        parameter (which `export --with-optimizer` must refuse).
     torch_tools.py live DIR
         saves epoch 1, prints "durable 1"; after a line on stdin saves
         epoch 2, prints "durable 2"; closes when stdin ends.
@@ -227,6 +230,26 @@ def check_export(directory: str, ref: str, snippet: str) -> None:
     print("export ok")
 
 
+class CountingSGD(torch.optim.SGD):
+    """SGD with momentum that also keeps an integer in each parameter's
+    state: a value a safetensors file cannot hold."""
+
+    def step(self, closure: Any = None) -> Any:
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["calls"] = int(self.state[p].get("calls", 0)) + 1
+        return loss
+
+
+def write_counting(directory: str) -> None:
+    model = Net(0)
+    opt = CountingSGD(model.parameters(), lr=0.01, momentum=0.9)
+    with Checkpointer(directory) as ckpt:
+        train_step(model, opt, 1)
+        save(ckpt, model, opt, 1)
+
+
 def live(directory: str) -> None:
     model, opt = make(0)
     with Checkpointer(directory) as ckpt:
@@ -297,6 +320,8 @@ def main() -> None:
         load(args[0], args[1], args[2] if len(args) > 2 else None)
     elif cmd == "check-export":
         check_export(args[0], args[1], args[2])
+    elif cmd == "write-counting":
+        write_counting(args[0])
     elif cmd == "live":
         live(args[0])
     elif cmd == "options":
