@@ -15,7 +15,8 @@ job's), a median over runs after one warm-up run:
 - ``epochwal``: each rank's ``Checkpointer`` on ``J/rank-<r>`` (world_size,
   rank set): ``save`` (the pause), ``wait`` (durable), then a new
   ``Checkpointer`` on the directory and ``load_latest`` with model and
-  optimizer (restore). No collective.
+  optimizer (restore; printed also apart: ``open``, the writer's recovery
+  and preparation of its next append, and ``load_latest``). No collective.
 - ``dcp.save``: ``torch.distributed.checkpoint.save`` (collective; its
   file writer fsyncs every file): pause = durable.
 - ``dcp.async_save``: returns after staging (the pause); durable when its
@@ -123,12 +124,15 @@ def worker(args: argparse.Namespace) -> int:
         ckpt.close()
         t3 = now()
         ckpt = Checkpointer(log, **opts)
+        t3a = now()
         r = ckpt.load_latest(model=model2, optimizer=opt2, rng=False)
         t4 = now()
         assert r is not None and r.step == step, (r, step)
         got["epochwal pause"] = slowest(t1 - t0)
         got["epochwal durable"] = slowest(t2 - t0)
         got["epochwal restore"] = slowest(t4 - t3)
+        got["epochwal restore: open"] = slowest(t3a - t3)
+        got["epochwal restore: load_latest"] = slowest(t4 - t3a)
         # One untimed save on the new handle, as a loop has saved before.
         step += 1
         ckpt.save(epoch=step, step=step, model=model, optimizer=opt, rng=False)
