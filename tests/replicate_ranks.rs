@@ -313,8 +313,77 @@ fn a_job_moved_to_fresh_hosts_resumes_from_the_set_pointer_bit_identically() {
     );
     let last = set_pointer(&server).expect("the set pointer");
     assert_eq!(last["step"].as_u64(), Some(STEPS), "{last}");
+    restore_from_set_refusals(&server, tmp.path(), &url);
     eprintln!(
         "replicate_ranks: {} s",
         started.elapsed().as_secs_f64().round()
     );
+}
+
+/// `epochwal._native.restore_from_set` on what host B left: restores a
+/// rank's record of `P/SET`'s step into an empty directory, and refuses
+/// (naming the object, the rank and the cause) another world size, a
+/// directory that holds a log, and (after `P/SET` is deleted) a job URL
+/// whose rank has records but no `P/SET`.
+fn restore_from_set_refusals(server: &S3Server, tmp: &Path, url: &str) {
+    let script = r#"
+import json, os, sys
+from epochwal import _native, EpochwalError
+url, tmp = sys.argv[1], sys.argv[2]
+out = {}
+got = _native.restore_from_set(url, os.path.join(tmp, "r1"), rank=1, world_size=2)
+out["restored"] = got
+out["again_if_empty"] = _native.restore_from_set(url, os.path.join(tmp, "r1"), rank=1, world_size=2, only_if_empty=True)
+for name, call in [
+    ("not_empty", lambda: _native.restore_from_set(url, os.path.join(tmp, "r1"), rank=1, world_size=2)),
+    ("world_size", lambda: _native.restore_from_set(url, os.path.join(tmp, "r4"), rank=1, world_size=4)),
+    ("no_set", lambda: (os.remove(sys.argv[3]), _native.restore_from_set(url, os.path.join(tmp, "r0"), rank=0, world_size=2))),
+]:
+    try:
+        call()
+        out[name] = None
+    except EpochwalError as e:
+        out[name] = str(e)
+out["nothing"] = _native.restore_from_set(url + "-empty", os.path.join(tmp, "r9"), rank=0, world_size=2)
+print(json.dumps(out))
+"#;
+    let mut cmd = Command::new(torch::python());
+    // The last check deletes P/SET (the server's file) first.
+    cmd.args(["-c", script, url])
+        .arg(tmp)
+        .arg(server.object_file("job/SET"))
+        .envs(server.env());
+    let out = cmd.output().expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(out.stdout.trim_ascii()).expect("one JSON line");
+    let restored = &v["restored"];
+    assert_eq!(restored["set_step"].as_u64(), Some(STEPS), "{v}");
+    assert_eq!(restored["step"].as_u64(), Some(STEPS), "{v}");
+    assert!(
+        restored["object"]
+            .as_str()
+            .is_some_and(|o| o.contains("/job/rank-00001/logs/")),
+        "{v}"
+    );
+    assert!(v["again_if_empty"].is_null(), "{v}");
+    let err = |k: &str| {
+        v[k].as_str()
+            .unwrap_or_else(|| panic!("{k} did not fail: {v}"))
+    };
+    assert!(err("not_empty").contains("holds log"), "{v}");
+    assert!(err("not_empty").contains("rank 1"), "{v}");
+    assert!(err("world_size").contains("job/SET"), "{v}");
+    assert!(err("world_size").contains("2 ranks"), "{v}");
+    assert!(err("world_size").contains("4"), "{v}");
+    assert!(err("no_set").contains("job/SET: missing"), "{v}");
+    assert!(
+        err("no_set").contains("job/rank-00000 holds records of rank 0"),
+        "{v}"
+    );
+    assert!(v["nothing"].is_null(), "{v}");
 }
