@@ -121,24 +121,143 @@ pub fn give_back(slot: &StagingSlot, staging: Staging) {
 
 /// Writes `padded` (a payload followed by its zero padding, a whole number
 /// of pages) at `offset` of `file`, and returns the checksum of its first
-/// `payload_len` bytes. Each chunk is hashed, written with `pwrite`, and its
-/// write-back started ([`sys::start_writeback`]) before the next chunk, so
-/// the device works while the CPU hashes and copies. Nothing here is a
-/// barrier: the `fdatasync` that follows is.
-pub fn write_payload(file: &File, offset: u64, padded: &[u8], payload_len: u64) -> io::Result<u64> {
+/// `payload_len` bytes, and whether `direct` refused a write.
+///
+/// With `direct` (the same file opened `O_DIRECT`), each chunk goes from the
+/// staging buffer to the device without a copy into the page cache: no page
+/// is allocated, copied into or later written back and reclaimed, which is
+/// most of the CPU a buffered write costs. The buffer and every offset and
+/// length are page-aligned, as `O_DIRECT` requires. A file system that
+/// refuses a direct write (`EINVAL`) gets that chunk and the rest through
+/// the page cache, and the caller stops trying for the segment.
+///
+/// Without it, each chunk is written with `pwrite` and its write-back started
+/// ([`sys::start_writeback`]), so the device works while the CPU hashes and
+/// copies the next. Either way a chunk is hashed just before it is written,
+/// and nothing here is a barrier: the `fdatasync` that follows is (it also
+/// commits the metadata a direct write into preallocated space changes).
+pub fn write_payload(
+    file: &File,
+    direct: Option<&File>,
+    offset: u64,
+    padded: &[u8],
+    payload_len: u64,
+) -> io::Result<(u64, bool)> {
     debug_assert_eq!(padded.len() as u64 % PAGE, 0, "whole pages");
     debug_assert_eq!(offset % PAGE, 0, "page-aligned offset");
     let mut stream = format::ChecksumStream::new();
     let mut hint = true;
+    let mut direct = direct;
+    let mut refused = false;
     let payload_len = payload_len as usize;
     for (i, chunk) in padded.chunks(WRITE_CHUNK_BYTES).enumerate() {
         let at = i * WRITE_CHUNK_BYTES;
         let hashed = payload_len.saturating_sub(at).min(chunk.len());
         stream.update(&chunk[..hashed]);
+        if let Some(d) = direct {
+            match sys::write_all_at_counted(d, chunk, offset + at as u64) {
+                Ok(()) => continue,
+                Err((done, e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    // Refused (a file system that takes the open but not
+                    // the write): what was written stays, the rest goes
+                    // through the page cache, which sees the same bytes.
+                    direct = None;
+                    refused = true;
+                    let rest = &chunk[done..];
+                    file.write_all_at(rest, offset + (at + done) as u64)?;
+                    continue;
+                }
+                Err((_, e)) => return Err(e),
+            }
+        }
         file.write_all_at(chunk, offset + at as u64)?;
         if hint {
             hint = sys::start_writeback(file, offset + at as u64, chunk.len() as u64)?;
         }
     }
-    Ok(stream.finish())
+    Ok((stream.finish(), refused))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_in(dir: &tempfile::TempDir, len: u64) -> (std::path::PathBuf, File) {
+        let path = dir.path().join("seg");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(len).unwrap();
+        (path, file)
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+    }
+
+    #[test]
+    fn direct_and_buffered_writes_leave_the_same_bytes_and_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 2 * WRITE_CHUNK_BYTES + 3 * PAGE as usize;
+        let mut staging = Staging::new(len as u64).unwrap();
+        staging.bytes_mut(len as u64).copy_from_slice(&pattern(len));
+        let payload_len = len as u64 - 100;
+        staging.zero_padding(payload_len);
+        let (path, file) = file_in(&dir, PAGE + len as u64);
+        let direct = sys::open_direct(&path).expect("this file system takes O_DIRECT");
+        let (sum_direct, refused) = write_payload(
+            &file,
+            Some(&direct),
+            PAGE,
+            staging.bytes(len as u64),
+            payload_len,
+        )
+        .unwrap();
+        assert!(!refused);
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(&on_disk[PAGE as usize..], staging.bytes(len as u64));
+        let (path2, file2) = {
+            let d2 = dir.path().join("b");
+            std::fs::create_dir(&d2).unwrap();
+            let p = d2.join("seg");
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&p)
+                .unwrap();
+            f.set_len(PAGE + len as u64).unwrap();
+            (p, f)
+        };
+        let (sum_buffered, _) =
+            write_payload(&file2, None, PAGE, staging.bytes(len as u64), payload_len).unwrap();
+        assert_eq!(sum_direct, sum_buffered);
+        assert_eq!(std::fs::read(&path2).unwrap(), on_disk);
+        let mut expect = format::ChecksumStream::new();
+        expect.update(&staging.bytes(len as u64)[..payload_len as usize]);
+        assert_eq!(sum_direct, expect.finish());
+    }
+
+    #[test]
+    fn a_refused_direct_write_falls_back_to_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 2 * PAGE as usize;
+        // A buffer one byte off page alignment: O_DIRECT refuses it (EINVAL).
+        let mut staging = Staging::new(len as u64 + PAGE).unwrap();
+        let bytes = pattern(len + 1);
+        staging.bytes_mut(len as u64 + 1).copy_from_slice(&bytes);
+        let misaligned = &staging.bytes(len as u64 + 1)[1..];
+        let (path, file) = file_in(&dir, PAGE + len as u64);
+        let direct = sys::open_direct(&path).expect("this file system takes O_DIRECT");
+        let (sum, refused) =
+            write_payload(&file, Some(&direct), PAGE, misaligned, len as u64).unwrap();
+        assert!(refused, "a misaligned direct write is refused");
+        assert_eq!(&std::fs::read(&path).unwrap()[PAGE as usize..], misaligned);
+        let mut expect = format::ChecksumStream::new();
+        expect.update(misaligned);
+        assert_eq!(sum, expect.finish());
+    }
 }

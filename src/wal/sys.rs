@@ -290,9 +290,78 @@ pub fn classify_file_system(magic: i64) -> Option<(&'static str, &'static str)> 
     }
 }
 
+/// Environment variable that turns direct I/O for payload writes off
+/// (`0`) or on (`1`, the default where the file system takes it).
+pub const DIRECT_IO_VAR: &str = "EPOCHWAL_DIRECT_IO";
+
+/// Whether payloads are written with `O_DIRECT` ([`DIRECT_IO_VAR`]). `Err`
+/// names the variable when it holds anything but `0` or `1`.
+pub fn direct_io_setting() -> Result<bool, String> {
+    parse_direct_io(std::env::var_os(DIRECT_IO_VAR).as_deref())
+}
+
+fn parse_direct_io(v: Option<&std::ffi::OsStr>) -> Result<bool, String> {
+    match v {
+        None => Ok(true),
+        Some(v) => match v.to_str() {
+            Some("1") => Ok(true),
+            Some("0") => Ok(false),
+            _ => Err(format!(
+                "{DIRECT_IO_VAR}={}: must be 0 (payloads through the page cache) or 1 (direct I/O, the default)",
+                v.to_string_lossy()
+            )),
+        },
+    }
+}
+
+/// `path` opened for writing with `O_DIRECT`, or `None` where the file
+/// system refuses it (tmpfs on older kernels, FUSE, some network file
+/// systems): those writes then go through the page cache.
+pub fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()
+}
+
+/// `write_all_at` that says, on error, how many bytes were written before it.
+pub fn write_all_at_counted(
+    file: &File,
+    buf: &[u8],
+    offset: u64,
+) -> Result<(), (usize, io::Error)> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.write_at(&buf[done..], offset + done as u64) {
+            Ok(0) => {
+                return Err((
+                    done,
+                    io::Error::new(io::ErrorKind::WriteZero, "failed to write whole buffer"),
+                ))
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((done, e)),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_direct_io_variable_takes_0_or_1_and_names_itself_otherwise() {
+        use std::ffi::OsStr;
+        assert_eq!(parse_direct_io(None), Ok(true));
+        assert_eq!(parse_direct_io(Some(OsStr::new("1"))), Ok(true));
+        assert_eq!(parse_direct_io(Some(OsStr::new("0"))), Ok(false));
+        let e = parse_direct_io(Some(OsStr::new("yes"))).unwrap_err();
+        assert!(e.starts_with("EPOCHWAL_DIRECT_IO=yes: "), "{e}");
+    }
 
     #[test]
     fn rename_noreplace_never_replaces() {

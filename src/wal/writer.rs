@@ -114,6 +114,13 @@ impl Default for LogOptions {
 struct Segment {
     path: PathBuf,
     file: File,
+    /// The same file opened with `O_DIRECT`, through which payloads are
+    /// written when the file system takes it (see `staging.rs`); `None`
+    /// when direct I/O is off ([`sys::DIRECT_IO_VAR`]) or refused.
+    direct: Option<File>,
+    /// Set when a direct write was refused (`EINVAL`): the rest of this
+    /// segment's payloads go through the page cache.
+    direct_refused: std::sync::atomic::AtomicBool,
     len: u64,
     segment_no: u64,
 }
@@ -233,6 +240,9 @@ pub struct Log {
     /// The buffer records are serialized into (held by the append in
     /// flight, if any).
     staging: StagingSlot,
+    /// Whether payloads are written with `O_DIRECT` where the file system
+    /// takes it ([`sys::DIRECT_IO_VAR`]).
+    direct_io: bool,
 }
 
 impl std::fmt::Debug for Log {
@@ -384,6 +394,7 @@ impl Log {
         // append never rewrites a byte of an earlier record holds only when
         // the kernel writes back 4 KiB at a time.
         let page_size = sys::system_page_size().map_err(WalError::Setting)?;
+        let direct_io = sys::direct_io_setting().map_err(WalError::Setting)?;
         if page_size > PAGE {
             return Err(WalError::PageSize {
                 path: dir,
@@ -398,7 +409,7 @@ impl Log {
             }
         }
         let lock_path = dir.join(format::LOCK_FILE);
-        let mut lock = sys::open_private(
+        let lock = sys::open_private(
             OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -419,8 +430,13 @@ impl Log {
                 holder: read_lock_holder(&lock_path),
             });
         }
-        lock.set_len(0)
-            .and_then(|_| lock.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        // The pid is written over the old one and the file cut to its
+        // length, never truncated to empty first: ext4 flushes a file that
+        // was truncated to zero and written again when it is closed
+        // (auto_da_alloc), a disk wait on every start for a note.
+        let pid = format!("{}\n", std::process::id());
+        lock.write_all_at(pid.as_bytes(), 0)
+            .and_then(|_| lock.set_len(pid.len() as u64))
             .map_err(|e| WalError::io(&lock_path, "writing the lock file", e))?;
 
         match sys::risky_file_system(&dir) {
@@ -468,6 +484,7 @@ impl Log {
             in_flight: false,
             last_span: 0,
             staging: Arc::new(Mutex::new(None)),
+            direct_io,
         };
         let (highest, holder, logs) = log.take_inventory(&recovery.skipped)?;
         // Segments of two logs: which one is "the" log cannot be told from
@@ -875,9 +892,16 @@ impl Log {
                 return Err(e);
             }
         };
+        let direct = if self.direct_io {
+            sys::open_direct(&path)
+        } else {
+            None
+        };
         self.active = Some(Arc::new(Segment {
             path: path.clone(),
             file,
+            direct,
+            direct_refused: std::sync::atomic::AtomicBool::new(false),
             len: bytes,
             segment_no: n,
         }));
@@ -1283,9 +1307,18 @@ impl PendingAppend {
         };
         seg.check_size()?;
         let padded = buffer.bytes(page_align(h.payload_len));
-        h.payload_checksum =
-            staging::write_payload(&seg.file, h.payload_offset(), padded, h.payload_len)
+        let direct = seg.direct.as_ref().filter(|_| {
+            !seg.direct_refused
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
+        let (checksum, refused) =
+            staging::write_payload(&seg.file, direct, h.payload_offset(), padded, h.payload_len)
                 .map_err(failed)?;
+        if refused {
+            seg.direct_refused
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        h.payload_checksum = checksum;
         if let Some(expected) = self.expect_checksum {
             if expected != h.payload_checksum {
                 // No header is written: these bytes never become a record.
