@@ -40,7 +40,8 @@
 //! Each `model.<key>` tensor is exported as `<key>` with its own dtype
 //! (`BF16`, `I64`, `BOOL`, ...), so `load_state_dict(load_file(FILE),
 //! strict=True)` takes the file unchanged; with `--with-optimizer` the
-//! `optimizer.state.<i>.<key>` tensors follow under their names, and the
+//! `optimizer.state.<i>.<key>` tensors follow under their names (the
+//! torch layout; `--optimizer-layout names` is refused), and the
 //! metadata `optimizer.param_groups` holds the record's `param_groups`
 //! (tuples as lists), which `optimizer.load_state_dict` takes. An optimizer
 //! whose state holds values that are not tensors (a counter, a list of
@@ -333,6 +334,15 @@ fn general_views<'a>(
     let st = rec.state();
     if args.with_input_norm {
         eprintln!("epochwal: note: --with-input-norm: a record of the Python package has no input scaling");
+    }
+    if args.with_optimizer && args.optimizer_layout == OptimizerLayout::Names {
+        bail!(
+            "{}: record {} was written by the Python package, which keys the optimizer state \
+             by parameter index as torch does (optimizer.state.<i>.<key>); \
+             --optimizer-layout names applies to records of `epochwal run` only: leave it out",
+            rec.path().display(),
+            h.sequence
+        );
     }
     let mut views = Vec::new();
     for t in st.general.tensors.iter() {

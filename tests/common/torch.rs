@@ -75,6 +75,27 @@ fn probe() -> Result<(), String> {
     }
 }
 
+/// True when the interpreter imports `module` (`safetensors`,
+/// `tensorboard`, which some checks need besides torch); otherwise a
+/// notice naming `what` and false, or a panic under CI.
+pub fn imports(module: &str, what: &str) -> bool {
+    let ok = Command::new(python())
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let msg = format!(
+            "{what}: {} cannot import {module} (pip install {module})",
+            python()
+        );
+        if on_ci() {
+            panic!("CI is set: {msg}");
+        }
+        notice(&format!("SKIPPED {msg}"));
+    }
+    ok
+}
+
 /// Runs a script to completion; panics with its output unless it exits 0.
 pub fn run_ok(name: &str, args: &[&str]) -> Output {
     run_ok_env(name, args, &[])
