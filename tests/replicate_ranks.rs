@@ -313,6 +313,21 @@ fn a_job_moved_to_fresh_hosts_resumes_from_the_set_pointer_bit_identically() {
     );
     let last = set_pointer(&server).expect("the set pointer");
     assert_eq!(last["step"].as_u64(), Some(STEPS), "{last}");
+    // `epochwal pull` of the job's URL: every rank's record of the set.
+    let pulled = tmp.path().join("pulled");
+    let (code, _, err) = common::s3::epochwal(&server, &["pull", &url, pulled.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for r in 0..ranks {
+        assert!(
+            err.contains(&format!("rank {r}: restored step {STEPS} ")),
+            "{err}"
+        );
+        let rec = epochwal::wal::recover(pulled.join(format!("rank-{r:05}")))
+            .expect("recover a pulled rank")
+            .record
+            .expect("a pulled record");
+        assert_eq!(rec.header().step, STEPS, "rank {r}");
+    }
     restore_from_set_refusals(&server, tmp.path(), &url);
     eprintln!(
         "replicate_ranks: {} s",

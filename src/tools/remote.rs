@@ -444,6 +444,53 @@ fn renumbered(local: u64, remote: u64) -> String {
     }
 }
 
+/// `pull` of a multi-rank job's URL: rank r's record named by `P/SET`
+/// into `DIR/rank-<r>` for every rank (FORMAT.md §7.10), each a directory
+/// that holds no log.
+fn pull_job(
+    args: &PullArgs,
+    set: &crate::replicate::SetPointer,
+    options: LogOptions,
+) -> anyhow::Result<i32> {
+    let url = args.url.to_str().unwrap_or_default();
+    for rank in 0..set.world_size {
+        let dir = args.dir.join(crate::replicate::rank_dir(rank));
+        let got = block_on(crate::replicate::restore_from_set(
+            url,
+            None,
+            rank,
+            set.world_size,
+            &dir,
+            options,
+        ))?
+        .map_err(anyhow::Error::msg)?;
+        let Some(r) = got else {
+            anyhow::bail!("{url}/SET: disappeared while rank {rank} was restored");
+        };
+        if r.set.step != set.step {
+            anyhow::bail!(
+                "{url}/SET: moved from step {} to step {} while the ranks were pulled (the job \
+                 still runs): ranks below {rank} are of step {}; pull into an empty directory again",
+                set.step,
+                r.set.step,
+                set.step
+            );
+        }
+        eprintln!(
+            "epochwal: rank {rank}: restored step {} (epoch {}) from {} into {}{}",
+            r.set.step,
+            r.durable.header.epoch,
+            r.object_url,
+            dir.display(),
+            renumbered(
+                r.durable.header.sequence,
+                r.set.ranks[rank as usize].sequence
+            )
+        );
+    }
+    Ok(0)
+}
+
 /// `epochwal pull URL DIR`: restore without training.
 pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<i32> {
     let remote = open(&args.url)?;
@@ -454,6 +501,16 @@ pub(crate) fn pull(args: &PullArgs) -> anyhow::Result<i32> {
     let sel = Selection::from_flags(args.seq, args.epoch, args.best);
     if sel != Selection::Newest {
         return pull_chosen(args, sel, options);
+    }
+    // A job's URL (`P/SET`, no `P/HEAD`): every rank, into DIR/rank-<r>.
+    let job = block_on(async {
+        match remote.probe().await? {
+            Head::Missing => crate::replicate::read_set(&remote).await,
+            _ => Ok(crate::replicate::SetHead::Missing),
+        }
+    })??;
+    if let crate::replicate::SetHead::Valid(set, _) = job {
+        return pull_job(args, &set, options);
     }
     let outcome = block_on(async {
         let head = remote.probe().await?;
