@@ -134,6 +134,17 @@ def forget(path: str) -> None:
             os.close(fd)
 
 
+def warm_and_cold(path: str, load: Callable[[], None]) -> Tuple[float, float]:
+    """Times `load` twice: from the page cache, then after `forget(path)`."""
+    t0 = now()
+    load()
+    warm = now() - t0
+    forget(path)
+    t0 = now()
+    load()
+    return warm, now() - t0
+
+
 def fsync_tree(path: str) -> None:
     for root, _, files in os.walk(path):
         for f in files:
@@ -201,20 +212,15 @@ class Bench:
         fsync_path(path)
         fsync_path(self.root)
         t2 = now()
-        sd = torch.load(path, weights_only=True)
-        self.model2.load_state_dict(sd["model"])
-        self.opt2.load_state_dict(sd["optimizer"])
-        t3 = now()
-        del sd
-        forget(path)
-        t4 = now()
-        sd = torch.load(path, weights_only=True)
-        self.model2.load_state_dict(sd["model"])
-        self.opt2.load_state_dict(sd["optimizer"])
-        t5 = now()
-        del sd
+
+        def load() -> None:
+            sd = torch.load(path, weights_only=True)
+            self.model2.load_state_dict(sd["model"])
+            self.opt2.load_state_dict(sd["optimizer"])
+
+        warm, cold = warm_and_cold(path, load)
         os.remove(path)
-        return {"pause": t1 - t0, "durable": t2 - t0, "load": t3 - t2, "cold_load": t5 - t4}
+        return {"pause": t1 - t0, "durable": t2 - t0, "load": warm, "cold_load": cold}
 
     def safetensors(self) -> Dict[str, float]:
         from safetensors.torch import load_file, save_file
@@ -226,14 +232,9 @@ class Bench:
         fsync_path(path)
         fsync_path(self.root)
         t2 = now()
-        restore_flat(self.model2, self.opt2, load_file(path))
-        t3 = now()
-        forget(path)
-        t4 = now()
-        restore_flat(self.model2, self.opt2, load_file(path))
-        t5 = now()
+        warm, cold = warm_and_cold(path, lambda: restore_flat(self.model2, self.opt2, load_file(path)))
         os.remove(path)
-        return {"pause": t1 - t0, "durable": t2 - t0, "load": t3 - t2, "cold_load": t5 - t4}
+        return {"pause": t1 - t0, "durable": t2 - t0, "load": warm, "cold_load": cold}
 
     def _dcp_load(self, path: str) -> float:
         import torch.distributed.checkpoint as dcp
