@@ -7,11 +7,13 @@
 //! - [`daemon`]: the long-running `epochwal run` (signals, triggers, systemd);
 //! - [`replicate`]: the copy of the log in object storage, and restores;
 //! - [`observe`]: Prometheus metrics, TensorBoard event files, journal fields;
+//! - [`job`]: multi-rank jobs: one log per rank, and the common step to resume;
 //! - [`tools`]: the operator commands `tail`, `inspect`, `verify`, `export`, `pull`;
 //! - [`config`]: the TOML configuration.
 
 pub mod config;
 pub mod daemon;
+pub mod job;
 pub mod observe;
 pub mod replicate;
 pub mod state;

@@ -28,6 +28,7 @@ from .reader import FormatError, Log, Record, UnsupportedSchema, open, xxh3_64
 
 __all__ = [
     "Checkpointer",
+    "DistributedCheckpointer",
     "Restored",
     "EpochwalError",
     "open_log",
@@ -43,6 +44,7 @@ __all__ = [
 _NATIVE = {"EpochwalError"}
 _LOG = {"open_log", "LogView"}
 _TORCH = {"Checkpointer", "Restored"}
+_DISTRIBUTED = {"DistributedCheckpointer"}
 
 
 def __getattr__(name: str) -> Any:
@@ -58,4 +60,8 @@ def __getattr__(name: str) -> Any:
         from . import torch as _torch
 
         return getattr(_torch, name)
+    if name in _DISTRIBUTED:
+        from . import distributed as _distributed
+
+        return getattr(_distributed, name)
     raise AttributeError(f"module 'epochwal' has no attribute {name!r}")

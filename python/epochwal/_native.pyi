@@ -67,6 +67,10 @@ class LogView:
     def by_sequence(self, seq: int) -> RecordView: ...
 
 def open_log(dir: Union[str, "PathLike[str]"]) -> LogView: ...
+def rank_listing(dir: Union[str, "PathLike[str]"], rank: int) -> str:
+    """JSON of what rank `rank`'s log in `dir` holds (intact and damaged records)."""
+def choose_common(listings: List[str], world_size: int) -> str:
+    """JSON of the job's decision (FORMAT.md §8.3) from every rank's listing."""
 
 class Writer:
     """The single writer of a log directory (holds its LOCK)."""

@@ -404,7 +404,7 @@ class Checkpointer:
             restored = ckpt.load_latest(model=model, optimizer=opt, scheduler=sched)
             start_epoch = restored.epoch if restored else 0
         """
-        record = self._writer.recovered()
+        record = self._recovered()
         if record is None:
             self._ready("no checkpoint, starting fresh")
             return None
@@ -456,6 +456,11 @@ class Checkpointer:
             world_size=world_size or None,
             rank=rank if world_size else None,
         )
+
+    def _recovered(self) -> Optional["_native.RecordView"]:
+        """The record `load_latest` loads: the one recovery chose
+        (`DistributedCheckpointer` picks the job's common step instead)."""
+        return self._writer.recovered()
 
     def _load_model(self, dec: _Decoder, meta: Dict[str, Any], model: torch.nn.Module,
                     strict: bool, where: str) -> None:
@@ -585,6 +590,7 @@ class Checkpointer:
                                     f"cannot be stored; keys must be strings")
             enc.tensors.append(enc.tensor(f"extra.{name}", t))
             doc["extra_tensors"].append(name)
+        self._document(doc)
         self._ready(f"saving epoch {epoch}")
         train_ms = self._train_ms_before + int((time.monotonic() - self._started) * 1000)
         return self._writer.save(
@@ -598,6 +604,10 @@ class Checkpointer:
             train_time_ms=train_ms,
             force=True,
         )
+
+    def _document(self, doc: Dict[str, Any]) -> None:
+        """Adds keys to a record's document before it is written
+        (`DistributedCheckpointer` adds `distributed`, FORMAT.md §8.2)."""
 
     def wait(self) -> Optional[int]:
         """Blocks until the last record is durable; returns its sequence
@@ -629,3 +639,13 @@ def _number(value: Any, what: str) -> Optional[float]:
         return float(value)
     except (TypeError, ValueError):
         raise EpochwalError(f"{what} must be a number, not {value!r}") from None
+
+
+def __getattr__(name: str) -> Any:
+    # `DistributedCheckpointer` lives in epochwal.distributed (which imports
+    # this module); it is re-exported here, as the API names it.
+    if name == "DistributedCheckpointer":
+        from .distributed import DistributedCheckpointer
+
+        return DistributedCheckpointer
+    raise AttributeError(f"module 'epochwal.torch' has no attribute {name!r}")

@@ -16,6 +16,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
+mod job;
 mod reader;
 mod set;
 mod writer;
@@ -49,5 +50,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reader::TensorBuffer>()?;
     m.add_function(wrap_pyfunction!(reader::open_log, m)?)?;
     m.add_function(wrap_pyfunction!(set::restore_from_set, m)?)?;
+    m.add_function(wrap_pyfunction!(job::rank_listing, m)?)?;
+    m.add_function(wrap_pyfunction!(job::choose_common, m)?)?;
     Ok(())
 }

@@ -49,6 +49,17 @@ fn stats_json(s: &TensorStats) -> serde_json::Value {
 
 /// Runs `epochwal inspect`.
 pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
+    if !super::is_url(&args.dir) && crate::job::is_job_dir(&args.dir) {
+        if args.seq.is_some() || args.epoch.is_some() || args.best {
+            return Err(super::UsageError(format!(
+                "{}: is a job directory (one log per rank); --seq, --epoch and --best select a                  record of one rank's log, e.g. `epochwal inspect {} --seq N`",
+                args.dir.display(),
+                args.dir.join(crate::job::rank_dir_name(0)).display()
+            ))
+            .into());
+        }
+        return super::job::show(&args.dir, args.json);
+    }
     let selected = select_source(
         &args.dir,
         Selection::from_flags(args.seq, args.epoch, args.best),

@@ -21,6 +21,7 @@ mod export;
 pub mod general;
 mod import;
 mod inspect;
+mod job;
 mod remote;
 mod tail;
 mod tensorboard;

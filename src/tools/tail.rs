@@ -446,6 +446,17 @@ pub fn run(args: &TailArgs) -> anyhow::Result<i32> {
     if super::is_url(&args.dir) {
         return run_remote(args);
     }
+    if crate::job::is_job_dir(&args.dir) {
+        if args.follow {
+            return Err(UsageError(format!(
+                "{}: is a job directory (one log per rank); follow one rank's log, e.g.                  `epochwal tail -f {}`",
+                args.dir.display(),
+                args.dir.join(crate::job::rank_dir_name(0)).display()
+            ))
+            .into());
+        }
+        return super::job::show(&args.dir, args.json);
+    }
     if args.follow {
         return follow(args);
     }

@@ -127,6 +127,9 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
     if super::is_url(&args.dir) {
         return super::remote::verify(&args.dir, args.json);
     }
+    if crate::job::is_job_dir(&args.dir) {
+        return super::job::verify(&args.dir, args.json);
+    }
     let report = check_settled(&args.dir, std::time::Duration::from_millis(200))?;
     if report.segments == 0 {
         // Saying "clean" here would let an operator believe a wrong or
