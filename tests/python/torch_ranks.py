@@ -52,6 +52,12 @@ def digest_lines(model: torch.nn.Module, opt_state: Dict[str, Any]) -> List[str]
     return lines
 
 
+def say(text: str) -> None:
+    """One line in one write(2): the ranks share the pipe, and a pipe write
+    of at most PIPE_BUF bytes is never interleaved with another."""
+    os.write(1, (text + "\n").encode())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("job")
@@ -83,7 +89,7 @@ def main() -> int:
     ckpt = epochwal.DistributedCheckpointer(args.job, keep_records=args.keep)
     restored = ckpt.load_latest(model=ddp, optimizer=opt)
     start = restored.step if restored else 0
-    print(f"rank {rank} resumed {start}" if restored else f"rank {rank} fresh", flush=True)
+    say(f"rank {rank} resumed {start}" if restored else f"rank {rank} fresh")
     target_w = torch.randn(16, 4, generator=torch.Generator().manual_seed(7))
     last_save = 0.002
     for step in range(start, args.steps):
@@ -98,13 +104,13 @@ def main() -> int:
         if step + 1 == args.kill_self_at and rank == args.kill_rank:
             delay = random.Random(time.time_ns()).uniform(0, last_save)
             threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
-            print(f"rank {rank} killing itself {delay * 1e3:.3f} ms into the save of {step + 1}", flush=True)
+            say(f"rank {rank} killing itself {delay * 1e3:.3f} ms into the save of {step + 1}")
         t0 = time.perf_counter()
         ckpt.save(epoch=0, step=step + 1, model=ddp, optimizer=opt, loss=loss.item())
         if args.kill_self_at > 0:
             ckpt.wait()  # the measured save includes its persist
         last_save = time.perf_counter() - t0
-        print(f"rank {rank} saved {step + 1}", flush=True)
+        say(f"rank {rank} saved {step + 1}")
     ckpt.close()
     state = opt.optim.state_dict() if args.mode == "zero" else opt.state_dict()
     with open(f"{args.digest}.rank{rank}", "w") as f:
