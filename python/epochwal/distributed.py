@@ -145,16 +145,20 @@ class DistributedCheckpointer(Checkpointer):
         self.directory = os.path.join(self.job_directory, f"rank-{rank:05d}")
         self._keep_records = keep_records or 0
         self._options: Dict[str, Any] = dict(options)
+        self._job_url: Optional[str] = None
+        self._allow_http: Optional[bool] = None
         if replicate is not None:
-            # The job's URL; rank r replicates to URL/rank-0000r (FORMAT.md §8.1).
+            # The JOB's URL: the native writer replicates rank r to
+            # URL/rank-<r> and advances URL/SET (FORMAT.md §7.10).
             if isinstance(replicate, str):
-                self._options["replicate"] = f"{replicate.rstrip('/')}/rank-{rank:05d}"
+                self._job_url = replicate
             elif isinstance(replicate, Mapping) and isinstance(replicate.get("url"), str):
-                rep = dict(replicate)
-                rep["url"] = f"{rep['url'].rstrip('/')}/rank-{rank:05d}"
-                self._options["replicate"] = rep
+                self._job_url = replicate["url"]
+                allow = replicate.get("allow_http")
+                self._allow_http = allow if isinstance(allow, bool) else None
             else:
                 raise EpochwalError(f"replicate must be a URL or a dict with a \"url\", not {replicate!r}")
+            self._options["replicate"] = replicate
         self._writer: Any = None
         self._branch: Optional[Dict[str, Any]] = None
         self._chosen: Optional["_native.RecordView"] = None
@@ -200,6 +204,13 @@ class DistributedCheckpointer(Checkpointer):
         """
         if self._writer is not None:
             raise EpochwalError(f"{self.directory}: load_latest was already called")
+        if self._job_url is not None:
+            # An empty rank directory is first restored from the job's set
+            # pointer (its record of the newest step every rank made remote),
+            # so that the listing every rank gathers includes it.
+            _native.restore_from_set(self._job_url, self.directory, rank=self.rank,
+                                     world_size=self.world_size, allow_http=self._allow_http,
+                                     only_if_empty=True)
         listing = _native.rank_listing(self.directory, self.rank)
         listings = self._gather(listing)
         decision = json.loads(_native.choose_common(listings, self.world_size))
