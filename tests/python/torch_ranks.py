@@ -79,12 +79,13 @@ def main() -> int:
     model = torch.nn.Sequential(
         torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Dropout(0.1),
         torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
-    # One parameter per gradient bucket: DDP rebuilds its buckets after the
-    # first step of every process, so a restarted job's first step would
-    # otherwise reduce other bucket layouts than the uninterrupted run's at
-    # that step, and with more than 2 ranks the ring's float sums differ in
-    # order (DDP's own state, in no state_dict and no checkpoint).
-    ddp = DDP(model, bucket_cap_mb=1e-6)
+    # One parameter per gradient bucket, in every step: DDP reduces a
+    # process's first step in one bucket of all parameters (unless
+    # find_unused_parameters) and later steps in rebuilt buckets, so a
+    # restarted job's first step would reduce another layout than the
+    # uninterrupted run's at that step, and with more than 2 ranks the
+    # ring's float sums differ in order (DDP's own state: in no state_dict).
+    ddp = DDP(model, bucket_cap_mb=1e-6, find_unused_parameters=True)
     if args.mode == "zero":
         opt: Any = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=torch.optim.Adam, lr=1e-2)
     else:
