@@ -7,10 +7,11 @@ torchrun:
     python3 -m torch.distributed.run --standalone --nproc-per-node 2 \\
         ranks_s3.py JOBDIR --steps 40 [--url s3://ckpt/job] --digest OUT
 
-- Rank r's log is ``JOBDIR/rank-<r, 5 digits>``; with ``--url`` it is
-  opened with ``replicate=URL, world_size=W, rank=r``: the rank replicates
-  to ``URL/rank-<r>``, advances ``URL/SET``, and an empty directory is first
-  restored from the record ``URL/SET`` names for this rank.
+- Every rank checkpoints with ``epochwal.DistributedCheckpointer(JOBDIR)``
+  (rank r's log is ``JOBDIR/rank-<r, 5 digits>``); with ``--url`` it is
+  given ``replicate=URL``: the rank replicates to ``URL/rank-<r>``,
+  advances ``URL/SET``, and ``load_latest`` first restores an empty
+  directory from the record ``URL/SET`` names for this rank.
 - Every batch is a function of (step, rank) alone and the model is
   restored with its Adam state and RNG, so a job resumed at step S ends
   on the same bits as one that ran through.
@@ -35,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from epochwal import Checkpointer
+from epochwal import DistributedCheckpointer
 
 torch.use_deterministic_algorithms(True)
 torch.set_num_threads(1)
@@ -82,13 +83,11 @@ def main() -> int:
     replicate: Optional[dict] = None
     if args.url:
         replicate = {"url": args.url, "keep_records": args.keep_records}
-    ckpt = Checkpointer(
-        os.path.join(args.job, f"rank-{rank:05d}"),
+    ckpt = DistributedCheckpointer(
+        args.job,
         keep_records=args.keep_records,
         replicate=replicate,
         job_id="two-hosts",
-        world_size=world,
-        rank=rank,
     )
     restored = ckpt.load_latest(model=model, optimizer=opt)
     start = restored.step if restored else 0
