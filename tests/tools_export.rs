@@ -570,3 +570,20 @@ fn readme_python_lines_rebuild_torch_adam_state_dict() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn export_of_a_job_directory_names_one_rank_to_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("job");
+    write_log(&job.join("rank-00000"), &[1, 2]);
+    write_log(&job.join("rank-00001"), &[1, 2]);
+    let out = export(&job, &tmp.path().join("m.safetensors"), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {stderr}");
+    assert!(
+        stderr.contains("is a job directory") && stderr.contains("rank-00000"),
+        "names the job and a rank to export: {stderr}"
+    );
+    assert!(!stderr.contains("damaged"), "rank directories are not damage: {stderr}");
+    assert!(!tmp.path().join("m.safetensors").exists());
+}

@@ -141,6 +141,14 @@ pub struct ExportArgs {
 
 /// Runs `epochwal export`.
 pub fn run(args: &ExportArgs) -> anyhow::Result<i32> {
+    if !super::is_url(&args.dir) && crate::job::is_job_dir(&args.dir) {
+        return Err(super::UsageError(format!(
+            "{}: is a job directory (one log per rank); export one rank's log, e.g. `epochwal export {} -o rank0.safetensors`",
+            args.dir.display(),
+            args.dir.join(crate::job::rank_dir_name(0)).display()
+        ))
+        .into());
+    }
     let to_stdout = args.output.as_os_str() == "-";
     if to_stdout {
         if std::io::IsTerminal::is_terminal(&std::io::stdout()) {

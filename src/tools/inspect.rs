@@ -52,7 +52,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<i32> {
     if !super::is_url(&args.dir) && crate::job::is_job_dir(&args.dir) {
         if args.seq.is_some() || args.epoch.is_some() || args.best {
             return Err(super::UsageError(format!(
-                "{}: is a job directory (one log per rank); --seq, --epoch and --best select a                  record of one rank's log, e.g. `epochwal inspect {} --seq N`",
+                "{}: is a job directory (one log per rank); --seq, --epoch and --best select a record of one rank's log, e.g. `epochwal inspect {} --seq N`",
                 args.dir.display(),
                 args.dir.join(crate::job::rank_dir_name(0)).display()
             ))

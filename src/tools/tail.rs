@@ -449,7 +449,7 @@ pub fn run(args: &TailArgs) -> anyhow::Result<i32> {
     if crate::job::is_job_dir(&args.dir) {
         if args.follow {
             return Err(UsageError(format!(
-                "{}: is a job directory (one log per rank); follow one rank's log, e.g.                  `epochwal tail -f {}`",
+                "{}: is a job directory (one log per rank); follow one rank's log, e.g. `epochwal tail -f {}`",
                 args.dir.display(),
                 args.dir.join(crate::job::rank_dir_name(0)).display()
             ))
