@@ -584,6 +584,9 @@ fn export_of_a_job_directory_names_one_rank_to_export() {
         stderr.contains("is a job directory") && stderr.contains("rank-00000"),
         "names the job and a rank to export: {stderr}"
     );
-    assert!(!stderr.contains("damaged"), "rank directories are not damage: {stderr}");
+    assert!(
+        !stderr.contains("damaged"),
+        "rank directories are not damage: {stderr}"
+    );
     assert!(!tmp.path().join("m.safetensors").exists());
 }
