@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -98,6 +98,7 @@ def main() -> int:
     say(f"rank {rank} resumed {start}" if restored else f"rank {rank} fresh")
     target_w = torch.randn(16, 4, generator=torch.Generator().manual_seed(7))
     last_save = 0.002
+    kill_at = args.kill_self_at
     for step in range(start, args.steps):
         x = torch.randn(8, 16)
         y = x @ target_w + 0.1 * torch.randn(8, 4)
@@ -107,15 +108,23 @@ def main() -> int:
         opt.step()
         if args.step_sleep:
             time.sleep(args.step_sleep)
-        if step + 1 == args.kill_self_at and rank == args.kill_rank:
+        timer: Optional[threading.Timer] = None
+        if step + 1 == kill_at and rank == args.kill_rank:
             delay = random.Random(time.time_ns()).uniform(0, last_save)
-            threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+            timer = threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGKILL))
+            timer.start()
             say(f"rank {rank} killing itself {delay * 1e3:.3f} ms into the save of {step + 1}")
         t0 = time.perf_counter()
         ckpt.save(epoch=0, step=step + 1, model=ddp, optimizer=opt, loss=loss.item())
         if args.kill_self_at > 0:
             ckpt.wait()  # the measured save includes its persist
         last_save = time.perf_counter() - t0
+        if timer is not None:
+            # This save (and its persist) ended before the timer: the kill
+            # missed it. Try again in the next save.
+            timer.cancel()
+            say(f"rank {rank} kill missed the save of {step + 1}")
+            kill_at += 1
         say(f"rank {rank} saved {step + 1}")
     ckpt.close()
     state = opt.optim.state_dict() if args.mode == "zero" else opt.state_dict()
