@@ -23,9 +23,12 @@ use std::time::{Duration, Instant};
 
 use common::torch::{available, command, run_ok, Rng};
 
-/// Steps of each run; every life makes at most 6 new steps before its kill,
-/// so 20 kills cannot finish it.
-const STEPS: u64 = 200;
+/// Steps of each run. A life is killed a random moment after 1 to 6 new
+/// steps were read, but the loop runs on meanwhile (a step with its save
+/// takes about 15 ms on an idle machine since direct I/O), and one life was
+/// seen to make 94 steps before its kill: 600 leaves 20 kills room to land
+/// before the end (200 did not, on an idle machine).
+const STEPS: u64 = 600;
 const KILLS: u32 = 20;
 /// Of which at most this many land while Python starts, imports torch and
 /// recovers (before the loop's first line).
@@ -183,6 +186,10 @@ fn killed_run_matches_uninterrupted(kind: &str) {
         } else {
             resumed + 1 + rng.below(6)
         };
+        // How long a step (with its save) takes in this life: the kill
+        // below lands inside the next one, whatever the machine's speed.
+        let mut last_step_at: Option<Instant> = None;
+        let mut step_us: u64 = 40_000;
         while let Some(line) = life.next("a step") {
             if let Some(s) = parse_num(&line, "durable step=") {
                 last_durable = s;
@@ -191,6 +198,11 @@ fn killed_run_matches_uninterrupted(kind: &str) {
                 .strip_prefix("step ")
                 .and_then(|s| s.parse::<u64>().ok())
             {
+                let now = Instant::now();
+                if let Some(prev) = last_step_at {
+                    step_us = (now - prev).as_micros().clamp(1_000, 40_000) as u64;
+                }
+                last_step_at = Some(now);
                 if !finish {
                     furthest = furthest.max(s);
                 }
@@ -208,7 +220,7 @@ fn killed_run_matches_uninterrupted(kind: &str) {
         }
         // A random moment inside the next step: often while save() copies
         // the state or while the persist thread writes it.
-        std::thread::sleep(Duration::from_micros(rng.below(40_000)));
+        std::thread::sleep(Duration::from_micros(rng.below(step_us)));
         if life.sigkill() {
             kills += 1;
         } else {
