@@ -22,6 +22,7 @@ import mmap
 import os
 import re
 import struct
+from typing import List, Optional
 
 import numpy as np
 
@@ -312,14 +313,9 @@ def _check_general(s):
     for i, t in enumerate(g["tensors"]):
         if t["dtype"] not in DTYPES:
             raise FormatError(f"tensor {i} ({t['name']}) has unknown dtype {t['dtype']!r}")
-        # Left to right from the element size; past 2**64 - 1 at any step
-        # the shape is invalid (§5.4).
-        n = DTYPES[t["dtype"]][0]
-        for d in t["shape"].tolist():
-            n *= d
-            if n >= 1 << 64:
-                break
-        if n >= 1 << 64 or n != len(t["data"]):
+        # Left to right from the element size (§5.4).
+        n = _running_product(DTYPES[t["dtype"]][0], t["shape"].tolist())
+        if n is None or n != len(t["data"]):
             raise FormatError(f"tensor {i} ({t['name']}) has shape {t['shape'].tolist()} of "
                               f"{t['dtype']} but {len(t['data'])} bytes")
         if t["name"] in names:
@@ -333,6 +329,21 @@ def _check_general(s):
         raise FormatError("the metadata document is not a JSON object")
 
 
+def _running_product(start: int, shape: List[int]) -> Optional[int]:
+    """`start` times the dimensions of `shape`, left to right, or None when
+    the running product reaches 2**64 at any step (FORMAT.md §5.4):
+    [2**33, 2**33, 0] is invalid although its product is 0.
+
+        _running_product(4, [2, 3])  # 24
+    """
+    n = start
+    for d in shape:
+        n *= d
+        if n >= 1 << 64:
+            return None
+    return n
+
+
 def _check_consistency(s):
     """FORMAT.md §5.4: the payload agrees with itself."""
     if "kind" in s:
@@ -340,14 +351,8 @@ def _check_consistency(s):
     tensors = s["model"]["tensors"]
     names = set()
     for i, t in enumerate(tensors):
-        # The running product, left to right, must fit in a u64 at every
-        # step (§5.4): [2**33, 2**33, 0] is invalid although its product is 0.
-        prod = 1
-        for d in t["shape"].tolist():
-            prod *= d
-            if prod >= 1 << 64:
-                break
-        if prod >= 1 << 64 or prod != len(t["data"]):
+        prod = _running_product(1, t["shape"].tolist())
+        if prod is None or prod != len(t["data"]):
             raise FormatError(f"tensor {i} ({t['name']}) has shape {t['shape'].tolist()} "
                               f"but {len(t['data'])} values")
         if t["name"] in names:
