@@ -86,10 +86,79 @@ pub struct Branch {
     /// Which save of its lineage the record is: 1 for the first save of a
     /// job, the restored record's + 1 for the first save after a restore.
     pub ordinal: u64,
-    /// Every `(generation, base step)` known when this record's generation
+    /// Every generation's start known when this record's generation
     /// started: the step each generation was restored from (`None`: it
-    /// started fresh).
-    pub starts: Vec<(u64, Option<u64>)>,
+    /// started fresh), and where each rank's log stood then.
+    pub starts: Vec<Start>,
+}
+
+/// The start of one generation of a job (FORMAT.md §8.2), written
+/// `[generation, base]` or `[generation, base, [seq of rank 0, ...]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StartRepr", into = "StartRepr")]
+pub struct Start {
+    /// The generation that began.
+    pub generation: u64,
+    /// The step it resumed from; `None`: it started from the beginning.
+    pub base: Option<u64>,
+    /// Per rank (index = rank), the highest sequence that rank's log held
+    /// when the generation began: every record of the rank up to it was
+    /// written before. `None` in records of writers that did not record it.
+    pub seqs: Option<Vec<u64>>,
+}
+
+/// [`Start`] as JSON: an array of two or three elements.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum StartRepr {
+    Full(u64, Option<u64>, Vec<u64>),
+    Short(u64, Option<u64>),
+}
+
+impl From<StartRepr> for Start {
+    fn from(r: StartRepr) -> Start {
+        match r {
+            StartRepr::Full(generation, base, seqs) => Start {
+                generation,
+                base,
+                seqs: Some(seqs),
+            },
+            StartRepr::Short(generation, base) => Start {
+                generation,
+                base,
+                seqs: None,
+            },
+        }
+    }
+}
+
+impl From<Start> for StartRepr {
+    fn from(s: Start) -> StartRepr {
+        match s.seqs {
+            Some(seqs) => StartRepr::Full(s.generation, s.base, seqs),
+            None => StartRepr::Short(s.generation, s.base),
+        }
+    }
+}
+
+impl Start {
+    /// Whether this start abandons a record of step `step`: the
+    /// generation resumed from an older step (or from the beginning).
+    pub fn abandons_step(&self, step: u64) -> bool {
+        self.base.is_none_or(|b| step > b)
+    }
+
+    /// Whether rank `rank`'s record `seq` of step `step` lies on a branch
+    /// this start left, told by its sequence alone (FORMAT.md §7.10): it
+    /// was written before the generation began and is newer than its base.
+    /// False when the start does not record the rank's sequence.
+    pub fn abandons_sequence(&self, rank: u32, seq: u64, step: u64) -> bool {
+        self.seqs
+            .as_ref()
+            .and_then(|s| s.get(rank as usize))
+            .is_some_and(|&h| seq <= h)
+            && self.abandons_step(step)
+    }
 }
 
 impl Branch {
@@ -305,23 +374,36 @@ pub enum Decision {
     },
 }
 
-/// Every `(generation, base)` known to any record of any rank; for a
-/// generation named twice with different bases, the lower base (the rule
-/// then abandons more, never less).
-fn known_starts(listings: &[RankListing]) -> BTreeMap<u64, Option<u64>> {
-    let mut starts: BTreeMap<u64, Option<u64>> = BTreeMap::new();
+/// Every generation's start known to any record of any rank; for a
+/// generation named twice with different bases, the lower base, and per
+/// rank the higher sequence (the rule then abandons more, never less).
+fn known_starts(listings: &[RankListing]) -> BTreeMap<u64, Start> {
+    let mut starts: BTreeMap<u64, Start> = BTreeMap::new();
     for l in listings {
         for r in &l.records {
-            for &(g, base) in &r.branch.starts {
+            for s in &r.branch.starts {
                 starts
-                    .entry(g)
-                    .and_modify(|b| {
-                        *b = match (*b, base) {
+                    .entry(s.generation)
+                    .and_modify(|k| {
+                        k.base = match (k.base, s.base) {
                             (Some(x), Some(y)) => Some(x.min(y)),
                             _ => None,
-                        }
+                        };
+                        k.seqs = match (k.seqs.take(), &s.seqs) {
+                            (Some(a), Some(b)) => Some(
+                                (0..a.len().max(b.len()))
+                                    .map(|i| {
+                                        a.get(i)
+                                            .copied()
+                                            .unwrap_or(0)
+                                            .max(b.get(i).copied().unwrap_or(0))
+                                    })
+                                    .collect(),
+                            ),
+                            (a, b) => a.or_else(|| b.clone()),
+                        };
                     })
-                    .or_insert(base);
+                    .or_insert_with(|| s.clone());
             }
         }
     }
@@ -330,10 +412,27 @@ fn known_starts(listings: &[RankListing]) -> BTreeMap<u64, Option<u64>> {
 
 /// Whether `r` lies on an abandoned branch: a later generation started
 /// from an older step than `r`'s (or started fresh).
-pub fn abandoned(r: &RankRecord, starts: &BTreeMap<u64, Option<u64>>) -> bool {
+pub fn abandoned(r: &RankRecord, starts: &BTreeMap<u64, Start>) -> bool {
     starts
         .range(r.branch.generation + 1..)
-        .any(|(_, base)| base.is_none_or(|b| r.step > b))
+        .any(|(_, s)| s.abandons_step(r.step))
+}
+
+/// Per rank (index = rank), the highest sequence its listing shows, intact
+/// or damaged (0: none): where each rank's log stands when a generation
+/// begins.
+fn highest_sequences(listings: &[RankListing]) -> Vec<u64> {
+    listings
+        .iter()
+        .map(|l| {
+            l.records
+                .iter()
+                .map(|r| r.seq)
+                .chain(l.damaged.iter().map(|d| d.seq))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect()
 }
 
 /// The newest step every rank holds, on the job's live branch, as
@@ -455,8 +554,12 @@ pub fn choose(listings: &[RankListing], world_size: u32) -> Result<Decision, Str
                     held()
                 ));
             }
-            let mut next_starts: Vec<(u64, Option<u64>)> = starts.into_iter().collect();
-            next_starts.push((max_generation + 1, None));
+            let mut next_starts: Vec<Start> = starts.into_values().collect();
+            next_starts.push(Start {
+                generation: max_generation + 1,
+                base: None,
+                seqs: Some(highest_sequences(listings)),
+            });
             return Ok(Decision::Fresh {
                 next: Branch {
                     generation: max_generation + 1,
@@ -483,8 +586,12 @@ pub fn choose(listings: &[RankListing], world_size: u32) -> Result<Decision, Str
         }
     }
     let ordinal = records.iter().map(|r| r.branch.ordinal).max().unwrap_or(0);
-    let mut next_starts: Vec<(u64, Option<u64>)> = starts.into_iter().collect();
-    next_starts.push((max_generation + 1, Some(step)));
+    let mut next_starts: Vec<Start> = starts.into_values().collect();
+    next_starts.push(Start {
+        generation: max_generation + 1,
+        base: Some(step),
+        seqs: Some(highest_sequences(listings)),
+    });
     Ok(Decision::Resume(Choice {
         step,
         records,
@@ -547,6 +654,14 @@ mod tests {
         ordinal: u64,
         starts: &[(u64, Option<u64>)],
     ) -> RankRecord {
+        let starts = starts
+            .iter()
+            .map(|&(generation, base)| Start {
+                generation,
+                base,
+                seqs: None,
+            })
+            .collect();
         RankRecord {
             seq,
             step,
@@ -557,7 +672,7 @@ mod tests {
             branch: Branch {
                 generation,
                 ordinal,
-                starts: starts.to_vec(),
+                starts,
             },
             segment: PathBuf::from("s"),
         }
@@ -590,7 +705,50 @@ mod tests {
         assert_eq!(c.step, 20);
         assert_eq!(c.next.generation, 2);
         assert_eq!(c.next.ordinal, 2);
-        assert_eq!(c.next.starts, vec![(1, None), (2, Some(20))]);
+        assert_eq!(
+            c.next.starts,
+            vec![
+                Start {
+                    generation: 1,
+                    base: None,
+                    seqs: None
+                },
+                Start {
+                    generation: 2,
+                    base: Some(20),
+                    seqs: Some(vec![3, 2])
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn starts_read_both_forms_and_tell_abandoned_sequences() {
+        let b: Branch = serde_json::from_str(
+            r#"{"generation":3,"ordinal":4,"starts":[[1,null],[2,20,[7,5]],[3,null,[9,9]]]}"#,
+        )
+        .unwrap();
+        assert_eq!(b.starts[0].seqs, None);
+        assert_eq!(b.starts[1].seqs, Some(vec![7, 5]));
+        let json = serde_json::to_string(&b).unwrap();
+        assert!(
+            json.contains(r#"[[1,null],[2,20,[7,5]],[3,null,[9,9]]]"#),
+            "{json}"
+        );
+        let g2 = &b.starts[1];
+        // Rank 0's record 7 of step 30 was written before generation 2
+        // began from step 20: abandoned. Its record 8 (after) is not; nor
+        // is record 6 of step 20; nor a rank the start does not cover.
+        assert!(g2.abandons_sequence(0, 7, 30));
+        assert!(!g2.abandons_sequence(0, 8, 30));
+        assert!(!g2.abandons_sequence(0, 6, 20));
+        assert!(!g2.abandons_sequence(2, 1, 30));
+        assert!(!b.starts[0].abandons_sequence(0, 1, 30));
+        assert!(b.starts[2].abandons_sequence(1, 9, 1));
+        assert!(
+            serde_json::from_str::<Branch>(r#"{"generation":1,"ordinal":1,"starts":[[1]]}"#)
+                .is_err()
+        );
     }
 
     #[test]

@@ -402,3 +402,277 @@ print(json.dumps(out))
     );
     assert!(v["nothing"].is_null(), "{v}");
 }
+
+/// `ranks_s3.py` on this machine (no namespaces), to `steps`, with extra
+/// arguments; waits for it to end with success.
+fn run_job(server: &S3Server, dir: &Path, url: Option<&str>, steps: u64, extra: &[&str]) -> String {
+    let (cmd, log) = job_command(server, dir, url, 2, steps, extra);
+    wait_ok(
+        &mut spawn(cmd, &log),
+        &log,
+        &format!("the job to step {steps} {extra:?}"),
+    );
+    std::fs::read_to_string(&log).unwrap()
+}
+
+/// The torchrun command of `ranks_s3.py` and its log file.
+fn job_command(
+    server: &S3Server,
+    dir: &Path,
+    url: Option<&str>,
+    ranks: u32,
+    steps: u64,
+    extra: &[&str],
+) -> (Command, PathBuf) {
+    let mut cmd = Command::new(torch::python());
+    cmd.args([
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        &format!("--nproc-per-node={ranks}"),
+    ]);
+    cmd.arg(torch::script("ranks_s3.py"))
+        .arg(dir.join("J"))
+        .args(["--steps", &steps.to_string(), "--digest"])
+        .arg(dir.join("digest"))
+        .args(extra);
+    if let Some(u) = url {
+        cmd.args(["--url", u]);
+    }
+    env(&mut cmd, Some(server));
+    let log = dir.join(format!("log-{steps}-{}", extra.join("_")));
+    (cmd, log)
+}
+
+/// The gap FORMAT.md §7.10 closes ("Why a set never mixes branches"):
+/// rank 0 uploaded its step 6 and rank 1 did not; rank 1's step 6 is then
+/// damaged, and the job resumes from step 5. Rank 1 uploads its new step
+/// 6 while rank 0's `HEAD` still names the abandoned one: `P/SET` must not
+/// name that pair (it stays at step 5). The job then ends on the bits of
+/// an uninterrupted one, and `P/SET` names its last step.
+#[test]
+fn a_set_never_names_a_record_of_a_branch_the_job_left() {
+    if !torch::available("replicate_ranks") {
+        return;
+    }
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let url = server.url("gap");
+    let set = || -> serde_json::Value {
+        let bytes = std::fs::read(server.object_file("gap/SET")).expect("gap/SET");
+        serde_json::from_slice(&bytes).expect("SET is JSON")
+    };
+    let reference = tmp.path().join("reference");
+    std::fs::create_dir(&reference).unwrap();
+    run_job(&server, &reference, None, 10, &[]);
+    let expected = digests(&reference.join("digest"), 2);
+
+    let dir = tmp.path().join("job");
+    std::fs::create_dir(&dir).unwrap();
+    run_job(&server, &dir, Some(&url), 5, &[]);
+    assert_eq!(set()["step"].as_u64(), Some(5), "{}", set());
+    // Step 6: rank 0 uploads it, rank 1 does not.
+    run_job(&server, &dir, Some(&url), 6, &["--local-only-rank", "1"]);
+    let old6 = server.pointer("gap/rank-00000").expect("rank 0's HEAD");
+    assert_eq!(old6["step"].as_u64(), Some(6), "{old6}");
+    assert_eq!(
+        server.pointer("gap/rank-00001").unwrap()["step"].as_u64(),
+        Some(5)
+    );
+    assert_eq!(set()["step"].as_u64(), Some(5), "{}", set());
+
+    // Rank 1's step 6 is damaged: one payload byte flipped.
+    let rank1 = dir.join("J/rank-00001");
+    let reader = epochwal::wal::LogReader::open(&rank1).unwrap();
+    let scan = reader.scan().unwrap();
+    let seg = scan
+        .segments
+        .iter()
+        .rev()
+        .find(|s| !s.records.is_empty())
+        .unwrap();
+    let h = seg.records.last().unwrap();
+    assert_eq!(h.step, 6);
+    let mut bytes = std::fs::read(&seg.path).unwrap();
+    let at = (h.offset + 4096 + h.payload_len / 2) as usize;
+    bytes[at] ^= 0x40;
+    std::fs::write(&seg.path, &bytes).unwrap();
+    drop(reader);
+
+    // The job resumes from step 5; rank 1 saves and uploads step 6 again,
+    // rank 0 uploads nothing new until rank 1 has closed.
+    let text = run_job(&server, &dir, Some(&url), 6, &["--unsaved-rank", "0"]);
+    assert!(
+        text.contains("resuming every rank from common step 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("resumed rank=0 step=5") && text.contains("resumed rank=1 step=5"),
+        "{text}"
+    );
+    let new6 = server.pointer("gap/rank-00001").expect("rank 1's HEAD");
+    assert_eq!(new6["step"].as_u64(), Some(6), "{new6}");
+    assert_eq!(
+        server.pointer("gap/rank-00000").unwrap(),
+        old6,
+        "rank 0 uploaded nothing new"
+    );
+    let s = set();
+    assert_eq!(
+        s["step"].as_u64(),
+        Some(5),
+        "the set names rank 0's record {} of the abandoned step 6 next to rank 1's new one: {s}",
+        old6["sequence"]
+    );
+
+    // The job goes on from step 5 to 10: the bits of an uninterrupted job.
+    let text = run_job(&server, &dir, Some(&url), 10, &[]);
+    assert!(
+        text.contains("resumed rank=0 step=5") && text.contains("resumed rank=1 step=5"),
+        "{text}"
+    );
+    assert_eq!(digests(&dir.join("digest"), 2), expected, "{text}");
+    let s = set();
+    assert_eq!(s["step"].as_u64(), Some(10), "{s}");
+    for (r, e) in s["ranks"].as_array().unwrap().iter().enumerate() {
+        let key = format!("gap/rank-{r:05}/{}", e["object"].as_str().unwrap());
+        assert!(
+            server.object_file(&key).is_file(),
+            "the set names {key}, which is not on the server"
+        );
+    }
+    eprintln!(
+        "abandoned-branch set test: {} s",
+        started.elapsed().as_secs_f64().round()
+    );
+}
+
+/// Remote retention and the set pointer's writers under contention: a
+/// 4-rank job keeps 2 records per rank remotely and every rank advances
+/// `P/SET` after each of its uploads. Watched while it runs, `P/SET`
+/// never moves backward and every object it names is on the server while
+/// it names it; more than one rank wrote it; each rank's prefix ends with
+/// few records, the one `P/SET` names among them; and `epochwal pull`
+/// restores every rank's record of the last step.
+#[test]
+fn remote_retention_keeps_the_set_while_ranks_race_to_advance_it() {
+    if !torch::available("replicate_ranks") {
+        return;
+    }
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let url = server.url("race");
+    let ranks = 4;
+    let steps = 40;
+    let (cmd, log) = job_command(
+        &server,
+        tmp.path(),
+        Some(&url),
+        ranks,
+        steps,
+        &["--keep-records", "2", "--step-seconds", "0.02"],
+    );
+    let mut job = spawn(cmd, &log);
+    let set_file = server.object_file("race/SET");
+    let mut seen: Vec<(u64, u32)> = Vec::new();
+    let mut checked = 0u32;
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(st) = job.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not end:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let Ok(bytes) = std::fs::read(&set_file) else {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        };
+        // s3s-fs replaces the file as a whole; a read between its steps
+        // may find it empty, which is not a pointer the job wrote.
+        let Ok(set) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        let step = set["step"].as_u64().expect("step");
+        let writer = set["writer"].as_u64().expect("writer") as u32;
+        if let Some(&(last, _)) = seen.last() {
+            assert!(
+                step >= last,
+                "the set pointer moved back from step {last} to {step}: {set}"
+            );
+        }
+        if seen.last() != Some(&(step, writer)) {
+            seen.push((step, writer));
+        }
+        let entries = set["ranks"].as_array().expect("ranks");
+        assert_eq!(entries.len(), ranks as usize, "{set}");
+        let missing: Vec<String> = entries
+            .iter()
+            .enumerate()
+            .map(|(r, e)| format!("race/rank-{r:05}/{}", e["object"].as_str().unwrap()))
+            .filter(|k| !server.object_file(k).is_file())
+            .collect();
+        // An object may go once the set has moved on; not while it names it.
+        if !missing.is_empty() && std::fs::read(&set_file).ok().as_deref() == Some(&bytes[..]) {
+            panic!("the set pointer names {missing:?}, which are not on the server: {set}");
+        }
+        checked += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "the job failed ({status}):\n{text}");
+    let writers: std::collections::BTreeSet<u32> = seen.iter().map(|(_, w)| *w).collect();
+    eprintln!(
+        "set pointer: {checked} reads, {} versions seen, written by ranks {writers:?}",
+        seen.len()
+    );
+    assert!(
+        writers.len() >= 2,
+        "one rank wrote every set pointer seen: {seen:?}"
+    );
+    let bytes = std::fs::read(&set_file).expect("race/SET");
+    let set: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(set["step"].as_u64(), Some(steps), "{set}");
+    for r in 0..ranks {
+        let prefix = format!("race/rank-{r:05}");
+        let keys = server.record_keys(&prefix);
+        let named = format!(
+            "{prefix}/{}",
+            set["ranks"][r as usize]["object"].as_str().unwrap()
+        );
+        assert!(
+            keys.contains(&named),
+            "rank {r}: {named} is not among {keys:?}"
+        );
+        // keep_records = 2, plus what the set may still need (records at
+        // or above the slowest rank's HEAD, which lags under load): fewer
+        // than half the records uploaded.
+        eprintln!("rank {r}: {} records remain remote", keys.len());
+        assert!(
+            keys.len() <= steps as usize / 2,
+            "rank {r}: remote retention left {} records: {keys:?}",
+            keys.len()
+        );
+    }
+    let pulled = tmp.path().join("pulled");
+    let (code, _, err) = common::s3::epochwal(&server, &["pull", &url, pulled.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for r in 0..ranks {
+        assert!(
+            err.contains(&format!("rank {r}: restored step {steps} ")),
+            "{err}"
+        );
+    }
+    eprintln!(
+        "retention and contention test: {} s",
+        started.elapsed().as_secs_f64().round()
+    );
+}

@@ -88,6 +88,7 @@ class Writer:
         job_id: str = "",
         world_size: int = 0,
         rank: int = 0,
+        job_starts: Optional[str] = None,
     ) -> None: ...
     @property
     def dir(self) -> str: ...

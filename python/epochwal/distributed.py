@@ -237,8 +237,12 @@ class DistributedCheckpointer(Checkpointer):
             keep = max(keep, MIN_KEEP_RECORDS) + after
         # A Checkpointer opens (and locks) the rank's log; this object takes
         # over its writer, so that signal handlers installed before stay.
+        # The writer's set member learns every generation's start (with
+        # where each rank's log stood), so that it never names a record of
+        # a branch the job left, on any rank (FORMAT.md §7.10).
         opened = Checkpointer(self.directory, keep_records=keep, job_id=self.job_id,
-                              world_size=self.world_size, rank=self.rank, **self._options)
+                              world_size=self.world_size, rank=self.rank,
+                              _job_starts=json.dumps(branch["starts"]), **self._options)
         self._writer = opened._writer
         self._branch = branch
         if record is None:

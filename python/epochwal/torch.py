@@ -274,7 +274,8 @@ class Checkpointer:
     the previous one is skipped and returns None), and `replicate`: an
     object-store URL (`"s3://bucket/prefix"`) or a dict of `[replicate]`
     keys; with it an empty directory is first restored from the remote.
-    `job_id`, `world_size`, `rank` mark one rank of a multi-rank job.
+    `job_id`, `world_size`, `rank` mark one rank of a multi-rank job
+    (`_job_starts` is internal: `DistributedCheckpointer` sets it).
     A second writer on the directory gets an EpochwalError naming the holder.
     """
 
@@ -292,6 +293,7 @@ class Checkpointer:
         job_id: Optional[str] = None,
         world_size: Optional[int] = None,
         rank: Optional[int] = None,
+        _job_starts: Optional[str] = None,
     ) -> None:
         if segment_bytes == "auto":
             seg = 0
@@ -319,6 +321,7 @@ class Checkpointer:
             job_id=job_id or "",
             world_size=_options(world_size, "world_size"),
             rank=_options(rank, "rank"),
+            job_starts=_job_starts,
         )
         self.directory = os.fspath(directory)
         self._stop = False

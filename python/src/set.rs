@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use epochwal::config::ReplicateConfig;
+use epochwal::job::Start;
 use epochwal::replicate::{rank_url, restore_from_set as restore, SetMember, SetRestored};
 use epochwal::wal::LogOptions;
 
@@ -86,8 +87,14 @@ pub(crate) fn member(
     rank: u32,
     world_size: u32,
     job_id: &str,
+    starts: Option<&str>,
 ) -> Result<SetMember, String> {
-    SetMember::new(job_url, allow_http, rank, world_size, job_id).map_err(|e| e.to_string())
+    let starts: Vec<Start> = match starts {
+        None => Vec::new(),
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| format!("job_starts: not a list of generation starts: {e}"))?,
+    };
+    SetMember::new(job_url, allow_http, rank, world_size, job_id, starts).map_err(|e| e.to_string())
 }
 
 /// Restores rank `rank`'s record named by the job's set pointer

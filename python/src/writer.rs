@@ -238,9 +238,12 @@ impl Writer {
     /// (a second writer gets an error naming the holder's pid), recovers
     /// the newest intact record, and with `replicate` (the JSON of a
     /// `[replicate]` table) first restores from the remote when the
-    /// directory holds no record.
+    /// directory holds no record. A rank of a job (`world_size` > 0)
+    /// replicates to `replicate`'s URL + `/rank-<rank>` and advances the
+    /// job's set pointer; `job_starts` (JSON: the `starts` of the rank's
+    /// next records, FORMAT.md §8.2) tells it the branches the job left.
     #[new]
-    #[pyo3(signature = (dir, *, segment_bytes=0, keep_records=10, keep_bytes=0, keep_every_epochs=0, keep_best=0, min_seconds_between=0.0, replicate=None, job_id=String::new(), world_size=0, rank=0))]
+    #[pyo3(signature = (dir, *, segment_bytes=0, keep_records=10, keep_bytes=0, keep_every_epochs=0, keep_best=0, min_seconds_between=0.0, replicate=None, job_id=String::new(), world_size=0, rank=0, job_starts=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -255,6 +258,7 @@ impl Writer {
         job_id: String,
         world_size: u32,
         rank: u32,
+        job_starts: Option<String>,
     ) -> PyResult<Writer> {
         if !(min_seconds_between.is_finite() && min_seconds_between >= 0.0) {
             return Err(error(format!(
@@ -324,6 +328,7 @@ impl Writer {
                             rank,
                             world_size,
                             &job_id,
+                            job_starts.as_deref(),
                         )?),
                         None => None,
                     };

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::layout::{Pointer, REMOTE_FORMAT_VERSION};
 use super::remote::{classify, error_text, Cause, Head, Remote, RemoteError};
 use super::restore::check_against_pointer;
+use crate::job::Start;
 use crate::wal::{self, Durable, Log, LogOptions, RecordHeader};
 
 /// Name of the set pointer under the job's prefix.
@@ -244,6 +245,9 @@ pub struct SetMember {
     ranks: Vec<Remote>,
     rank: u32,
     job_id: String,
+    /// Every generation's start this rank knows (FORMAT.md §8.2): a
+    /// record it abandons by sequence is on no rank's current branch.
+    starts: Vec<Start>,
     /// Record headers already read, by object path (an object never
     /// changes; a re-upload of the same name is checked against HEAD).
     headers: HashMap<String, RecordHeader>,
@@ -261,13 +265,16 @@ impl std::fmt::Debug for SetMember {
 
 impl SetMember {
     /// Clients for the job URL and every rank's prefix (nothing is
-    /// contacted yet).
+    /// contacted yet). `starts` are the job's generation starts as this
+    /// rank's next records carry them (empty outside the Python package's
+    /// `DistributedCheckpointer`).
     pub fn new(
         job_url: &str,
         allow_http: Option<bool>,
         rank: u32,
         world_size: u32,
         job_id: &str,
+        starts: Vec<Start>,
     ) -> Result<SetMember, RemoteError> {
         let job = Remote::open(job_url.trim_end_matches('/'), allow_http)?;
         let ranks = (0..world_size)
@@ -278,6 +285,7 @@ impl SetMember {
             ranks,
             rank,
             job_id: job_id.to_string(),
+            starts,
             headers: HashMap::new(),
         })
     }
@@ -326,6 +334,17 @@ impl SetMember {
                 Err(e) => return Err(e),
             }
         }
+        // A record written before a generation began, newer than the
+        // step that generation resumed from, lies on a branch the job left
+        // (FORMAT.md §7.10): never part of a set.
+        let rank = r as u32;
+        let abandoned = |seq: u64, step: u64| {
+            self.starts
+                .iter()
+                .any(|s| s.abandons_sequence(rank, seq, step))
+        };
+        let head_abandoned = abandoned(head.sequence, head.step);
+        records.retain(|h| !abandoned(h.sequence, h.step));
         records.sort_by_key(|h| h.sequence);
         // The current branch: after the last record whose step is smaller
         // than its predecessor's (a restore's copy starts a new branch).
@@ -338,7 +357,9 @@ impl SetMember {
             by_step.insert(h.step, *h);
         }
         Ok(Some(RankView {
-            head_step: head.step,
+            // An abandoned HEAD says nothing of the steps this rank will
+            // upload next (its next records resume from an older step).
+            head_step: if head_abandoned { 0 } else { head.step },
             by_step,
         }))
     }

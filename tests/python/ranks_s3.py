@@ -12,6 +12,9 @@ torchrun:
   given ``replicate=URL``: the rank replicates to ``URL/rank-<r>``,
   advances ``URL/SET``, and ``load_latest`` first restores an empty
   directory from the record ``URL/SET`` names for this rank.
+- ``--local-only-rank R`` gives rank R no replication (as if its uploads
+  had not happened); ``--unsaved-rank R`` makes rank R train without
+  saving and close only after the other ranks closed (its uploads lag).
 - Every batch is a function of (step, rank) alone and the model is
   restored with its Adam state and RNG, so a job resumed at step S ends
   on the same bits as one that ran through.
@@ -73,6 +76,11 @@ def main() -> int:
     ap.add_argument("--keep-records", type=int, default=3)
     ap.add_argument("--step-seconds", type=float, default=0.0,
                     help="sleep after each step (the time a real step computes)")
+    ap.add_argument("--local-only-rank", type=int, action="append", default=[],
+                    help="this rank does not replicate (as if its uploads had not happened)")
+    ap.add_argument("--unsaved-rank", type=int, action="append", default=[],
+                    help="this rank trains but does not save; it closes only after every "
+                         "other rank closed (its uploads lag behind theirs)")
     args = ap.parse_args()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -81,7 +89,7 @@ def main() -> int:
     ddp = DistributedDataParallel(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     replicate: Optional[dict] = None
-    if args.url:
+    if args.url and rank not in args.local_only_rank:
         replicate = {"url": args.url, "keep_records": args.keep_records}
     ckpt = DistributedCheckpointer(
         args.job,
@@ -105,11 +113,16 @@ def main() -> int:
         loss = nn.functional.mse_loss(ddp(x), y)
         loss.backward()
         opt.step()
-        ckpt.save(epoch=step // 10, step=step, model=model, optimizer=opt, loss=float(loss))
-        print(f"saved rank={rank} step={step}", flush=True)
+        if rank not in args.unsaved_rank:
+            ckpt.save(epoch=step // 10, step=step, model=model, optimizer=opt, loss=float(loss))
+            print(f"saved rank={rank} step={step}", flush=True)
         time.sleep(args.step_seconds)
+    if rank in args.unsaved_rank:
+        dist.barrier()  # the others have closed: their uploads are remote
     ckpt.wait()
     ckpt.close(upload_timeout=120.0)
+    if rank not in args.unsaved_rank and args.unsaved_rank:
+        dist.barrier()
     with open(f"{args.digest}.{rank}", "w") as f:
         f.write(digest(model, opt, args.steps))
     print(f"done rank={rank}", flush=True)
