@@ -109,6 +109,9 @@ struct OnRun {
     /// From the start (trainer built, log opened, record restored) to the
     /// end of the first step.
     to_first_step: Duration,
+    /// From the start to the start of the first step (the restart without
+    /// the first step's own training work).
+    to_training: Duration,
     /// Training thread blocked in begin_append (the pause).
     pause: Vec<f64>,
     /// CPU time of the training thread in begin_append (the pause without
@@ -143,6 +146,7 @@ fn train_with_checkpoints(
     obs: Option<Arc<super::observe::Observed>>,
 ) -> OnRun {
     let begun = Instant::now();
+    let mut run_start_training = Duration::ZERO;
     let mut phase = Instant::now();
     let mut phases = [Duration::ZERO; 5];
     let mut lap = |i: usize, phase: &mut Instant| {
@@ -169,10 +173,20 @@ fn train_with_checkpoints(
         Some(r) => trainer.restore(r.state()).expect("restore"),
         None => trainer.initialise_weights(),
     }
+    let resumed = recovery.record.is_some();
     drop(recovery);
     lap(2, &mut phase);
-    log.reserve_for(trainer.state()).expect("reserve_for");
+    // As the daemon does: a fresh run creates its first segment before
+    // training (a full disk stops it there); a restart leaves it to the
+    // persister thread, which makes it while the first steps run.
+    if resumed {
+        log.expect_record_of(trainer.state())
+            .expect("expect_record_of");
+    } else {
+        log.reserve_for(trainer.state()).expect("reserve_for");
+    }
     lap(3, &mut phase);
+    run_start_training = begun.elapsed();
     let log = Arc::new(Mutex::new(log));
     let (job_tx, job_rx) = mpsc::sync_channel::<PendingAppend>(1);
     let (done_tx, done_rx) = mpsc::channel::<(f64, PathBuf, u64, u64)>();
@@ -212,6 +226,7 @@ fn train_with_checkpoints(
     };
     let mut run = OnRun {
         phases,
+        to_training: run_start_training,
         ..OnRun::default()
     };
     let mut in_flight = false;
@@ -351,6 +366,7 @@ struct Side {
     first_pause_cpu_after_restart: Vec<f64>,
     phases: Vec<[f64; 5]>,
     to_first_step: Vec<f64>,
+    to_training: Vec<f64>,
     read_checksum: Vec<f64>,
     loads: Vec<String>,
 }
@@ -435,6 +451,7 @@ pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
                         side.first_pause_cpu_after_restart.push(again.pause_cpu[0]);
                         side.phases.push(again.phases.map(ms));
                         side.to_first_step.push(ms(again.to_first_step));
+                        side.to_training.push(ms(again.to_training));
                         side.read_checksum.push(ms(read));
                     }
                 } else {
@@ -582,6 +599,19 @@ pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
                     .collect::<Vec<_>>()
                     .join(","),
             )
+            .ms_of("cold_read_checksum_ms", &s.read_checksum)
+            .kv("load", &loads),
+        );
+        // The same up to the start of the first step: what the restart
+        // itself costs, without the first step's training work (which a
+        // larger model or batch makes as long as it likes).
+        report.push(
+            Line::new(
+                "restart_to_training_vs_read_checksum",
+                &label,
+                ratio(&s.to_training, &s.read_checksum),
+            )
+            .ms_of("to_training_ms", &s.to_training)
             .ms_of("cold_read_checksum_ms", &s.read_checksum)
             .kv("load", &loads),
         );

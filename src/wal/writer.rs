@@ -990,6 +990,23 @@ impl Log {
         Ok(self.active.as_ref().map_or(0, |s| s.len))
     }
 
+    /// Records that the next record will be about the size of `state`'s,
+    /// without creating anything: the next [`Log::prepare_next_append`]
+    /// (on a thread that does not train) then creates its segment and
+    /// populates the staging buffer, so that neither is on the way to the
+    /// first training step. Returns the size of the segment that will be
+    /// created. A restart uses this where a fresh run uses
+    /// [`Log::reserve_for`]: its segment of this size was created before.
+    /// If the first [`Log::begin_append`] comes before that preparation, it
+    /// creates the segment itself.
+    pub fn expect_record_of(&mut self, state: &TrainState) -> Result<u64> {
+        self.last_span = record_span(archived_len(state)?);
+        Ok(segment_bytes_for(
+            self.options.segment_bytes,
+            self.last_span,
+        ))
+    }
+
     /// Rotates now if a record as large as the last one would not fit.
     /// False when no append is expected (one in flight, none begun yet,
     /// or the log is closed).
