@@ -146,7 +146,7 @@ fn train_with_checkpoints(
     obs: Option<Arc<super::observe::Observed>>,
 ) -> OnRun {
     let begun = Instant::now();
-    let mut run_start_training = Duration::ZERO;
+    let run_start_training;
     let mut phase = Instant::now();
     let mut phases = [Duration::ZERO; 5];
     let mut lap = |i: usize, phase: &mut Instant| {

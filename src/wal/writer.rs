@@ -26,7 +26,7 @@ use super::format::{
     self, page_align, record_span, segment_file_name, RecordHeader, SegmentHeader,
     ValidationFigures, MAX_PAYLOAD_BYTES, MAX_SEGMENT_NO, PAGE,
 };
-use super::reader::{list_dir, recover_for_writer, scan_segment, Recovery, Skip};
+use super::reader::{list_dir, recover_for_writer, scan_segment, Recovery, SegmentScan, Skip};
 use super::staging::{self, Staging, StagingSlot};
 use super::sys;
 use super::{Result, WalError};
@@ -486,7 +486,7 @@ impl Log {
             staging: Arc::new(Mutex::new(None)),
             direct_io,
         };
-        let (highest, holder, logs) = log.take_inventory(&recovery.skipped)?;
+        let (highest, holder, logs) = log.take_inventory(&recovery.skipped, &recovery.scans)?;
         // Segments of two logs: which one is "the" log cannot be told from
         // the bytes (a planted or copied segment may be the newer one), and
         // continuing either would pass over, and in time delete, the other.
@@ -577,15 +577,21 @@ impl Log {
     /// highest sequence in any header (and the file holding it) is returned.
     /// Also returns the segment numbers of every log id present.
     /// `skipped` is what recovery passed over: its read errors pin segments.
+    /// `scans` are the segments recovery scanned (this writer holds the
+    /// lock, so they have not changed since); the others are scanned here.
     fn take_inventory(
         &mut self,
         skipped: &[Skip],
+        scans: &[SegmentScan],
     ) -> Result<(u64, PathBuf, std::collections::BTreeMap<u128, Vec<u64>>)> {
         let (segments, _) = list_dir(&self.dir)?;
         let mut highest = (0, self.dir.clone());
         let mut logs = std::collections::BTreeMap::<u128, Vec<u64>>::new();
         for (n, path) in segments {
-            let scan = scan_segment(&path, n);
+            let scan = match scans.iter().find(|s| s.segment_no == n && s.path == path) {
+                Some(s) => s.clone(),
+                None => scan_segment(&path, n),
+            };
             if let Some(f) = &scan.read_failure {
                 return Err(f.to_error(&path));
             }
