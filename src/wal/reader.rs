@@ -724,13 +724,6 @@ fn load_record_at(
         .len(map_len)
         .map_anon()
         .map_err(|e| WalError::io(path, "allocating memory for a record's payload", e))?;
-    // Transparent huge pages where the system grants them on request: the
-    // read then faults in one 2 MiB page where it would fault 512 small
-    // ones, and unmapping the record is as much cheaper. For a 24 MiB
-    // record the small pages cost more than reading it from the disk
-    // (BENCHMARKS.md, "Restart to the first step"). Only advice.
-    #[cfg(target_os = "linux")]
-    let _ = buf.advise(memmap2::Advice::HugePage);
     let sum = read_and_checksum(&file, start, &mut buf)
         .map_err(|(at, e)| WalError::unreadable(path, at, "reading a record's payload", e))?
         .map_err(damaged)?;
