@@ -146,7 +146,6 @@ fn train_with_checkpoints(
     obs: Option<Arc<super::observe::Observed>>,
 ) -> OnRun {
     let begun = Instant::now();
-    let run_start_training;
     let mut phase = Instant::now();
     let mut phases = [Duration::ZERO; 5];
     let mut lap = |i: usize, phase: &mut Instant| {
@@ -186,7 +185,7 @@ fn train_with_checkpoints(
         log.reserve_for(trainer.state()).expect("reserve_for");
     }
     lap(3, &mut phase);
-    run_start_training = begun.elapsed();
+    let run_start_training = begun.elapsed();
     let log = Arc::new(Mutex::new(log));
     let (job_tx, job_rx) = mpsc::sync_channel::<PendingAppend>(1);
     let (done_tx, done_rx) = mpsc::channel::<(f64, PathBuf, u64, u64)>();

@@ -452,7 +452,7 @@ impl Log {
         remove_leftover_downloads(&dir)?;
         // Fsyncs and re-reads from the disk every segment it visits; a read
         // error is an error, never "no checkpoint".
-        let recovery = recover_for_writer(&dir, keep)?;
+        let mut recovery = recover_for_writer(&dir, keep)?;
         sys::sync_dir(&dir).map_err(|source| WalError::NotDurable {
             path: dir.clone(),
             what: "fsync of the log directory",
@@ -486,7 +486,9 @@ impl Log {
             staging: Arc::new(Mutex::new(None)),
             direct_io,
         };
-        let (highest, holder, logs) = log.take_inventory(&recovery.skipped, &recovery.scans)?;
+        let scans = std::mem::take(&mut recovery.scans);
+        let (highest, holder, logs) = log.take_inventory(&recovery.skipped, &scans)?;
+        drop(scans);
         // Segments of two logs: which one is "the" log cannot be told from
         // the bytes (a planted or copied segment may be the newer one), and
         // continuing either would pass over, and in time delete, the other.
