@@ -120,6 +120,9 @@ struct OnRun {
     /// Phases of the start: trainer built, log opened (recovery), record
     /// restored, first segment reserved, first step.
     phases: [Duration; 5],
+    /// Of each pause, the time spent waiting for the log's lock (held by
+    /// the persister thread while it prepares the next append).
+    pause_lock_wait: Vec<f64>,
     /// Training thread blocked waiting for the previous persist.
     wait: Vec<f64>,
     /// persist + finish on the persister thread.
@@ -270,11 +273,10 @@ fn train_with_checkpoints(
             }
             let t = Instant::now();
             let c = thread_cpu();
-            let pending = log
-                .lock()
-                .unwrap()
-                .begin_append(trainer.state())
-                .expect("begin_append");
+            let mut guard = log.lock().unwrap();
+            run.pause_lock_wait.push(ms(t.elapsed()));
+            let pending = guard.begin_append(trainer.state()).expect("begin_append");
+            drop(guard);
             run.pause_cpu.push(ms(thread_cpu() - c));
             run.pause.push(ms(t.elapsed()));
             job_tx.send(pending).expect("persister died");
@@ -361,6 +363,7 @@ struct Side {
     final_wait: Vec<f64>,
     deferred: u64,
     first_pause_after_restart: Vec<f64>,
+    first_pause_lock_wait: Vec<f64>,
     steady_pause_cpu: Vec<f64>,
     first_pause_cpu_after_restart: Vec<f64>,
     phases: Vec<[f64; 5]>,
@@ -446,6 +449,7 @@ pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
                         side.cpu_on.push(cpu);
                         side.train_cpu_on.push(ms(r.train_cpu));
                         side.first_pause_after_restart.push(again.pause[0]);
+                        side.first_pause_lock_wait.push(again.pause_lock_wait[0]);
                         side.steady_pause_cpu.extend(r.pause_cpu.iter().skip(1));
                         side.first_pause_cpu_after_restart.push(again.pause_cpu[0]);
                         side.phases.push(again.phases.map(ms));
@@ -557,6 +561,7 @@ pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
             )
             .goal("<=", 1.2)
             .ms_of("first_pause_ms", &s.first_pause_after_restart)
+            .ms_of("first_pause_lock_wait_ms", &s.first_pause_lock_wait)
             .kv("steady_pause_ms", fmt_ms(steady))
             .kv("load", &loads),
         );
