@@ -37,6 +37,48 @@ fn runs_n_epochs_and_leaves_n_durable_records() {
     assert_eq!((seq, state.epoch, state.step_in_epoch), (6, 6, 0));
 }
 
+/// A fresh run creates its first segment before training; a restart, whose
+/// disk has room, leaves it to the persisting thread, and its checkpoints
+/// go into that segment all the same.
+#[test]
+fn a_restart_creates_its_first_segment_beside_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = |epochs: u64| {
+        write_config(
+            tmp.path(),
+            "c.toml",
+            &synthetic_config(&data, epochs, "every_epochs = 1\nkeep_records = 0"),
+        )
+    };
+    let (status, lines) = Daemon::spawn(&cfg(2), &[], &[]).wait(LONG);
+    let all = lines.join("\n");
+    assert!(status.success(), "{all}");
+    assert!(
+        all.contains("space for the first checkpoint reserved"),
+        "{all}"
+    );
+    assert!(!all.contains("created beside training"), "{all}");
+    assert_eq!(durable_seqs(&lines), vec![1, 2]);
+
+    let (status, lines) = Daemon::spawn(&cfg(4), &[], &[]).wait(LONG);
+    let all = lines.join("\n");
+    assert!(status.success(), "{all}");
+    assert!(
+        all.contains(
+            "space for the first checkpoint checked; its segment is created beside training"
+        ),
+        "{all}"
+    );
+    assert!(
+        !all.contains("space for the first checkpoint reserved"),
+        "{all}"
+    );
+    assert_eq!(durable_seqs(&lines), vec![3, 4]);
+    let (seq, state) = newest_state(&data).unwrap();
+    assert_eq!((seq, state.epoch), (4, 4));
+}
+
 #[test]
 fn the_tutorial_network_keeps_weight_ten_and_bias_one_across_restarts() {
     let tmp = tempfile::tempdir().unwrap();

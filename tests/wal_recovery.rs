@@ -357,6 +357,44 @@ fn opening_deletes_a_segment_the_previous_writer_rotated_ahead() {
     assert_eq!(recovered_seq(dir.path()), Some(3));
 }
 
+/// A restart leaves its first segment to `prepare_next_append` (the
+/// daemon's persisting thread): `expect_record_of` creates nothing, the
+/// preparation creates the segment, and the next record goes into it; an
+/// append that comes before any preparation creates the segment itself.
+#[test]
+fn a_restart_that_expects_a_record_creates_its_segment_when_preparing() {
+    let dir = tempfile::tempdir().unwrap();
+    append_epochs(dir.path(), own_segments(0), TB, 1..=2);
+    assert_eq!(segment_names(dir.path()), vec![seg(1), seg(2)]);
+
+    let (mut log, r) = Log::open(dir.path(), own_segments(0)).unwrap();
+    assert_eq!(r.record.unwrap().header().sequence, 2);
+    let state = common::sample_state(TB, 3);
+    let bytes = log.expect_record_of(&state).unwrap();
+    assert_eq!(
+        segment_names(dir.path()),
+        vec![seg(1), seg(2)],
+        "nothing is created before the first step"
+    );
+    log.prepare_next_append().unwrap();
+    assert_eq!(segment_names(dir.path()), vec![seg(1), seg(2), seg(3)]);
+    assert_eq!(
+        fs::metadata(path_of(dir.path(), &seg(3))).unwrap().len(),
+        bytes,
+        "the segment has the size expect_record_of announced"
+    );
+    let d = log.append(&state).unwrap();
+    assert_eq!((d.header.sequence, d.header.segment_no), (3, 3));
+    drop(log);
+
+    let (mut log, _) = Log::open(dir.path(), own_segments(0)).unwrap();
+    log.expect_record_of(&common::sample_state(TB, 4)).unwrap();
+    let d = log.append(&common::sample_state(TB, 4)).unwrap();
+    assert_eq!((d.header.sequence, d.header.segment_no), (4, 4));
+    drop(log);
+    assert_eq!(recovered_seq(dir.path()), Some(4));
+}
+
 #[test]
 fn opening_applies_the_retention_the_next_record_would_apply() {
     let dir = tempfile::tempdir().unwrap();

@@ -109,6 +109,9 @@ struct OnRun {
     /// From the start (trainer built, log opened, record restored) to the
     /// end of the first step.
     to_first_step: Duration,
+    /// From the start to the start of the first step (the restart without
+    /// the first step's own training work).
+    to_training: Duration,
     /// Training thread blocked in begin_append (the pause).
     pause: Vec<f64>,
     /// CPU time of the training thread in begin_append (the pause without
@@ -117,6 +120,9 @@ struct OnRun {
     /// Phases of the start: trainer built, log opened (recovery), record
     /// restored, first segment reserved, first step.
     phases: [Duration; 5],
+    /// Of each pause, the time spent waiting for the log's lock (held by
+    /// the persister thread while it prepares the next append).
+    pause_lock_wait: Vec<f64>,
     /// Training thread blocked waiting for the previous persist.
     wait: Vec<f64>,
     /// persist + finish on the persister thread.
@@ -169,10 +175,20 @@ fn train_with_checkpoints(
         Some(r) => trainer.restore(r.state()).expect("restore"),
         None => trainer.initialise_weights(),
     }
+    let resumed = recovery.record.is_some();
     drop(recovery);
     lap(2, &mut phase);
-    log.reserve_for(trainer.state()).expect("reserve_for");
+    // As the daemon does: a fresh run creates its first segment before
+    // training (a full disk stops it there); a restart leaves it to the
+    // persister thread, which makes it while the first steps run.
+    if resumed {
+        log.expect_record_of(trainer.state())
+            .expect("expect_record_of");
+    } else {
+        log.reserve_for(trainer.state()).expect("reserve_for");
+    }
     lap(3, &mut phase);
+    let run_start_training = begun.elapsed();
     let log = Arc::new(Mutex::new(log));
     let (job_tx, job_rx) = mpsc::sync_channel::<PendingAppend>(1);
     let (done_tx, done_rx) = mpsc::channel::<(f64, PathBuf, u64, u64)>();
@@ -212,6 +228,7 @@ fn train_with_checkpoints(
     };
     let mut run = OnRun {
         phases,
+        to_training: run_start_training,
         ..OnRun::default()
     };
     let mut in_flight = false;
@@ -256,11 +273,10 @@ fn train_with_checkpoints(
             }
             let t = Instant::now();
             let c = thread_cpu();
-            let pending = log
-                .lock()
-                .unwrap()
-                .begin_append(trainer.state())
-                .expect("begin_append");
+            let mut guard = log.lock().unwrap();
+            run.pause_lock_wait.push(ms(t.elapsed()));
+            let pending = guard.begin_append(trainer.state()).expect("begin_append");
+            drop(guard);
             run.pause_cpu.push(ms(thread_cpu() - c));
             run.pause.push(ms(t.elapsed()));
             job_tx.send(pending).expect("persister died");
@@ -347,10 +363,12 @@ struct Side {
     final_wait: Vec<f64>,
     deferred: u64,
     first_pause_after_restart: Vec<f64>,
+    first_pause_lock_wait: Vec<f64>,
     steady_pause_cpu: Vec<f64>,
     first_pause_cpu_after_restart: Vec<f64>,
     phases: Vec<[f64; 5]>,
     to_first_step: Vec<f64>,
+    to_training: Vec<f64>,
     read_checksum: Vec<f64>,
     loads: Vec<String>,
 }
@@ -431,10 +449,12 @@ pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
                         side.cpu_on.push(cpu);
                         side.train_cpu_on.push(ms(r.train_cpu));
                         side.first_pause_after_restart.push(again.pause[0]);
+                        side.first_pause_lock_wait.push(again.pause_lock_wait[0]);
                         side.steady_pause_cpu.extend(r.pause_cpu.iter().skip(1));
                         side.first_pause_cpu_after_restart.push(again.pause_cpu[0]);
                         side.phases.push(again.phases.map(ms));
                         side.to_first_step.push(ms(again.to_first_step));
+                        side.to_training.push(ms(again.to_training));
                         side.read_checksum.push(ms(read));
                     }
                 } else {
@@ -541,6 +561,7 @@ pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
             )
             .goal("<=", 1.2)
             .ms_of("first_pause_ms", &s.first_pause_after_restart)
+            .ms_of("first_pause_lock_wait_ms", &s.first_pause_lock_wait)
             .kv("steady_pause_ms", fmt_ms(steady))
             .kv("load", &loads),
         );
@@ -582,6 +603,19 @@ pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
                     .collect::<Vec<_>>()
                     .join(","),
             )
+            .ms_of("cold_read_checksum_ms", &s.read_checksum)
+            .kv("load", &loads),
+        );
+        // The same up to the start of the first step: what the restart
+        // itself costs, without the first step's training work (which a
+        // larger model or batch makes as long as it likes).
+        report.push(
+            Line::new(
+                "restart_to_training_vs_read_checksum",
+                &label,
+                ratio(&s.to_training, &s.read_checksum),
+            )
+            .ms_of("to_training_ms", &s.to_training)
             .ms_of("cold_read_checksum_ms", &s.read_checksum)
             .kv("load", &loads),
         );

@@ -282,7 +282,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    if let Err(e) = reserve_first_segment(&config, &trainer, &mut log) {
+    if let Err(e) = reserve_first_segment(&config, &trainer, &mut log, recovered.is_some()) {
         if durable.is_none() {
             let _ = log.discard_if_empty(!dir_existed);
         }
@@ -359,14 +359,33 @@ fn write_running(config: &Config) {
 /// full disk, a segment size larger than the disk or an unwritable directory
 /// stops the run now rather than after an interval of training; warns if the
 /// disk cannot hold what retention will keep.
-fn reserve_first_segment(config: &Config, trainer: &Trainer, log: &mut Log) -> anyhow::Result<()> {
+///
+/// A restart (`resumed`: a record was recovered) whose disk has room for
+/// the segment leaves its creation to the persisting thread, which makes it
+/// while the first steps run: its directory took a segment of this size
+/// before, and creating one (preallocation, two fsyncs) would otherwise
+/// delay the first training step. If the disk looks too full for it, the
+/// segment is made here, so that a full disk still stops the run at start.
+fn reserve_first_segment(
+    config: &Config,
+    trainer: &Trainer,
+    log: &mut Log,
+    resumed: bool,
+) -> anyhow::Result<()> {
     let dir = &config.data_dir;
     let payload = crate::wal::archived_len(trainer.state())?;
     let span = crate::wal::format::record_span(payload);
     let opts = config.log_options();
     let segment = crate::wal::segment_bytes_for(opts.segment_bytes, span);
     let human = crate::tools::human_bytes;
-    match log.reserve_for(trainer.state()) {
+    let free_before = preflight::disk_available(dir);
+    let lazy = resumed && free_before.is_some_and(|free| free > segment);
+    let reserved = if lazy {
+        log.expect_record_of(trainer.state()).map(|_| ())
+    } else {
+        log.reserve_for(trainer.state()).map(|_| ())
+    };
+    match reserved {
         Ok(_) => {}
         Err(WalError::NoSpace { .. }) => bail!(
             "{}: not enough space for the first segment ({}; a record of this model takes {}, \
@@ -384,11 +403,19 @@ fn reserve_first_segment(config: &Config, trainer: &Trainer, log: &mut Log) -> a
             )))
         }
     }
-    info!(
-        segment_bytes = segment,
-        record_bytes = span,
-        "space for the first checkpoint reserved"
-    );
+    if lazy {
+        info!(
+            segment_bytes = segment,
+            record_bytes = span,
+            "space for the first checkpoint checked; its segment is created beside training"
+        );
+    } else {
+        info!(
+            segment_bytes = segment,
+            record_bytes = span,
+            "space for the first checkpoint reserved"
+        );
+    }
     // What retention will keep at most: whole segments covering keep_records
     // records (or keep_bytes), plus the one being filled.
     let per_segment = ((segment - crate::wal::format::PAGE) / span).max(1);
@@ -403,8 +430,10 @@ fn reserve_first_segment(config: &Config, trainer: &Trainer, log: &mut Log) -> a
     }
     if r.keep_every_epochs == 0 {
         if let (Some(budget), Some(free)) = (budget, preflight::disk_available(dir)) {
-            // The reserved segment is already taken from `free`.
-            if budget.saturating_sub(segment) > free {
+            // The reserved segment is already taken from `free`, unless it
+            // is still to be made.
+            let taken = if lazy { 0 } else { segment };
+            if budget.saturating_sub(taken) > free {
                 warn!(
                     dir = %dir.display(),
                     free_bytes = free,

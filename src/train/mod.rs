@@ -1101,17 +1101,41 @@ impl Trainer {
             sha256: s.import.sha256,
             source: s.import.source.as_str().to_string(),
         };
+        // The copy is spread over the training threads, in the optimizer
+        // step's pieces: on a restart it stands between recovery and the
+        // first step, and most of its time is the first write to each page
+        // of the buffers it fills, which the threads take in parallel.
+        let mut views = Vec::with_capacity(st.model.tensors.len());
         for ((rt, rp), (t, p)) in s.model.tensors.iter().zip(s.optimizer.params.iter()).zip(
             st.model
                 .tensors
                 .iter_mut()
                 .zip(st.optimizer.params.iter_mut()),
         ) {
-            t.data.copy_from_slice(rt.values());
             p.step = rp.step.to_native();
-            p.exp_avg.copy_from_slice(rp.exp_avg());
-            p.exp_avg_sq.copy_from_slice(rp.exp_avg_sq());
+            views.push((
+                [rt.values(), rp.exp_avg(), rp.exp_avg_sq()],
+                [
+                    SharedMut::new(&mut t.data),
+                    SharedMut::new(&mut p.exp_avg),
+                    SharedMut::new(&mut p.exp_avg_sq),
+                ],
+            ));
         }
+        let pieces = &self.adam_pieces;
+        let job = |i: usize| {
+            let (t, a, b) = pieces[i];
+            let (from, to) = &views[t];
+            for (src, dst) in from.iter().zip(to) {
+                // SAFETY: the pieces of one tensor are disjoint ranges inside
+                // it (see `adam_pieces`), each piece runs once, every
+                // destination has the length of its tensor (checked above
+                // against the record's, which `src` has), and the buffers
+                // outlive the job.
+                unsafe { dst.slice(a, b - a) }.copy_from_slice(&src[a..b]);
+            }
+        };
+        self.pool.run(pieces.len(), &job);
         st.epoch = s.epoch.to_native();
         st.global_step = s.global_step.to_native();
         st.step_in_epoch = step_in_epoch;

@@ -700,6 +700,27 @@ fn a_run_resumed_with_another_thread_count_is_bit_identical() {
     assert_bit_identical(straight.state(), resumed.state(), "2 threads, then 1");
 }
 
+/// The restore copies tensors and moments in pieces spread over the
+/// threads (1024 × 96 and 1024 × 300 weights: several pieces each); every
+/// value must land where it was, whatever the thread count.
+#[test]
+fn a_restore_spread_over_threads_copies_every_value() {
+    let mut first = Trainer::new(&wide_cfg(1)).unwrap();
+    for _ in 0..3 {
+        first.step();
+    }
+    let bytes = archive(first.state());
+    for threads in [1, 2, 3] {
+        let mut resumed = Trainer::new_for_restore_within(&wide_cfg(threads), &|_| Ok(())).unwrap();
+        resumed.restore(access(&bytes)).expect("restore");
+        assert_bit_identical(
+            first.state(),
+            resumed.state(),
+            &format!("{threads} threads"),
+        );
+    }
+}
+
 #[test]
 fn zero_threads_is_refused() {
     let err = Trainer::new(&wide_cfg(0)).unwrap_err().to_string();

@@ -779,6 +779,12 @@ pub struct Recovery {
     /// is set (0 otherwise): it was given to a record, so it is never
     /// given again.
     pub lost_sequence: u64,
+    /// The header scans of the segments recovery visited, for the writer's
+    /// inventory: scanning a segment again after its payload was read is
+    /// slow (the readahead of that read leaves pages of the preallocated
+    /// tail in the page cache, which `SEEK_DATA` then counts as data, so
+    /// the search past the last record reads that tail page by page).
+    pub(crate) scans: Vec<SegmentScan>,
 }
 
 /// Finds the newest intact record in `dir`. Reads segments newest first and
@@ -839,6 +845,7 @@ fn recover_once(dir: &Path, writer: bool, keep: Option<u128>) -> Result<(Recover
         // reader; the writer refuses to create a segment that already exists.
         next_segment_no: segments.last().map_or(1, |(n, _)| n.saturating_add(1)),
         segments_scanned: 0,
+        scans: Vec::new(),
     };
     let mut newest_header_id = None;
     // Empty segments passed before the log's id was known.
@@ -861,6 +868,9 @@ fn recover_once(dir: &Path, writer: bool, keep: Option<u128>) -> Result<(Recover
         }
         out.segments_scanned += 1;
         out.skipped.extend(scan.problems.iter().cloned());
+        if writer {
+            out.scans.push(scan.clone());
+        }
         // A segment whose header is damaged still has an id when a record
         // header was walked in it (FORMAT.md §5.2).
         let Some(seg_id) = scan.log_id else { continue };

@@ -26,7 +26,7 @@ use super::format::{
     self, page_align, record_span, segment_file_name, RecordHeader, SegmentHeader,
     ValidationFigures, MAX_PAYLOAD_BYTES, MAX_SEGMENT_NO, PAGE,
 };
-use super::reader::{list_dir, recover_for_writer, scan_segment, Recovery, Skip};
+use super::reader::{list_dir, recover_for_writer, scan_segment, Recovery, SegmentScan, Skip};
 use super::staging::{self, Staging, StagingSlot};
 use super::sys;
 use super::{Result, WalError};
@@ -452,7 +452,7 @@ impl Log {
         remove_leftover_downloads(&dir)?;
         // Fsyncs and re-reads from the disk every segment it visits; a read
         // error is an error, never "no checkpoint".
-        let recovery = recover_for_writer(&dir, keep)?;
+        let mut recovery = recover_for_writer(&dir, keep)?;
         sys::sync_dir(&dir).map_err(|source| WalError::NotDurable {
             path: dir.clone(),
             what: "fsync of the log directory",
@@ -486,7 +486,9 @@ impl Log {
             staging: Arc::new(Mutex::new(None)),
             direct_io,
         };
-        let (highest, holder, logs) = log.take_inventory(&recovery.skipped)?;
+        let scans = std::mem::take(&mut recovery.scans);
+        let (highest, holder, logs) = log.take_inventory(&recovery.skipped, &scans)?;
+        drop(scans);
         // Segments of two logs: which one is "the" log cannot be told from
         // the bytes (a planted or copied segment may be the newer one), and
         // continuing either would pass over, and in time delete, the other.
@@ -577,15 +579,21 @@ impl Log {
     /// highest sequence in any header (and the file holding it) is returned.
     /// Also returns the segment numbers of every log id present.
     /// `skipped` is what recovery passed over: its read errors pin segments.
+    /// `scans` are the segments recovery scanned (this writer holds the
+    /// lock, so they have not changed since); the others are scanned here.
     fn take_inventory(
         &mut self,
         skipped: &[Skip],
+        scans: &[SegmentScan],
     ) -> Result<(u64, PathBuf, std::collections::BTreeMap<u128, Vec<u64>>)> {
         let (segments, _) = list_dir(&self.dir)?;
         let mut highest = (0, self.dir.clone());
         let mut logs = std::collections::BTreeMap::<u128, Vec<u64>>::new();
         for (n, path) in segments {
-            let scan = scan_segment(&path, n);
+            let scan = match scans.iter().find(|s| s.segment_no == n && s.path == path) {
+                Some(s) => s.clone(),
+                None => scan_segment(&path, n),
+            };
             if let Some(f) = &scan.read_failure {
                 return Err(f.to_error(&path));
             }
@@ -988,6 +996,23 @@ impl Log {
         self.last_span = record_span(archived_len(state)?);
         self.make_room()?;
         Ok(self.active.as_ref().map_or(0, |s| s.len))
+    }
+
+    /// Records that the next record will be about the size of `state`'s,
+    /// without creating anything: the next [`Log::prepare_next_append`]
+    /// (on a thread that does not train) then creates its segment and
+    /// populates the staging buffer, so that neither is on the way to the
+    /// first training step. Returns the size of the segment that will be
+    /// created. A restart uses this where a fresh run uses
+    /// [`Log::reserve_for`]: its segment of this size was created before.
+    /// If the first [`Log::begin_append`] comes before that preparation, it
+    /// creates the segment itself.
+    pub fn expect_record_of(&mut self, state: &TrainState) -> Result<u64> {
+        self.last_span = record_span(archived_len(state)?);
+        Ok(segment_bytes_for(
+            self.options.segment_bytes,
+            self.last_span,
+        ))
     }
 
     /// Rotates now if a record as large as the last one would not fit.
