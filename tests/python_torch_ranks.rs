@@ -662,7 +662,7 @@ fn killed_job_matches_uninterrupted(ranks: u32, mode: &str, kills: u32) {
     ));
     assert_eq!(done_kills, kills);
     assert!(
-        resumes.iter().filter(|s| **s > 0).count() >= kills as usize / 2,
+        resumes.iter().filter(|s| **s > 0).count() >= kills as usize / 4,
         "too few restarts resumed from a record: {resumes:?}"
     );
 }
