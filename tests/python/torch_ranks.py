@@ -9,7 +9,9 @@ matters) and AdamW; `--mode zero`: the same model with a
 ZeroRedundancyOptimizer over Adam (each rank saves its own shard). Every
 rank's batch of step s comes from its own RNG stream, which is restored.
 
-Prints `resumed STEP` (or `fresh`), `saved STEP` after each save returns,
+Prints `resumed STEP` (or `fresh`), `saving STEP` just before each save
+and `saved STEP` after it returns (so that the last line of a SIGKILLed
+rank tells whether it died inside a save or between two),
 and at the end writes `OUT.rank<r>`: one line per tensor of the model, the
 optimizer state this rank holds and the RNG, with its SHA-256, so that two
 runs can be compared bit for bit. `--kill-self-at STEP` makes this rank
@@ -114,6 +116,7 @@ def main() -> int:
             timer = threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGKILL))
             timer.start()
             say(f"rank {rank} killing itself {delay * 1e3:.3f} ms into the save of {step + 1}")
+        say(f"rank {rank} saving {step + 1}")
         t0 = time.perf_counter()
         ckpt.save(epoch=0, step=step + 1, model=ddp, optimizer=opt, loss=loss.item())
         if args.kill_self_at > 0:
