@@ -310,7 +310,8 @@ pub fn check_environment(url: &RemoteUrl, allow_http: Option<bool>) -> Result<()
         if endpoint.scheme() == "http" && !allowed {
             return Err(format!(
                 "{var}={endpoint} is plain http, but allow_http is off: set allow_http = true \
-                 in [replicate] (or AWS_ALLOW_HTTP=true for the operator tools), or use https"
+                 in [replicate] (Python: replicate={{\"url\": ..., \"allow_http\": True}}) or \
+                 AWS_ALLOW_HTTP=true in the environment, or use https"
             ));
         }
     }
@@ -357,7 +358,7 @@ impl Cause {
             Cause::Denied => "access denied (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the aws_access_key_id and aws_secret_access_key credentials in $CREDENTIALS_DIRECTORY, and the bucket policy)",
             Cause::NoBucket => "the bucket does not exist",
             Cause::Settings => "bad setting",
-            Cause::HttpNotAllowed => "the endpoint is plain http:// but allow_http is off (set allow_http = true in [replicate], or AWS_ALLOW_HTTP=true for the operator tools)",
+            Cause::HttpNotAllowed => "the endpoint is plain http:// but allow_http is off (set allow_http = true in [replicate] (Python: replicate={\"url\": ..., \"allow_http\": True}) or AWS_ALLOW_HTTP=true in the environment)",
             Cause::NotFound => "no such object",
             Cause::Conflict => "the object was changed by another writer",
             Cause::Damaged => "damaged",

@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::{Selected, Selection, UsageError};
 use crate::replicate::{
     block_on, check_against_pointer, list_newest_log, newest_listed, newest_valid, restore_into,
-    Cause, Head, ListedLog, PointerState, Remote, RemoteObject, RemoteUrl, Restored,
+    Cause, Head, ListedLog, PointerState, Remote, RemoteObject, RemoteUrl, Restored, SetHead,
 };
 use crate::wal::LogOptions;
 
@@ -73,6 +73,32 @@ pub(crate) fn source(remote: &Remote) -> anyhow::Result<Source> {
         list_newest_log(remote, None).await
     })??;
     let Some(listed) = listed else {
+        // A multi-rank job's URL holds `SET` and one prefix per rank
+        // (FORMAT.md §7.10), not a log: say so, and where the logs are.
+        if let Ok(Ok(found)) = block_on(crate::replicate::read_set(remote)) {
+            let what = match found {
+                SetHead::Valid(set, _) => Some(format!(
+                    "its set pointer names step {} of a job of {} ranks (job id {:?})",
+                    set.step, set.world_size, set.job_id
+                )),
+                SetHead::Damaged(detail, _) => {
+                    Some(format!("its set pointer is damaged ({detail})"))
+                }
+                SetHead::Missing => None,
+            };
+            if let Some(what) = what {
+                return Err(UsageError(format!(
+                    "{url}: is the URL of a multi-rank job, not of one log: {what}. The tools read \
+                     one rank's log at a time ({url}/{rank0}, {url}/rank-00001, ...); \
+                     `epochwal pull {url} DIR` restores every rank's record of that step \
+                     into DIR/rank-NNNNN, and `epochwal tail|inspect|verify DIR` then shows \
+                     the set",
+                    url = remote.url().trim_end_matches('/'),
+                    rank0 = crate::replicate::rank_dir(0),
+                ))
+                .into());
+            }
+        }
         anyhow::bail!(
             "{}: the pointer object (HEAD) is {problem} and there is no record object: nothing \
              has been replicated there yet",
