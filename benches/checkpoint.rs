@@ -999,42 +999,34 @@ fn bench_open(
     // Issue 21's goals: >= 3 at 16 MiB, >= 5 from 256 MiB on.
     let goal = if size < 256 * MIB { 3.0 } else { 5.0 };
     if peer.is_some() {
-        report.push(
-            Line::new(
-                "open_vs_torch_load",
-                &label,
-                theirs.iter().zip(&ours).map(|(a, b)| a / b).collect(),
-            )
-            .goal(">=", goal)
-            .kv("cache", "warm")
-            .ms_of("torch_load_ms", &theirs)
-            .ms_of("recover_and_read_ms", &ours)
-            .ms_of("recover_ms", &ours_recover)
-            .kv(
-                "recover_and_read_GBps",
-                format!("{:.2}", gbps(payload, secs(&ours))),
-            ),
-        );
-        report.push(
-            Line::new(
+        let sides = [
+            ("open_vs_torch_load", "warm", &theirs, &ours, &ours_recover),
+            (
                 "open_vs_torch_load_cold",
-                &label,
-                theirs_cold
-                    .iter()
-                    .zip(&ours_cold)
-                    .map(|(a, b)| a / b)
-                    .collect(),
-            )
-            .goal(">=", goal)
-            .kv("cache", "cold")
-            .ms_of("torch_load_ms", &theirs_cold)
-            .ms_of("recover_and_read_ms", &ours_cold)
-            .ms_of("recover_ms", &ours_recover_cold)
-            .kv(
-                "recover_and_read_GBps",
-                format!("{:.2}", gbps(payload, secs(&ours_cold))),
+                "cold",
+                &theirs_cold,
+                &ours_cold,
+                &ours_recover_cold,
             ),
-        );
+        ];
+        for (name, cache, theirs, ours, recover) in sides {
+            report.push(
+                Line::new(
+                    name,
+                    &label,
+                    theirs.iter().zip(ours.iter()).map(|(a, b)| a / b).collect(),
+                )
+                .goal(">=", goal)
+                .kv("cache", cache)
+                .ms_of("torch_load_ms", theirs)
+                .ms_of("recover_and_read_ms", ours)
+                .ms_of("recover_ms", recover)
+                .kv(
+                    "recover_and_read_GBps",
+                    format!("{:.2}", gbps(payload, secs(ours))),
+                ),
+            );
+        }
     } else {
         println!("open_vs_torch_load {label} skipped: no torch");
     }

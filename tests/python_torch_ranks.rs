@@ -77,17 +77,25 @@ fn torchrun(ranks: u32, job: &Path, digest: &Path, mode: &str, args: &[&str]) ->
     cmd
 }
 
+/// Every process's pid and its /proc directory.
+fn processes() -> Vec<(i32, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            Some((pid, e.path()))
+        })
+        .collect()
+}
+
 /// The parent pid of every process, from /proc.
 fn parents() -> BTreeMap<i32, i32> {
     let mut out = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+    for (pid, path) in processes() {
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
             continue;
         };
         // pid (comm) state ppid ...: comm may hold spaces and parentheses.
@@ -142,14 +150,8 @@ struct Job {
 /// Processes alive (not zombies) whose command line holds `marker`.
 fn naming(marker: &str) -> Vec<i32> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+    for (pid, path) in processes() {
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
             continue;
         };
         let marker = marker.as_bytes();
@@ -781,21 +783,10 @@ fn damaged_newest_record_falls_back_to_the_previous_common_step() {
     }
 
     // Flip one payload byte of rank 1's newest record.
-    let rank1 = job_dir.join("rank-00001");
-    let reader = epochwal::wal::LogReader::open(&rank1).unwrap();
-    let scan = reader.scan().unwrap();
-    let seg = scan
-        .segments
-        .iter()
-        .rev()
-        .find(|s| !s.records.is_empty())
-        .unwrap();
-    let h = seg.records.last().unwrap();
-    assert_eq!(h.step, 12);
-    let mut bytes = std::fs::read(&seg.path).unwrap();
-    let at = (h.offset + 4096 + h.payload_len / 2) as usize;
-    bytes[at] ^= 0x40;
-    std::fs::write(&seg.path, &bytes).unwrap();
+    assert_eq!(
+        common::torch::damage_newest_record(&job_dir.join("rank-00001")),
+        12
+    );
 
     let (code, text) = epochwal(&["verify"], &job_dir);
     assert_eq!(code, 1, "{text}");

@@ -304,3 +304,23 @@ impl Said {
             .unwrap_or_else(|e| panic!("the script did not say {what} within 120 s: {e}"))
     }
 }
+
+/// Flips one byte in the middle of the payload of the newest record of
+/// the log in `dir` (its checksum then fails) and returns that record's
+/// step.
+pub fn damage_newest_record(dir: &Path) -> u64 {
+    let reader = epochwal::wal::LogReader::open(dir).expect("open the log");
+    let scan = reader.scan().expect("scan the log");
+    let seg = scan
+        .segments
+        .iter()
+        .rev()
+        .find(|s| !s.records.is_empty())
+        .expect("a segment with records");
+    let h = seg.records.last().expect("a record");
+    let mut bytes = std::fs::read(&seg.path).expect("read the segment");
+    let at = (h.offset + 4096 + h.payload_len / 2) as usize;
+    bytes[at] ^= 0x40;
+    std::fs::write(&seg.path, &bytes).expect("write the segment");
+    h.step
+}
