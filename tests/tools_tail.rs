@@ -5,6 +5,7 @@ mod common;
 use common::follow::{Follower, LINE_TIMEOUT};
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -394,4 +395,159 @@ fn a_log_directory_the_user_may_not_read_is_reported_once_naming_it() {
         1,
         "said once: {err}"
     );
+}
+
+/// A follower whose walk passes the header page of a record before the
+/// writer has put it there, and finds the next record after the writer
+/// has finished that one too, must still print both. The walk is stopped
+/// (the fault shim's HOLD) at the later record's header while the test
+/// writes the two records, as a fast writer does during a real walk.
+#[test]
+fn follow_prints_a_record_that_its_walk_overtook() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    // One segment for every record, so the walk meets them in one pass.
+    write_log(
+        &log_dir,
+        1..=23,
+        LogOptions {
+            segment_bytes: 8 << 20,
+            ..Default::default()
+        },
+    );
+    let scan = epochwal::wal::LogReader::open(&log_dir)
+        .unwrap()
+        .scan()
+        .unwrap();
+    let seg = scan
+        .segments
+        .iter()
+        .find(|s| s.records.iter().any(|r| r.sequence == 23))
+        .unwrap();
+    let at = |seq: u64| *seg.records.iter().find(|r| r.sequence == seq).unwrap();
+    let (r22, r23) = (at(22), at(23));
+    assert_eq!(r22.sequence, 22, "22 shares the segment of 23");
+    let page = 4096u64;
+    // As a walk finds it while the writer is at work: 22's payload is
+    // there but not yet its header page, and 23 not at all.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&seg.path)
+        .unwrap();
+    let saved = |from: u64, to: u64| {
+        let mut b = vec![0u8; (to - from) as usize];
+        file.read_exact_at(&mut b, from).unwrap();
+        b
+    };
+    let header22 = saved(r22.offset, r22.offset + page);
+    let whole23 = saved(r23.offset, r23.end_offset());
+    file.write_all_at(&vec![0u8; page as usize], r22.offset)
+        .unwrap();
+    file.write_all_at(&vec![0u8; whole23.len()], r23.offset)
+        .unwrap();
+
+    let release = dir.path().join("release");
+    let seg_name = seg.path.file_name().unwrap().to_str().unwrap().to_string();
+    let mut child = Command::new(BIN)
+        .arg("tail")
+        .arg(&log_dir)
+        .args(["-f", "-n", "100"])
+        .envs(common::faults::env(&format!(
+            "pread,{seg_name},HOLD,range={}-{}",
+            r23.offset,
+            r23.offset + 1
+        )))
+        .env("EPOCHWAL_FAULTS_RELEASE", &release)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (err_tx, err_rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = err_tx.send(l);
+        }
+    });
+    let (out_tx, out_rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = out_tx.send(l);
+        }
+    });
+    let held = err_rx
+        .recv_timeout(LINE_TIMEOUT)
+        .expect("the walk reached record 23's header page");
+    assert!(held.starts_with("epochwal-fault: HOLD"), "{held}");
+
+    // The writer finishes 22 and writes 23 while the walk is past 22.
+    file.write_all_at(&header22, r22.offset).unwrap();
+    file.write_all_at(&whole23, r23.offset).unwrap();
+    std::fs::write(&release, b"").unwrap();
+
+    let seq_of = |line: String| -> u64 {
+        line.split_whitespace()
+            .next()
+            .and_then(|f| f.strip_prefix("seq="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line {line}"))
+    };
+    let mut seqs = Vec::new();
+    while !seqs.contains(&23) {
+        let line = out_rx
+            .recv_timeout(LINE_TIMEOUT)
+            .unwrap_or_else(|_| panic!("no record 23 in time; printed {seqs:?}"));
+        seqs.push(seq_of(line));
+    }
+    // A record printed late would come within a rescan or two.
+    while let Ok(line) = out_rx.recv_timeout(Duration::from_secs(3)) {
+        seqs.push(seq_of(line));
+    }
+    // SAFETY: kill only reads its arguments; the pid is our child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(wait_exit(&mut child, LINE_TIMEOUT).code(), Some(0));
+    assert_eq!(
+        seqs,
+        (1..=23).collect::<Vec<_>>(),
+        "every record, in order, once"
+    );
+}
+
+/// A record that is really missing (its header page zeroed: damage, not a
+/// write in flight) does not stop the follower: it prints the records
+/// after it once a second scan finds the same gap.
+#[test]
+fn follow_prints_past_a_record_that_stays_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let staged = dir.path().join("staged");
+    write_log(&staged, 1..=5, small_segments());
+    let scan = epochwal::wal::LogReader::open(&staged)
+        .unwrap()
+        .scan()
+        .unwrap();
+    let (path, r3) = scan
+        .segments
+        .iter()
+        .find_map(|s| {
+            s.records
+                .iter()
+                .find(|r| r.sequence == 3)
+                .map(|r| (s.path.clone(), *r))
+        })
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&[0u8; 4096], r3.offset)
+        .unwrap();
+    // Followed from before it exists, so every record is printed.
+    let log_dir = dir.path().join("log");
+    let tail = Follower::spawn(&log_dir, &["--json"]);
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::rename(&staged, &log_dir).unwrap();
+    tail.expect_sequences([1, 2, 4, 5]);
+    tail.assert_quiet(Duration::from_millis(1500));
 }

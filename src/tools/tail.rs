@@ -496,7 +496,18 @@ struct Follower {
     /// The first scan prints only the last `lines` records; a log that
     /// appears later is printed whole.
     started: bool,
+    /// The last record printed (or skipped by `-n` on the first scan).
     last_seq: u64,
+    /// The highest sequence the previous scan found. A scan is not a
+    /// snapshot: its walk can pass the header page of a record that the
+    /// writer is still writing and then find the writer's next record
+    /// further on. A record missing before one that the previous scan had
+    /// already seen whole was there, finished, when this scan began:
+    /// damaged or deleted, not in flight. Only such gaps are printed past.
+    prev_scan_max: u64,
+    /// The last scan stopped printing at a gap that may be a record in
+    /// flight: rescan at once instead of waiting for the next event.
+    rescan_soon: bool,
     log_id: Option<u128>,
     /// Device and inode of the directory being watched (or polled).
     watched: Option<(u64, u64)>,
@@ -602,28 +613,42 @@ impl Follower {
                     self.dir.display()
                 );
                 self.last_seq = 0;
+                self.prev_scan_max = 0;
             }
         }
         if newest_id.is_some() {
             self.log_id = newest_id;
         }
         let mut fresh: Vec<&Row> = rows.iter().filter(|r| r.sequence > self.last_seq).collect();
+        // The sequence the next printed record should have; None where no
+        // record comes before it (a new log, or the first scan's window).
+        let mut expected = (self.last_seq > 0).then_some(self.last_seq + 1);
         if !self.started {
             self.started = true;
             let start = fresh.len().saturating_sub(self.lines);
-            fresh.drain(..start);
-            if let Some(last) = rows.last() {
-                self.last_seq = last.sequence;
+            if let Some(skipped) = start.checked_sub(1).map(|i| fresh[i]) {
+                self.last_seq = skipped.sequence;
             }
+            fresh.drain(..start);
+            expected = None;
         }
+        self.rescan_soon = false;
         for row in fresh {
+            if expected
+                .is_some_and(|want| row.sequence != want && row.sequence > self.prev_scan_max)
+            {
+                self.rescan_soon = true;
+                break;
+            }
             let mut row = row.clone();
             if self.check {
                 row.check(&reader);
             }
             writeln!(out, "{}", row.line(self.json))?;
-            self.last_seq = self.last_seq.max(row.sequence);
+            self.last_seq = row.sequence;
+            expected = Some(row.sequence + 1);
         }
+        self.prev_scan_max = rows.last().map_or(0, |r| r.sequence);
         out.flush()
     }
 }
@@ -680,6 +705,8 @@ fn follow(args: &TailArgs) -> anyhow::Result<i32> {
         check: !args.headers_only,
         started: false,
         last_seq: 0,
+        prev_scan_max: 0,
+        rescan_soon: false,
         log_id: None,
         watched: None,
         watched_missing: None,
@@ -699,7 +726,11 @@ fn follow(args: &TailArgs) -> anyhow::Result<i32> {
         }
         // Poll for a missing directory faster than the safety-net rescan, so
         // the first records still show up well within a second.
-        let wait = if f.watched.is_some() {
+        let wait = if f.rescan_soon {
+            // The record in flight was finished before the walk found the
+            // one after it: the next scan sees it.
+            Duration::from_millis(20)
+        } else if f.watched.is_some() {
             Duration::from_secs(1)
         } else {
             Duration::from_millis(250)

@@ -27,7 +27,11 @@
  *              mapping is a private copy in which one byte differs from
  *              the file, bit 0 flipped, in the middle of the mapped part of
  *              the range, or of the whole mapping without a range: what a
- *              medium that returns other bytes on a second read gives)
+ *              medium that returns other bytes on a second read gives);
+ *              or HOLD (pread only: the call waits, then reads for real,
+ *              until the file named by EPOCHWAL_FAULTS_RELEASE exists, at
+ *              most 300 s: a reader stopped in the middle of a walk while
+ *              the test changes the file under it, as a writer would)
  *   skip=N     let the first N matching calls through (default 0)
  *   count=N    then act on N calls (default 1; 0 = every later call)
  *   range=A-B  pread, msync and mmap only: match only calls whose byte
@@ -61,6 +65,7 @@ struct rule {
     int err;          /* errno to return; 0 with plant or magic */
     int plant;
     int flip;
+    int hold;
     long magic;
     long skip;
     long count;
@@ -133,6 +138,8 @@ static int parse_rules(const char *spec) {
                     x->plant = 1;
                 } else if (!strcmp(f, "FLIP")) {
                     x->flip = 1;
+                } else if (!strcmp(f, "HOLD")) {
+                    x->hold = 1;
                 } else if (!strncmp(f, "0x", 2)) {
                     x->magic = strtol(f, NULL, 16);
                 } else {
@@ -151,7 +158,7 @@ static int parse_rules(const char *spec) {
                 }
             }
         }
-        if (x->op == OP_NONE || (!x->err && !x->plant && !x->magic && !x->flip)) {
+        if (x->op == OP_NONE || (!x->err && !x->plant && !x->magic && !x->flip && !x->hold)) {
             say("epochwal-fault: bad rule in spec: %s", spec);
             free(copy);
             nrules = 0;
@@ -254,6 +261,13 @@ static ssize_t do_pread(const char *fn, int fd, size_t n, off_t off) {
     char path[4096];
     fd_path(fd, path, sizeof path);
     struct rule *r = match(OP_PREAD, path, off, off + (long long)n);
+    if (r && r->hold) {
+        const char *release = getenv("EPOCHWAL_FAULTS_RELEASE");
+        say("epochwal-fault: HOLD %s in %s of %zu bytes at offset %lld until %s exists", path, fn, n,
+            (long long)off, release ? release : "(EPOCHWAL_FAULTS_RELEASE unset)");
+        for (int i = 0; release && i < 30000 && access(release, F_OK) != 0; i++) usleep(10000);
+        return -2;
+    }
     if (r) {
         say("epochwal-fault: %s %s in %s of %zu bytes at offset %lld", errname(r->err), path, fn, n, (long long)off);
         errno = r->err;
