@@ -112,16 +112,6 @@ pub struct Report {
     pub recovery_skipped: usize,
 }
 
-/// True if the newest segment's walk stopped at a damaged record header at
-/// its end: possibly a header page a running writer is writing right now.
-fn torn_tail_suspected(scan: &LogScan) -> bool {
-    scan.segments.last().is_some_and(|seg| {
-        seg.problems
-            .iter()
-            .any(|p| p.offset >= PAGE && p.offset == seg.end_offset)
-    })
-}
-
 /// Runs `epochwal verify`.
 pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
     if super::is_url(&args.dir) {
@@ -164,19 +154,15 @@ pub fn check(dir: &Path) -> anyhow::Result<Report> {
     check_settled(dir, std::time::Duration::ZERO)
 }
 
-/// [`check`], but when the newest segment ends in a damaged header (perhaps
-/// a header page a running writer is writing right now) it waits `settle`
-/// and looks again before calling it damage.
+/// [`check`], but when the newest segment's walk met a damaged header
+/// (perhaps a header page a running writer is writing right now, or one it
+/// overtook) it waits `settle` and looks again before calling it damage.
 fn check_settled(dir: &Path, settle: std::time::Duration) -> anyhow::Result<Report> {
     let reader = open_reader(dir)?;
     // Read before the scan: the record it names was durable before the scan
     // began, so a writer appending meanwhile cannot make it look lost.
     let commit = crate::wal::format::CommitNote::read(dir);
-    let mut scan = reader.scan()?;
-    if !settle.is_zero() && torn_tail_suspected(&scan) {
-        std::thread::sleep(settle);
-        scan = reader.scan()?;
-    }
+    let scan = reader.scan_settled(settle)?;
     let mut report = Report {
         dir: dir.display().to_string(),
         clean: true,

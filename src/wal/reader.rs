@@ -144,6 +144,37 @@ pub struct LogScan {
     pub others: Vec<Skip>,
 }
 
+impl LogScan {
+    /// True if the walk of the newest segment met a damaged or zeroed
+    /// record header where a record should start. A scan is not a snapshot:
+    /// next to a running writer that is a header page being written right
+    /// now (at the end of the walk), or one the walk passed before the
+    /// writer wrote it while it found the writer's next record further on.
+    /// Only the newest segment can hold such a page: a segment that exists
+    /// when the directory is listed is never written before the one
+    /// before it is finished.
+    pub fn newest_segment_unsettled(&self) -> bool {
+        self.segments
+            .last()
+            .is_some_and(|seg| seg.problems.iter().any(|p| p.offset >= PAGE))
+    }
+}
+
+impl LogReader {
+    /// [`LogReader::scan`], but when [`LogScan::newest_segment_unsettled`]
+    /// it waits `settle` and scans again, so that a record a running writer
+    /// was writing is not reported as damage. The second scan is returned
+    /// whatever it finds.
+    pub fn scan_settled(&self, settle: std::time::Duration) -> Result<LogScan> {
+        let scan = self.scan()?;
+        if settle.is_zero() || !scan.newest_segment_unsettled() {
+            return Ok(scan);
+        }
+        std::thread::sleep(settle);
+        self.scan()
+    }
+}
+
 /// A record whose checksum and rkyv validation passed. Its payload was read
 /// once from the file into private read-only memory; the checksum and the
 /// validation were computed over exactly these bytes, and nothing reads the

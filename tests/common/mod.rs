@@ -6,6 +6,7 @@ pub mod faults;
 pub mod follow;
 pub mod http;
 pub mod netns;
+pub mod overtake;
 pub mod prometheus;
 pub mod python;
 pub mod systemd;

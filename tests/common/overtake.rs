@@ -1,0 +1,130 @@
+//! A log as a reader's walk finds it while a fast writer is at work: the
+//! walk passes the header page of a record whose payload is written but
+//! whose header is not yet, and finds the next record further on once the
+//! writer has finished both. [`InFlight::stage`] builds the log with the two
+//! records missing; a command run with [`InFlight::run_overtaken`] has its
+//! walk held (the fault shim's `pread` HOLD) at the later record's header
+//! while the two records are written, then let go.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use epochwal::wal::{Log, LogOptions, LogReader, RecordHeader};
+
+use super::follow::LINE_TIMEOUT;
+
+/// The sequence of the record in flight; the next one is overtaken past it.
+pub const IN_FLIGHT: u64 = 22;
+
+/// A staged log (records 1..=23 in one segment, 22's header page and all of
+/// 23 zeroed) and the bytes that finish it.
+pub struct InFlight {
+    segment: PathBuf,
+    r22: RecordHeader,
+    r23: RecordHeader,
+    header22: Vec<u8>,
+    whole23: Vec<u8>,
+    release: PathBuf,
+}
+
+impl InFlight {
+    /// Writes records 1..=23 into `log_dir` and takes 22's header page and
+    /// 23 away again.
+    pub fn stage(log_dir: &Path) -> InFlight {
+        let (mut log, _) = Log::open(
+            log_dir,
+            LogOptions {
+                // One segment for every record, so one walk meets them all.
+                segment_bytes: 8 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for e in 1..=IN_FLIGHT + 1 {
+            log.append(&super::sample_state(20_000, e)).unwrap();
+        }
+        drop(log);
+        let scan = LogReader::open(log_dir).unwrap().scan().unwrap();
+        let seg = scan
+            .segments
+            .iter()
+            .find(|s| s.records.iter().any(|r| r.sequence == IN_FLIGHT + 1))
+            .unwrap();
+        let at = |seq: u64| *seg.records.iter().find(|r| r.sequence == seq).unwrap();
+        let (r22, r23) = (at(IN_FLIGHT), at(IN_FLIGHT + 1));
+        let file = std::fs::File::open(&seg.path).unwrap();
+        let saved = |from: u64, len: u64| {
+            let mut b = vec![0u8; len as usize];
+            file.read_exact_at(&mut b, from).unwrap();
+            b
+        };
+        let staged = InFlight {
+            segment: seg.path.clone(),
+            header22: saved(r22.offset, 4096),
+            whole23: saved(r23.offset, r23.end_offset() - r23.offset),
+            r22,
+            r23,
+            release: log_dir.with_extension("release"),
+        };
+        staged.write(&[0u8; 4096], &vec![0u8; staged.whole23.len()]);
+        staged
+    }
+
+    fn write(&self, header22: &[u8], whole23: &[u8]) {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.segment)
+            .unwrap();
+        file.write_all_at(header22, self.r22.offset).unwrap();
+        file.write_all_at(whole23, self.r23.offset).unwrap();
+    }
+
+    /// Spawns `cmd` (stdout and stderr piped) with its walk held at record
+    /// 23's header page; once it is held, finishes 22, writes 23 and lets
+    /// the walk go on. Returns the child and its stdout lines.
+    pub fn run_overtaken(&self, mut cmd: Command) -> (Child, mpsc::Receiver<String>) {
+        let name = self.segment.file_name().unwrap().to_str().unwrap();
+        let spec = format!(
+            "pread,{name},HOLD,range={}-{}",
+            self.r23.offset,
+            self.r23.offset + 1
+        );
+        let mut child = cmd
+            .envs(super::faults::env(&spec))
+            .env("EPOCHWAL_FAULTS_RELEASE", &self.release)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (err_tx, err_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("child: {l}");
+                let _ = err_tx.send(l);
+            }
+        });
+        let (out_tx, out_rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = out_tx.send(l);
+            }
+        });
+        loop {
+            let line = err_rx
+                .recv_timeout(LINE_TIMEOUT)
+                .expect("the walk reached record 23's header page");
+            if line.starts_with("epochwal-fault: HOLD") {
+                break;
+            }
+        }
+        // The writer finishes 22 and writes 23 while the walk is past 22.
+        self.write(&self.header22, &self.whole23);
+        std::fs::write(&self.release, b"").unwrap();
+        (child, out_rx)
+    }
+}
