@@ -23,8 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{file_name, format_unix_ns, human_bytes, open_reader};
-use crate::wal::format::PAGE;
-use crate::wal::{LogScan, SegmentScan, WalError};
+use crate::wal::{SegmentScan, WalError};
 
 /// Payload volume above which a progress bar is shown (on a terminal only).
 const PROGRESS_THRESHOLD: u64 = 256 << 20;
