@@ -9,8 +9,10 @@
 //! - [`observe`]: Prometheus metrics, TensorBoard event files, journal fields;
 //! - [`job`]: multi-rank jobs: one log per rank, and the common step to resume;
 //! - [`tools`]: the operator commands `tail`, `inspect`, `verify`, `export`, `pull`;
-//! - [`config`]: the TOML configuration.
+//! - [`config`]: the TOML configuration;
+//! - [`cli`]: the command line, shared by the binary and the Python package.
 
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod job;

@@ -135,3 +135,11 @@ def restore_from_set(
         got = restore_from_set("s3://bucket/job", "J/rank-00001", rank=1, world_size=2)
     """
     ...
+
+def cli(argv: List[str]) -> int:
+    """Runs the `epochwal` command line (`argv[0]` is the program name) and
+    returns its exit code; `python -m epochwal` and the `epochwal` command
+    call it:
+
+        _native.cli(["epochwal", "verify", "runs/exp1"])   # 0: clean
+    """

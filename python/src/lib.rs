@@ -52,5 +52,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set::restore_from_set, m)?)?;
     m.add_function(wrap_pyfunction!(job::rank_listing, m)?)?;
     m.add_function(wrap_pyfunction!(job::choose_common, m)?)?;
+    m.add_function(wrap_pyfunction!(cli, m)?)?;
     Ok(())
+}
+
+/// Runs the `epochwal` command line with `argv` (the program name first)
+/// and returns its exit code: the same program as the `epochwal` binary
+/// (`run` and every operator tool). The GIL is released while it runs.
+#[pyfunction]
+fn cli(py: Python<'_>, argv: Vec<std::ffi::OsString>) -> i32 {
+    py.allow_threads(|| epochwal::cli::main_with_args(argv))
 }

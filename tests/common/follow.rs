@@ -25,12 +25,18 @@ impl Follower {
 
     /// The same, with extra environment variables.
     pub fn spawn_env(dir: &Path, extra: &[&str], env: &[(String, String)]) -> Follower {
-        let mut child = Command::new(super::daemon::binary())
-            .arg("tail")
+        let mut cmd = Command::new(super::daemon::binary());
+        cmd.arg("tail")
             .arg(dir)
             .arg("-f")
             .args(extra)
-            .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        Follower::spawn_command(cmd)
+    }
+
+    /// A prepared follower command (another program than the binary).
+    pub fn spawn_command(mut cmd: Command) -> Follower {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -29,6 +29,32 @@ pub fn torch_package_available() -> bool {
     ok
 }
 
+/// The directory where `pip install ./python` put the `epochwal` command
+/// (the scripts directory of `python3`'s environment), if `python3` imports
+/// the compiled package. Without it the test is skipped with a notice,
+/// except when `CI` is set: then it fails.
+pub fn scripts_dir() -> Option<std::path::PathBuf> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import epochwal._native, sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).trim().into()),
+        other => {
+            let why = other
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_else(|e| e.to_string());
+            if std::env::var_os("CI").is_some() {
+                panic!("CI is set but python3 cannot import the epochwal package (pip install ./python): {why}");
+            }
+            eprintln!("skipped: python3 cannot import epochwal (pip install ./python): {why}");
+            None
+        }
+    }
+}
+
 /// The Python code block that follows `<!-- marker -->` in README.md.
 pub fn readme_block(marker: &str) -> String {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
