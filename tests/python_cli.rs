@@ -130,8 +130,11 @@ fn the_pip_command_runs_the_daemon_and_follows_it_with_real_signals() {
     daemon.signal(libc::SIGTERM);
     let (status, lines) = daemon.wait(LONG);
     assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+    // A final checkpoint, unless SIGTERM came right after an epoch's own.
     assert!(
-        lines.iter().any(|l| l.contains("reason=\"shutdown\"")),
+        lines
+            .iter()
+            .any(|l| l.contains("reason=\"shutdown\"") || l.contains("no final checkpoint needed")),
         "a final checkpoint: {}",
         lines.join("\n")
     );
