@@ -30,18 +30,27 @@ pub fn torch_package_available() -> bool {
 }
 
 /// The directory where `pip install ./python` put the `epochwal` command
-/// (the scripts directory of `python3`'s environment), if `python3` imports
-/// the compiled package. Without it the test is skipped with a notice,
-/// except when `CI` is set: then it fails.
+/// (the scripts directory of `python3`'s environment, or of its user
+/// scheme for a `--user` install), if `python3` imports the compiled
+/// package. Without it the test is skipped with a notice, except when `CI`
+/// is set: then it fails.
 pub fn scripts_dir() -> Option<std::path::PathBuf> {
     let out = Command::new("python3")
         .args([
             "-c",
-            "import epochwal._native, sysconfig; print(sysconfig.get_path('scripts'))",
+            "import epochwal._native, os, sysconfig\n\
+             print(sysconfig.get_path('scripts'))\n\
+             print(sysconfig.get_path('scripts', os.name + '_user'))",
         ])
         .output();
     match out {
-        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).trim().into()),
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let dirs: Vec<std::path::PathBuf> = text.lines().map(Into::into).collect();
+            let found = dirs.iter().find(|d| d.join("epochwal").is_file());
+            // None found: the first, so that the test names where it looked.
+            found.or(dirs.first()).cloned()
+        }
         other => {
             let why = other
                 .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
