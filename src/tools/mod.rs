@@ -121,6 +121,11 @@ pub(crate) enum DirState {
 }
 
 /// Longest file name component and path Linux accepts (NAME_MAX, PATH_MAX).
+/// How long a tool waits before scanning a log again when the newest
+/// segment's walk met a bad header, which next to a running writer is a
+/// record being written (see [`LogReader::scan_settled`]).
+pub(crate) const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+
 const NAME_MAX: usize = 255;
 const PATH_MAX: usize = 4095;
 
@@ -311,7 +316,7 @@ pub fn select_record(reader: &LogReader, sel: Selection) -> anyhow::Result<Selec
             }
         }
         Selection::Sequence(seq) => {
-            let scan = reader.scan()?;
+            let scan = reader.scan_settled(SETTLE)?;
             let found = scan.segments.iter().find_map(|s| {
                 s.records
                     .iter()
@@ -343,7 +348,7 @@ pub fn select_record(reader: &LogReader, sel: Selection) -> anyhow::Result<Selec
             })
         }
         Selection::Best => {
-            let scan = reader.scan()?;
+            let scan = reader.scan_settled(SETTLE)?;
             let mut candidates: Vec<(PathBuf, RecordHeader, f32)> = scan
                 .segments
                 .iter()
@@ -375,7 +380,7 @@ pub fn select_record(reader: &LogReader, sel: Selection) -> anyhow::Result<Selec
             )
         }
         Selection::Epoch(epoch) => {
-            let scan = reader.scan()?;
+            let scan = reader.scan_settled(SETTLE)?;
             let mut candidates: Vec<(PathBuf, RecordHeader)> = scan
                 .segments
                 .iter()

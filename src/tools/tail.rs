@@ -461,7 +461,7 @@ pub fn run(args: &TailArgs) -> anyhow::Result<i32> {
         return follow(args);
     }
     let reader = open_reader(&args.dir)?;
-    let scan = reader.scan_settled(std::time::Duration::from_millis(200))?;
+    let scan = reader.scan_settled(super::SETTLE)?;
     let (mut rows, problems) = rows(&scan);
     for p in problems {
         eprintln!("epochwal: warning: {p}");

@@ -119,7 +119,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
     if crate::job::is_job_dir(&args.dir) {
         return super::job::verify(&args.dir, args.json);
     }
-    let report = check_settled(&args.dir, std::time::Duration::from_millis(200))?;
+    let report = check_settled(&args.dir, super::SETTLE)?;
     if report.segments == 0 {
         // Saying "clean" here would let an operator believe a wrong or
         // empty directory holds a healthy log.
