@@ -105,9 +105,22 @@ fn digests(prefix: &Path, ranks: u32) -> Vec<String> {
         .collect()
 }
 
-fn set_pointer(server: &S3Server) -> Option<serde_json::Value> {
-    let bytes = std::fs::read(server.object_file("job/SET")).ok()?;
+/// The job's set pointer `PREFIX/SET`, if it is on the server.
+fn set_pointer(server: &S3Server, prefix: &str) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(server.object_file(&format!("{prefix}/SET"))).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// Every object the set pointer `set` of the job at `prefix` names, one
+/// per rank, is on the server.
+fn assert_set_objects_stored(server: &S3Server, prefix: &str, set: &serde_json::Value) {
+    for (r, e) in set["ranks"].as_array().unwrap().iter().enumerate() {
+        let key = format!("{prefix}/rank-{r:05}/{}", e["object"].as_str().unwrap());
+        assert!(
+            server.object_file(&key).is_file(),
+            "the set names {key}, which is not on the server"
+        );
+    }
 }
 
 /// The processes descended from `root` (by their parent ids in /proc).
@@ -247,7 +260,7 @@ fn a_job_moved_to_fresh_hosts_resumes_from_the_set_pointer_bit_identically() {
     let mut job_a = spawn(cmd, &log_a);
     let deadline = Instant::now() + WAIT;
     loop {
-        if set_pointer(&server).is_some_and(|s| s["step"].as_u64().unwrap_or(0) >= 10) {
+        if set_pointer(&server, "job").is_some_and(|s| s["step"].as_u64().unwrap_or(0) >= 10) {
             break;
         }
         if let Some(st) = job_a.try_wait().unwrap() {
@@ -271,19 +284,15 @@ fn a_job_moved_to_fresh_hosts_resumes_from_the_set_pointer_bit_identically() {
         descendants(job_a.id()).is_empty(),
         "host A's job still runs after SIGKILL"
     );
-    let set = set_pointer(&server).expect("the set pointer");
+    let set = set_pointer(&server, "job").expect("the set pointer");
     let step = set["step"].as_u64().unwrap();
     assert_eq!(set["world_size"], 2, "{set}");
     let entries = set["ranks"].as_array().unwrap();
     assert_eq!(entries.len(), 2, "{set}");
     for (r, e) in entries.iter().enumerate() {
         assert_eq!(e["step"].as_u64(), Some(step), "rank {r}: {set}");
-        let key = format!("job/rank-{r:05}/{}", e["object"].as_str().unwrap());
-        assert!(
-            server.object_file(&key).is_file(),
-            "the set names {key}, which is not on the server"
-        );
     }
+    assert_set_objects_stored(&server, "job", &set);
     eprintln!("host A was killed with the set pointer at step {step} of {STEPS}");
     assert!(step < STEPS, "host A finished before it was killed");
 
@@ -311,7 +320,7 @@ fn a_job_moved_to_fresh_hosts_resumes_from_the_set_pointer_bit_identically() {
         expected,
         "the job resumed on host B did not end on the bits of the uninterrupted job:\n{text}"
     );
-    let last = set_pointer(&server).expect("the set pointer");
+    let last = set_pointer(&server, "job").expect("the set pointer");
     assert_eq!(last["step"].as_u64(), Some(STEPS), "{last}");
     // `epochwal pull` of the job's URL: every rank's record of the set.
     let pulled = tmp.path().join("pulled");
@@ -461,10 +470,7 @@ fn a_set_never_names_a_record_of_a_branch_the_job_left() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().expect("tmp");
     let url = server.url("gap");
-    let set = || -> serde_json::Value {
-        let bytes = std::fs::read(server.object_file("gap/SET")).expect("gap/SET");
-        serde_json::from_slice(&bytes).expect("SET is JSON")
-    };
+    let set = || set_pointer(&server, "gap").expect("gap/SET, as JSON");
     let reference = tmp.path().join("reference");
     std::fs::create_dir(&reference).unwrap();
     run_job(&server, &reference, None, 10, &[]);
@@ -522,13 +528,7 @@ fn a_set_never_names_a_record_of_a_branch_the_job_left() {
     assert_eq!(digests(&dir.join("digest"), 2), expected, "{text}");
     let s = set();
     assert_eq!(s["step"].as_u64(), Some(10), "{s}");
-    for (r, e) in s["ranks"].as_array().unwrap().iter().enumerate() {
-        let key = format!("gap/rank-{r:05}/{}", e["object"].as_str().unwrap());
-        assert!(
-            server.object_file(&key).is_file(),
-            "the set names {key}, which is not on the server"
-        );
-    }
+    assert_set_objects_stored(&server, "gap", &s);
     eprintln!(
         "abandoned-branch set test: {} s",
         started.elapsed().as_secs_f64().round()
@@ -621,8 +621,7 @@ fn remote_retention_keeps_the_set_while_ranks_race_to_advance_it() {
     );
     // Which ranks' writes were seen depends on timing (the last rank to
     // upload a step writes it); printed, not asserted.
-    let bytes = std::fs::read(&set_file).expect("race/SET");
-    let set: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let set = set_pointer(&server, "race").expect("race/SET, as JSON");
     assert_eq!(set["step"].as_u64(), Some(steps), "{set}");
     for r in 0..ranks {
         let prefix = format!("race/rank-{r:05}");

@@ -222,17 +222,8 @@ fn skips_a_damaged_newest_record_and_says_so() {
 /// walk passed just before the writer wrote it: that record, not "absent".
 #[test]
 fn inspect_finds_a_record_that_its_walk_overtook() {
-    let dir = tempfile::tempdir().unwrap();
-    let log_dir = dir.path().join("log");
-    let staged = common::overtake::InFlight::stage(&log_dir);
     let seq = common::overtake::IN_FLIGHT.to_string();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("inspect")
-        .arg(&log_dir)
-        .args(["--json", "--seq", &seq]);
-    let (child, out) = staged.run_overtaken(cmd);
-    let status = child.wait_with_output().unwrap().status;
-    let text = out.iter().collect::<Vec<_>>().join("\n");
+    let (status, text) = common::overtake::run_tool(&["inspect", "--json", "--seq", &seq]).finish();
     assert_eq!(status.code(), Some(0), "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["sequence"], common::overtake::IN_FLIGHT, "{v:#}");

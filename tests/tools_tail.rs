@@ -403,12 +403,8 @@ fn a_log_directory_the_user_may_not_read_is_reported_once_naming_it() {
 /// printed 1–21, 23 and never 22).
 #[test]
 fn follow_prints_a_record_that_its_walk_overtook() {
-    let dir = tempfile::tempdir().unwrap();
-    let log_dir = dir.path().join("log");
-    let staged = common::overtake::InFlight::stage(&log_dir);
-    let mut cmd = Command::new(BIN);
-    cmd.arg("tail").arg(&log_dir).args(["-f", "-n", "100"]);
-    let (mut child, out_rx) = staged.run_overtaken(cmd);
+    // Kept whole: it holds the temporary directory.
+    let mut run = common::overtake::run_tool(&["tail", "-f", "-n", "100"]);
     let seq_of = |line: String| -> u64 {
         line.split_whitespace()
             .next()
@@ -419,18 +415,19 @@ fn follow_prints_a_record_that_its_walk_overtook() {
     let last = common::overtake::IN_FLIGHT + 1;
     let mut seqs = Vec::new();
     while !seqs.contains(&last) {
-        let line = out_rx
+        let line = run
+            .lines
             .recv_timeout(LINE_TIMEOUT)
             .unwrap_or_else(|_| panic!("no record {last} in time; printed {seqs:?}"));
         seqs.push(seq_of(line));
     }
     // A record printed late would come within a rescan or two.
-    while let Ok(line) = out_rx.recv_timeout(Duration::from_secs(3)) {
+    while let Ok(line) = run.lines.recv_timeout(Duration::from_secs(3)) {
         seqs.push(seq_of(line));
     }
     // SAFETY: kill only reads its arguments; the pid is our child's.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    assert_eq!(wait_exit(&mut child, LINE_TIMEOUT).code(), Some(0));
+    unsafe { libc::kill(run.child.id() as i32, libc::SIGINT) };
+    assert_eq!(wait_exit(&mut run.child, LINE_TIMEOUT).code(), Some(0));
     assert_eq!(
         seqs,
         (1..=last).collect::<Vec<_>>(),
@@ -479,17 +476,12 @@ fn follow_prints_past_a_record_that_stays_missing() {
 /// record, and no warning of damage that is not there.
 #[test]
 fn tail_shows_a_record_that_its_walk_overtook() {
-    let dir = tempfile::tempdir().unwrap();
-    let log_dir = dir.path().join("log");
-    let staged = common::overtake::InFlight::stage(&log_dir);
-    let mut cmd = Command::new(BIN);
-    cmd.arg("tail").arg(&log_dir).args(["--json", "-n", "3"]);
-    let (mut child, out) = staged.run_overtaken(cmd);
-    assert_eq!(wait_exit(&mut child, LINE_TIMEOUT).code(), Some(0));
+    let (status, out) = common::overtake::run_tool(&["tail", "--json", "-n", "3"]).finish();
+    assert_eq!(status.code(), Some(0));
     let seqs: Vec<u64> = out
-        .iter()
+        .lines()
         .map(|l| {
-            serde_json::from_str::<serde_json::Value>(&l).unwrap()["sequence"]
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["sequence"]
                 .as_u64()
                 .unwrap()
         })

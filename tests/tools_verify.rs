@@ -282,14 +282,7 @@ fn verify_runs_next_to_a_busy_writer() {
 /// log, not damage.
 #[test]
 fn verify_is_clean_when_its_walk_overtakes_a_record_in_flight() {
-    let dir = tempfile::tempdir().unwrap();
-    let log_dir = dir.path().join("log");
-    let staged = common::overtake::InFlight::stage(&log_dir);
-    let mut cmd = Command::new(BIN);
-    cmd.arg("verify").arg("--json").arg(&log_dir);
-    let (child, out) = staged.run_overtaken(cmd);
-    let status = child.wait_with_output().unwrap().status;
-    let text: String = out.iter().collect::<Vec<_>>().join("\n");
+    let (status, text) = common::overtake::run_tool(&["verify", "--json"]).finish();
     let v: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     assert_eq!(status.code(), Some(0), "{v:#}");

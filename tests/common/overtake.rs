@@ -1,15 +1,15 @@
 //! A log as a reader's walk finds it while a fast writer is at work: the
 //! walk passes the header page of a record whose payload is written but
 //! whose header is not yet, and finds the next record further on once the
-//! writer has finished both. [`InFlight::stage`] builds the log with the two
-//! records missing; a command run with [`InFlight::run_overtaken`] has its
-//! walk held (the fault shim's `pread` HOLD) at the later record's header
-//! while the two records are written, then let go.
+//! writer has finished both. [`run_tool`] stages such a log (records 22 and
+//! 23 missing, [`InFlight::stage`]) and runs `epochwal` on it with its walk
+//! held (the fault shim's `pread` HOLD) at the later record's header while
+//! the two records are written, then let go.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 
 use epochwal::wal::{Log, LogOptions, LogReader, RecordHeader};
@@ -85,7 +85,7 @@ impl InFlight {
     /// Spawns `cmd` (stdout and stderr piped) with its walk held at record
     /// 23's header page; once it is held, finishes 22, writes 23 and lets
     /// the walk go on. Returns the child and its stdout lines.
-    pub fn run_overtaken(&self, mut cmd: Command) -> (Child, mpsc::Receiver<String>) {
+    fn run_overtaken(&self, mut cmd: Command) -> (Child, mpsc::Receiver<String>) {
         let name = self.segment.file_name().unwrap().to_str().unwrap();
         let spec = format!(
             "pread,{name},HOLD,range={}-{}",
@@ -126,5 +126,50 @@ impl InFlight {
         self.write(&self.header22, &self.whole23);
         std::fs::write(&self.release, b"").unwrap();
         (child, out_rx)
+    }
+}
+
+/// A command run by [`run_tool`]; its temporary directory lives as long as
+/// it does.
+pub struct Overtaken {
+    _dir: tempfile::TempDir,
+    pub child: Child,
+    /// Its stdout, line by line.
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Overtaken {
+    /// Waits (at most twice [`LINE_TIMEOUT`]) for a command that ends by
+    /// itself: its status and whole stdout.
+    pub fn finish(mut self) -> (ExitStatus, String) {
+        let deadline = std::time::Instant::now() + 2 * LINE_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the command did not end in time");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let text = self.lines.iter().collect::<Vec<_>>().join("\n");
+        (status, text)
+    }
+}
+
+/// `epochwal ARGS LOG` on a log staged by [`InFlight::stage`] in a new
+/// temporary directory, its walk overtaken (see [`InFlight::run_overtaken`]).
+pub fn run_tool(args: &[&str]) -> Overtaken {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let staged = InFlight::stage(&log_dir);
+    let mut cmd = Command::new(super::daemon::binary());
+    cmd.args(args).arg(&log_dir);
+    let (child, lines) = staged.run_overtaken(cmd);
+    Overtaken {
+        _dir: dir,
+        child,
+        lines,
     }
 }
