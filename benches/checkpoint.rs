@@ -1092,6 +1092,20 @@ fn children_cpu() -> Duration {
     rusage_cpu(libc::RUSAGE_CHILDREN)
 }
 
+/// CPU time the hypervisor took from this machine's CPUs so far (the
+/// `steal` column of `/proc/stat`, all CPUs), or None where there is no
+/// such column. On a virtual machine whose host does the guest's disk I/O
+/// on the cores that run its virtual CPUs, this grows while records are
+/// written, and it is time that no thread of the guest ran.
+fn steal_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    // SAFETY: sysconf only reads its integer argument.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
 fn rusage_cpu(who: libc::c_int) -> Duration {
     // SAFETY: an all-zero rusage is a valid value of a plain C struct.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
