@@ -221,6 +221,22 @@ fn skips_a_damaged_newest_record_and_says_so() {
 /// `inspect --seq N` next to a writer, of the record whose header page its
 /// walk passed just before the writer wrote it: that record, not "absent".
 #[test]
+fn inspect_names_no_damage_in_a_log_whose_walk_overtook_a_record() {
+    // The newest record, as `inspect` with no flag (and `export`) choose it:
+    // the walk passes 22's header page before the writer writes it and
+    // finds 23 further on; 22 is a record in flight, not damage.
+    let (status, text, errors) =
+        common::overtake::run_tool(&["inspect", "--json"]).finish_with_stderr();
+    assert_eq!(status.code(), Some(0), "{text}\n{errors}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["sequence"], common::overtake::IN_FLIGHT + 1, "{v:#}");
+    assert!(
+        !errors.contains("passed over"),
+        "a healthy log was reported damaged:\n{errors}"
+    );
+}
+
+#[test]
 fn inspect_finds_a_record_that_its_walk_overtook() {
     let seq = common::overtake::IN_FLIGHT.to_string();
     let (status, text) = common::overtake::run_tool(&["inspect", "--json", "--seq", &seq]).finish();

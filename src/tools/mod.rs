@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::wal::{recover, LogReader, MappedRecord, RecordHeader, WalError};
+use crate::wal::{recover_settled, LogReader, MappedRecord, RecordHeader, WalError};
 
 pub use check_config::CheckConfigArgs;
 pub use export::{
@@ -120,12 +120,12 @@ pub(crate) enum DirState {
     Impossible(String),
 }
 
-/// Longest file name component and path Linux accepts (NAME_MAX, PATH_MAX).
 /// How long a tool waits before scanning a log again when the newest
 /// segment's walk met a bad header, which next to a running writer is a
 /// record being written (see [`LogReader::scan_settled`]).
 pub(crate) const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Longest file name component and path Linux accepts (NAME_MAX, PATH_MAX).
 const NAME_MAX: usize = 255;
 const PATH_MAX: usize = 4095;
 
@@ -293,7 +293,7 @@ pub fn select_record(reader: &LogReader, sel: Selection) -> anyhow::Result<Selec
     let dir = reader.dir();
     match sel {
         Selection::Newest => {
-            let rec = recover(dir)?;
+            let rec = recover_settled(dir, SETTLE)?;
             let skipped = rec.skipped.iter().map(|s| s.to_string()).collect();
             match rec.record {
                 Some(record) => Ok(Selected { record, skipped }),

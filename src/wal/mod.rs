@@ -34,8 +34,8 @@ mod writer;
 pub use error::{errno_name, WalError};
 pub use format::{RecordHeader, SegmentHeader, ValidationFigures};
 pub use reader::{
-    load_record_copy, recover, validate_payload, LogReader, LogScan, MappedRecord, ReadFailure,
-    Recovery, SegmentScan, Skip,
+    load_record_copy, recover, recover_settled, validate_payload, LogReader, LogScan, MappedRecord,
+    ReadFailure, Recovery, SegmentScan, Skip,
 };
 pub use sys::{create_private_dir, write_private};
 pub use writer::{

@@ -816,6 +816,10 @@ pub struct Recovery {
     /// tail in the page cache, which `SEEK_DATA` then counts as data, so
     /// the search past the last record reads that tail page by page).
     pub(crate) scans: Vec<SegmentScan>,
+    /// The walk of the newest segment met a bad header page past the
+    /// segment header: next to a running writer, possibly a record being
+    /// written (see [`LogScan::newest_segment_unsettled`]).
+    pub(crate) newest_unsettled: bool,
 }
 
 /// Finds the newest intact record in `dir`. Reads segments newest first and
@@ -829,6 +833,22 @@ pub struct Recovery {
 /// with a [`Skip`] marked `unreadable`.
 pub fn recover(dir: impl AsRef<Path>) -> Result<Recovery> {
     recover_with(dir.as_ref(), false, None)
+}
+
+/// [`recover`], for a reader next to a running writer: when the walk of the
+/// newest segment met a bad header page (a record the writer was writing,
+/// which the walk passed before finding the next one), it waits `settle`
+/// and recovers again, so that the record in flight is not reported as
+/// damage. The second result is returned whatever it finds.
+pub fn recover_settled(dir: impl AsRef<Path>, settle: std::time::Duration) -> Result<Recovery> {
+    let dir = dir.as_ref();
+    let first = recover(dir)?;
+    if settle.is_zero() || !first.newest_unsettled {
+        return Ok(first);
+    }
+    drop(first);
+    std::thread::sleep(settle);
+    recover(dir)
 }
 
 /// [`recover`] for the writer, which resumes from what it finds and so must
@@ -877,6 +897,7 @@ fn recover_once(dir: &Path, writer: bool, keep: Option<u128>) -> Result<(Recover
         next_segment_no: segments.last().map_or(1, |(n, _)| n.saturating_add(1)),
         segments_scanned: 0,
         scans: Vec::new(),
+        newest_unsettled: false,
     };
     let mut newest_header_id = None;
     // Empty segments passed before the log's id was known.
@@ -898,6 +919,9 @@ fn recover_once(dir: &Path, writer: bool, keep: Option<u128>) -> Result<(Recover
             return Err(f.to_error(path));
         }
         out.segments_scanned += 1;
+        if out.segments_scanned == 1 {
+            out.newest_unsettled = scan.problems.iter().any(|p| p.offset >= PAGE);
+        }
         out.skipped.extend(scan.problems.iter().cloned());
         if writer {
             out.scans.push(scan.clone());

@@ -85,7 +85,10 @@ impl InFlight {
     /// Spawns `cmd` (stdout and stderr piped) with its walk held at record
     /// 23's header page; once it is held, finishes 22, writes 23 and lets
     /// the walk go on. Returns the child and its stdout lines.
-    fn run_overtaken(&self, mut cmd: Command) -> (Child, mpsc::Receiver<String>) {
+    fn run_overtaken(
+        &self,
+        mut cmd: Command,
+    ) -> (Child, mpsc::Receiver<String>, mpsc::Receiver<String>) {
         let name = self.segment.file_name().unwrap().to_str().unwrap();
         let spec = format!(
             "pread,{name},HOLD,range={}-{}",
@@ -125,7 +128,7 @@ impl InFlight {
         // The writer finishes 22 and writes 23 while the walk is past 22.
         self.write(&self.header22, &self.whole23);
         std::fs::write(&self.release, b"").unwrap();
-        (child, out_rx)
+        (child, out_rx, err_rx)
     }
 }
 
@@ -136,12 +139,21 @@ pub struct Overtaken {
     pub child: Child,
     /// Its stdout, line by line.
     pub lines: mpsc::Receiver<String>,
+    /// Its stderr after the walk was let go, line by line.
+    errors: mpsc::Receiver<String>,
 }
 
 impl Overtaken {
     /// Waits (at most twice [`LINE_TIMEOUT`]) for a command that ends by
     /// itself: its status and whole stdout.
-    pub fn finish(mut self) -> (ExitStatus, String) {
+    pub fn finish(self) -> (ExitStatus, String) {
+        let (status, out, _) = self.finish_with_stderr();
+        (status, out)
+    }
+
+    /// [`Overtaken::finish`], with the stderr written after the walk was
+    /// let go.
+    pub fn finish_with_stderr(mut self) -> (ExitStatus, String, String) {
         let deadline = std::time::Instant::now() + 2 * LINE_TIMEOUT;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -154,7 +166,8 @@ impl Overtaken {
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
         let text = self.lines.iter().collect::<Vec<_>>().join("\n");
-        (status, text)
+        let errors = self.errors.iter().collect::<Vec<_>>().join("\n");
+        (status, text, errors)
     }
 }
 
@@ -166,10 +179,11 @@ pub fn run_tool(args: &[&str]) -> Overtaken {
     let staged = InFlight::stage(&log_dir);
     let mut cmd = Command::new(super::daemon::binary());
     cmd.args(args).arg(&log_dir);
-    let (child, lines) = staged.run_overtaken(cmd);
+    let (child, lines, errors) = staged.run_overtaken(cmd);
     Overtaken {
         _dir: dir,
         child,
         lines,
+        errors,
     }
 }
