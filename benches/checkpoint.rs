@@ -28,6 +28,9 @@
 //!   `checkpoint/train.rs`).
 //! - `EPOCHWAL_BENCH_TRAIN_THREADS`: training thread counts of the `train`
 //!   section, comma list; default `1,2`.
+//! - `EPOCHWAL_BENCH_COPY_IN_PAUSE=1`: the `train` section copies the state
+//!   in the training pause (`begin_append`) instead of handing a snapshot to
+//!   the persisting thread as the daemon does; for comparison.
 //! - `EPOCHWAL_BENCH_PYTHON`: the Python that runs `benches/torch_peer.py`
 //!   (default `python3`). Without torch the torch figures print
 //!   "skipped: no torch"; nothing else changes.
@@ -56,7 +59,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use epochwal::state::TrainState;
-use epochwal::train::{TrainConfig, Trainer};
+use epochwal::train::{Snapshot, TrainConfig, Trainer};
 use epochwal::wal::{format, recover, Log, LogOptions, PendingAppend, Retention};
 use torch::TorchPeer;
 

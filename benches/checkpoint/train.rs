@@ -90,6 +90,13 @@ impl TrainShape {
     }
 }
 
+/// `EPOCHWAL_BENCH_COPY_IN_PAUSE=1`: the training thread copies the state
+/// into the staging buffer in its pause (`begin_append`), as the daemon did
+/// before it handed a snapshot to the persisting thread; for comparison.
+fn copy_in_pause() -> bool {
+    std::env::var("EPOCHWAL_BENCH_COPY_IN_PAUSE").is_ok_and(|v| v == "1")
+}
+
 /// Thread counts to measure: `EPOCHWAL_BENCH_TRAIN_THREADS` (comma list),
 /// default 1 and 2.
 fn thread_counts() -> Vec<usize> {
@@ -132,6 +139,9 @@ struct OnRun {
     /// Phases of the start: trainer built, log opened (recovery), record
     /// restored, first segment reserved, first step.
     phases: [Duration; 5],
+    /// After each pause, the time the next step waited for the persister
+    /// to finish copying the snapshot (before its optimizer update).
+    snapshot_wait: Vec<f64>,
     /// Of each pause, the time spent waiting for the log's lock (held by
     /// the persister thread while it prepares the next append).
     pause_lock_wait: Vec<f64>,
@@ -205,7 +215,7 @@ fn train_with_checkpoints(
     lap(3, &mut phase);
     let run_start_training = begun.elapsed();
     let log = Arc::new(Mutex::new(log));
-    let (job_tx, job_rx) = mpsc::sync_channel::<PendingAppend>(1);
+    let (job_tx, job_rx) = mpsc::sync_channel::<(PendingAppend, Snapshot)>(1);
     let (done_tx, done_rx) = mpsc::channel::<(f64, PathBuf, u64, u64, [f64; 3])>();
     let persister = {
         let log = Arc::clone(&log);
@@ -215,9 +225,15 @@ fn train_with_checkpoints(
                 .unwrap()
                 .prepare_next_append()
                 .expect("prepare_next_append");
-            for pending in job_rx {
+            for (mut pending, snapshot) in job_rx {
                 let t = Instant::now();
                 let c0 = thread_cpu();
+                // As the daemon does: the copy is made here, from the
+                // trainer's snapshot, while the training thread goes on.
+                if !copy_in_pause() {
+                    pending.fill(&snapshot).expect("fill");
+                }
+                drop(snapshot);
                 let durable = pending.persist();
                 let c1 = thread_cpu();
                 let d = durable.as_ref().expect("persist");
@@ -260,8 +276,15 @@ fn train_with_checkpoints(
         run.last = Some((m.1, m.2, m.3));
     };
     let mut first = true;
+    // A snapshot was handed over and the step after it not yet taken.
+    let mut snapshot_pending = false;
     loop {
         let out = trainer.step();
+        if std::mem::take(&mut snapshot_pending) {
+            // The part of the pause the training thread still pays: waiting
+            // in that step, before its optimizer update, for the copy.
+            run.snapshot_wait.push(ms(trainer.take_snapshot_wait()));
+        }
         if let Some(o) = &obs {
             o.step(out.epoch, out.global_step);
             if out.epoch_completed {
@@ -294,13 +317,21 @@ fn train_with_checkpoints(
             }
             let t = Instant::now();
             let c = thread_cpu();
+            let snapshot = trainer.snapshot();
             let mut guard = log.lock().unwrap();
             run.pause_lock_wait.push(ms(t.elapsed()));
-            let pending = guard.begin_append(trainer.state()).expect("begin_append");
+            let pending = if copy_in_pause() {
+                guard.begin_append(&snapshot).expect("begin_append")
+            } else {
+                guard
+                    .begin_append_unfilled(&snapshot, None)
+                    .expect("begin_append_unfilled")
+            };
             drop(guard);
             run.pause_cpu.push(ms(thread_cpu() - c));
             run.pause.push(ms(t.elapsed()));
-            job_tx.send(pending).expect("persister died");
+            job_tx.send((pending, snapshot)).expect("persister died");
+            snapshot_pending = true;
             in_flight = true;
             if out.epoch >= epochs {
                 break;
@@ -381,6 +412,7 @@ struct Side {
     train_cpu_on: Vec<f64>,
     copy_checksum: Vec<f64>,
     pause: Vec<f64>,
+    snapshot_wait: Vec<f64>,
     steady_pause: Vec<f64>,
     wait: Vec<f64>,
     persist: Vec<f64>,
@@ -481,6 +513,7 @@ pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
                         side.deferred += r.deferred;
                         side.steady_pause.extend(r.pause.iter().skip(1));
                         side.pause.extend(r.pause);
+                        side.snapshot_wait.extend(r.snapshot_wait);
                         side.wait.extend(r.wait);
                         side.persist.extend(r.persist);
                         side.persister_cpu.extend(r.persister_cpu);
@@ -559,6 +592,7 @@ pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
                 .ms_of("off_ms", &s.off)
                 .ms_of("on_ms", &s.on)
                 .ms_of("pause_ms", &s.pause)
+                .ms_of("snapshot_wait_ms", &s.snapshot_wait)
                 .ms_of("wait_prev_ms", &s.wait)
                 .ms_of("final_wait_ms", &s.final_wait)
                 .kv("deferred_checkpoints", s.deferred)

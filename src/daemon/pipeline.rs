@@ -11,7 +11,7 @@ use super::observing::Observers;
 use super::replication::Replication;
 use super::Notify;
 use crate::config::{CheckpointConfig, OnNonFinite};
-use crate::train::{SavedNumbers, Trainer, Validation};
+use crate::train::{SavedNumbers, Snapshot, Trainer, Validation};
 use crate::wal::{Log, PendingAppend, ValidationFigures, WalError};
 
 /// `u64::MAX` stands for "none" in the atomics below.
@@ -42,6 +42,10 @@ pub(crate) struct Control {
     status: Mutex<()>,
     /// The newest losses, for the STATUS line.
     figures: Mutex<Figures>,
+    /// Nanoseconds the training thread waited, in the step after a
+    /// checkpoint, for the persisting thread to finish copying the
+    /// snapshot; added to that checkpoint's reported pause.
+    snapshot_wait_ns: AtomicU64,
 }
 
 /// The newest losses the training thread reported.
@@ -100,6 +104,7 @@ impl Control {
             failed_since_durable: AtomicU64::new(0),
             status: Mutex::new(()),
             figures: Mutex::new(Figures::default()),
+            snapshot_wait_ns: AtomicU64::new(0),
         }
     }
 
@@ -183,7 +188,10 @@ pub(crate) struct Handles {
 }
 
 struct Job {
+    /// Begun without its payload: the persisting thread fills it from
+    /// `snapshot` (the copy is not made on the training thread).
     pending: PendingAppend,
+    snapshot: Snapshot,
     pause: Duration,
     reason: &'static str,
     /// No checkpoint follows (shutdown or the last epoch): nothing to prepare.
@@ -253,7 +261,18 @@ fn persist_loop(
     }
     for job in jobs {
         let header = *job.pending.header();
-        let result = job.pending.persist();
+        let mut pending = job.pending;
+        // The copy of the state into the staging buffer, here rather than in
+        // the training pause; the trainer's next write waits for the drop.
+        let filled = pending.fill(&job.snapshot);
+        drop(job.snapshot);
+        let result = filled.and_then(|()| pending.persist());
+        // What the training thread paid for this checkpoint: the pause, and
+        // the wait of the step after it for the copy (that step's optimizer
+        // update comes long after the fill in all but the smallest models,
+        // so this is usually zero, and it has happened by now).
+        let pause =
+            job.pause + Duration::from_nanos(control.snapshot_wait_ns.swap(0, Ordering::SeqCst));
         let (retention, retained) = {
             let mut log = lock(log);
             let retention = log.finish(&result);
@@ -289,7 +308,7 @@ fn persist_loop(
                     r.offer(d);
                     r.progress()
                 });
-                observe.durable(d, job.pause, retained, remote.as_ref());
+                observe.durable(d, pause, retained, remote.as_ref());
                 // Routine checkpoints are summed up by the epoch line; the
                 // ones an operator asked for are worth a line of their own.
                 let level_info = matches!(job.reason, "signal" | "shutdown");
@@ -300,7 +319,7 @@ fn persist_loop(
                             epoch = d.header.epoch,
                             step = d.header.step,
                             bytes = d.bytes,
-                            pause_ms = (job.pause.as_secs_f64() * 1e6).round() / 1e3,
+                            pause_ms = (pause.as_secs_f64() * 1e6).round() / 1e3,
                             persist_ms = (d.sync_time.as_secs_f64() * 1e6).round() / 1e3,
                             reason = job.reason,
                             val_loss = d.header.validation.map(|v| f64::from(v.loss)),
@@ -314,7 +333,7 @@ fn persist_loop(
                 }
                 if crate::observe::journal::active() {
                     // Every checkpoint, with its fields, for journalctl.
-                    super::observing::journal_durable(d, job.pause, job.reason, remote.as_ref());
+                    super::observing::journal_durable(d, pause, job.reason, remote.as_ref());
                 } else if level_info {
                     durable_line!(info);
                 } else {
@@ -664,6 +683,12 @@ impl TrainLoop {
                 (s.epoch, s.step_in_epoch)
             };
             let out = self.trainer.step();
+            let waited = self.trainer.take_snapshot_wait();
+            if !waited.is_zero() {
+                self.control
+                    .snapshot_wait_ns
+                    .fetch_add(waited.as_nanos() as u64, Ordering::SeqCst);
+            }
             self.control.heartbeat.fetch_add(1, Ordering::Relaxed);
             self.observe.step(out.epoch, out.global_step);
             if let Some(end) = self.guard(&out, before) {
@@ -772,7 +797,10 @@ impl TrainLoop {
             loss: v.loss,
             accuracy: v.accuracy,
         });
-        let begun = lock(&self.log).begin_append_with(self.trainer.state(), validation);
+        // The pause: the record's size is counted and its place taken; the
+        // persisting thread copies the snapshot while training goes on.
+        let snapshot = self.trainer.snapshot();
+        let begun = lock(&self.log).begin_append_unfilled(&snapshot, validation);
         match begun {
             Ok(pending) => {
                 let seq = pending.header().sequence;
@@ -780,6 +808,7 @@ impl TrainLoop {
                 let state = self.trainer.state();
                 let job = Job {
                     pending,
+                    snapshot,
                     pause: t0.elapsed(),
                     reason,
                     last: reason == "shutdown"

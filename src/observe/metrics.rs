@@ -180,7 +180,7 @@ impl Metrics {
         );
         r.register(
             "checkpoint_pause_seconds",
-            "How long training paused to hand a checkpoint to the log (serialization into the staging buffer, and any wait for the previous one)",
+            "How long training paused for a checkpoint: handing a snapshot of the state to the log, any wait for the previous checkpoint, and any wait of the next step for the snapshot's copy",
             m.pause.clone(),
         );
         r.register(

@@ -172,7 +172,7 @@ impl Trainer {
     /// data and the step counters are left as they are: the mini-batch stays
     /// consumed.
     pub fn restore_numbers(&mut self, from: &SavedNumbers) {
-        let s = &mut self.state;
+        let s = self.state_mut();
         let mut rest = &from.values[..];
         let mut take = |dst: &mut [f32]| {
             let (head, tail) = rest.split_at(dst.len());
@@ -205,11 +205,11 @@ mod tests {
     fn finds_the_first_non_finite_weight_then_moment() {
         let mut t = trainer();
         assert_eq!(t.first_non_finite(), None);
-        t.state.optimizer.params[1].exp_avg_sq[0] = f32::INFINITY;
+        t.state_mut().optimizer.params[1].exp_avg_sq[0] = f32::INFINITY;
         assert_eq!(t.first_non_finite_weight(), None, "weights are finite");
         let bad = t.first_non_finite().unwrap();
         assert_eq!((bad.tensor.as_str(), bad.index), ("fc.bias.exp_avg_sq", 0));
-        t.state.model.tensors[0].data[0] = f32::NAN;
+        t.state_mut().model.tensors[0].data[0] = f32::NAN;
         let bad = t.first_non_finite_weight().unwrap();
         assert_eq!((bad.tensor.as_str(), bad.index), ("fc.weight", 0));
         assert_eq!(t.first_non_finite().unwrap().tensor, "fc.weight");

@@ -46,6 +46,7 @@ pub mod linalg;
 pub mod model;
 pub mod pool;
 pub mod rng;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,6 +64,7 @@ pub use model::{Activation, Loss};
 use model::{BatchTargets, Mlp, MlpSpec};
 use pool::{Pool, SharedMut};
 use rng::{stream, Xoshiro256};
+pub use snapshot::Snapshot;
 
 /// A training run's configuration: `[dataset]`, `[model]`, `[optimizer]`,
 /// `batch_size` and `seed`. Unknown keys are errors that name the key.
@@ -440,7 +442,13 @@ const EVAL_BATCH: usize = 512;
 pub struct Trainer {
     cfg: TrainConfig,
     /// The live, checkpointable state: parameters and Adam moments live here.
-    state: TrainState,
+    /// Shared with [`Snapshot`]s; written only through [`snapshot::unique`].
+    state: Arc<TrainState>,
+    /// Counts the snapshots alive.
+    gate: Arc<snapshot::Gate>,
+    /// Time spent waiting for snapshots to be dropped before a write, since
+    /// [`Trainer::take_snapshot_wait`] was last called.
+    snapshot_wait: std::time::Duration,
     mlp: Mlp,
     pool: Arc<Pool>,
     /// The optimizer step's pieces: `(tensor, start, end)`.
@@ -550,7 +558,7 @@ impl Trainer {
         }
         let is_seed = matches!(self.cfg.dataset, DatasetConfig::Seed { .. });
         let fresh = initial_tensors(self.mlp.spec(), self.cfg.seed, is_seed);
-        for (t, f) in self.state.model.tensors.iter_mut().zip(fresh) {
+        for (t, f) in self.state_mut().model.tensors.iter_mut().zip(fresh) {
             t.data = f.data;
         }
         self.weights_initialised = true;
@@ -667,7 +675,9 @@ impl Trainer {
         let pool = Arc::new(Pool::new(cfg.threads));
         Ok(Trainer {
             cfg: cfg.clone(),
-            state,
+            state: Arc::new(state),
+            gate: Arc::default(),
+            snapshot_wait: std::time::Duration::ZERO,
             mlp: Mlp::new(spec, Arc::clone(&pool)),
             pool,
             adam_pieces,
@@ -747,6 +757,26 @@ impl Trainer {
         &self.state
     }
 
+    /// The state as it is now, to read on another thread without a copy
+    /// (the persisting thread serializes it, see
+    /// [`crate::wal::Log::begin_append_unfilled`]). The trainer's next
+    /// write to its state (in the next step's optimizer update, after its
+    /// forward and backward passes) waits until the snapshot is dropped.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::new(&self.state, &self.gate)
+    }
+
+    /// Time the trainer waited for snapshots to be dropped before writing
+    /// its state, since the last call; resets it.
+    pub fn take_snapshot_wait(&mut self) -> std::time::Duration {
+        std::mem::take(&mut self.snapshot_wait)
+    }
+
+    /// The state, for writing (see [`snapshot::unique`]).
+    fn state_mut(&mut self) -> &mut TrainState {
+        snapshot::unique(&mut self.state, &self.gate, &mut self.snapshot_wait)
+    }
+
     /// Mini-batches per epoch: `ceil(n / batch_size)`.
     pub fn steps_per_epoch(&self) -> u64 {
         self.data.n.div_ceil(self.cfg.batch_size) as u64
@@ -755,14 +785,15 @@ impl Trainer {
     /// Records that the run's initial state was imported from a file with
     /// this SHA-256 (kept in every record from now on).
     pub fn set_import(&mut self, sha256: [u8; 32], source: String) {
-        self.state.import = Import { sha256, source };
+        self.state_mut().import = Import { sha256, source };
     }
 
     /// Records the wall-clock time of a snapshot (ns since the Unix epoch)
     /// and the training time accumulated over all runs (ms).
     pub fn set_wall_clock(&mut self, unix_ns: u64, train_time_ms: u64) {
-        self.state.wall_clock_unix_ns = unix_ns;
-        self.state.train_time_ms = train_time_ms;
+        let s = self.state_mut();
+        s.wall_clock_unix_ns = unix_ns;
+        s.train_time_ms = train_time_ms;
     }
 
     /// Replaces the optimizer hyperparameters (for example on a reload of
@@ -773,7 +804,7 @@ impl Trainer {
         hyper.validate().map_err(TrainError::Config)?;
         self.hyper = hyper;
         self.cfg.optimizer = opt.clone();
-        let o = &mut self.state.optimizer;
+        let o = &mut self.state_mut().optimizer;
         o.lr = hyper.lr;
         o.beta1 = hyper.beta1;
         o.beta2 = hyper.beta2;
@@ -814,7 +845,7 @@ impl Trainer {
         self.last_validation = None;
 
         let steps_per_epoch = self.steps_per_epoch();
-        let s = &mut self.state;
+        let s = self.state_mut();
         s.last_loss = loss;
         s.global_step += 1;
         s.step_in_epoch += 1;
@@ -891,14 +922,14 @@ impl Trainer {
     /// forward-backward pass, in pieces spread over the pool. Every element
     /// is updated by the same arithmetic wherever it runs.
     fn optimizer_step(&mut self) {
-        let mut views = Vec::with_capacity(self.state.model.tensors.len());
-        for (t, st) in self
-            .state
-            .model
-            .tensors
-            .iter_mut()
-            .zip(self.state.optimizer.params.iter_mut())
-        {
+        // The first write of a step: waits here for a snapshot still being
+        // copied (see `snapshot.rs`).
+        let state = snapshot::unique(&mut self.state, &self.gate, &mut self.snapshot_wait);
+        let mut views = Vec::with_capacity(state.model.tensors.len());
+        let crate::state::TrainState {
+            model, optimizer, ..
+        } = state;
+        for (t, st) in model.tensors.iter_mut().zip(optimizer.params.iter_mut()) {
             st.step += 1;
             assert_eq!(st.exp_avg.len(), t.data.len(), "exp_avg of {}", st.name);
             assert_eq!(
@@ -1096,7 +1127,7 @@ impl Trainer {
         }
 
         // Everything checked: copy.
-        let st = &mut self.state;
+        let st = snapshot::unique(&mut self.state, &self.gate, &mut self.snapshot_wait);
         st.import = Import {
             sha256: s.import.sha256,
             source: s.import.source.as_str().to_string(),
@@ -1202,7 +1233,7 @@ impl Trainer {
         if !problems.is_empty() {
             return Err(TrainError::InitFrom(problems.join("; ")));
         }
-        for (t, k) in self.state.model.tensors.iter_mut().zip(index) {
+        for (t, k) in self.state_mut().model.tensors.iter_mut().zip(index) {
             if let Some(k) = k {
                 t.data.copy_from_slice(&tensors[k].2);
             }
@@ -1239,7 +1270,10 @@ impl Trainer {
         if !problems.is_empty() {
             return Err(TrainError::InitFrom(problems.join("; ")));
         }
-        for (a, p) in adam.iter().zip(self.state.optimizer.params.iter_mut()) {
+        for (a, p) in adam
+            .iter()
+            .zip(self.state_mut().optimizer.params.iter_mut())
+        {
             p.step = a.step;
             p.exp_avg.copy_from_slice(&a.exp_avg.1);
             p.exp_avg_sq.copy_from_slice(&a.exp_avg_sq.1);

@@ -76,6 +76,39 @@ fn access(bytes: &[u8]) -> &ArchivedTrainState {
 }
 
 #[test]
+fn a_snapshot_shows_the_state_it_was_taken_at_while_the_trainer_steps_on() {
+    let cfg = synthetic_cfg(Loss::Mse, &[16, 8], 3);
+    let mut a = Trainer::new(&cfg).unwrap();
+    let mut b = Trainer::new(&cfg).unwrap();
+    for _ in 0..5 {
+        a.step();
+        b.step();
+    }
+    let before = a.state().clone();
+    let snapshot = a.snapshot();
+    // Another thread reads the snapshot for a while, as the persisting
+    // thread copies it, then lets it go.
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let seen = (*snapshot).clone();
+        drop(snapshot);
+        seen
+    });
+    // The step computes its gradients meanwhile, and waits before it writes.
+    a.step();
+    let seen = reader.join().unwrap();
+    assert_bit_identical(&seen, &before, "the snapshot");
+    assert!(
+        a.take_snapshot_wait() >= std::time::Duration::from_millis(20),
+        "the step did not wait for the snapshot"
+    );
+    // And the step is the one a trainer without a snapshot takes.
+    b.step();
+    assert_bit_identical(a.state(), b.state(), "after the step");
+    assert_eq!(a.take_snapshot_wait(), std::time::Duration::ZERO);
+}
+
+#[test]
 fn fresh_trainers_are_bit_identical_at_every_step() {
     for loss in [Loss::Mse, Loss::CrossEntropy] {
         let cfg = synthetic_cfg(loss, &[16, 8], 3);

@@ -274,6 +274,40 @@ pub struct PendingAppend {
     /// before the header is written, so a copy that differs never becomes a
     /// record.
     expect_checksum: Option<u64>,
+    /// Begun with [`Log::begin_append_unfilled`] and not yet
+    /// [`PendingAppend::fill`]ed: the staging buffer does not hold the
+    /// payload.
+    unfilled: bool,
+}
+
+/// Serializes `state` into the first `payload_len` bytes of `buffer` (tensors
+/// with non-temporal stores, see `stream.rs`) and zeroes the padding after
+/// them. An archive of another length than the one counted is an error that
+/// names `segment`.
+fn serialize_into(
+    buffer: &mut Staging,
+    state: &TrainState,
+    payload_len: u64,
+    segment: &Path,
+) -> Result<()> {
+    let written = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
+        state,
+        super::stream::StreamWriter::new(buffer.bytes_mut(payload_len)),
+    )
+    .map(|w| w.pos() as u64);
+    match written {
+        Ok(n) if n == payload_len => {
+            buffer.zero_padding(n);
+            Ok(())
+        }
+        other => Err(WalError::Serialize {
+            path: segment.to_path_buf(),
+            reason: match other {
+                Ok(n) => format!("archive is {n} bytes, {payload_len} were reserved"),
+                Err(e) => e.to_string(),
+            },
+        }),
+    }
 }
 
 /// A record that is durable.
@@ -712,6 +746,31 @@ impl Log {
         state: &TrainState,
         validation: Option<ValidationFigures>,
     ) -> Result<PendingAppend> {
+        self.begin(state, validation, true)
+    }
+
+    /// [`Log::begin_append_with`] without the copy of the state: everything
+    /// that can refuse or fail (the log closed, no room, a new segment, the
+    /// sequence number) happens here, on the caller's thread, but the state
+    /// is serialized into the staging buffer later, by
+    /// [`PendingAppend::fill`] on the thread that persists it. The caller
+    /// must hand that thread a state that has not changed since (the
+    /// trainer's [`crate::train::Snapshot`]), so the training pause is the
+    /// size count alone.
+    pub fn begin_append_unfilled(
+        &mut self,
+        state: &TrainState,
+        validation: Option<ValidationFigures>,
+    ) -> Result<PendingAppend> {
+        self.begin(state, validation, false)
+    }
+
+    fn begin(
+        &mut self,
+        state: &TrainState,
+        validation: Option<ValidationFigures>,
+        fill: bool,
+    ) -> Result<PendingAppend> {
         if let Some(reason) = self.poisoned() {
             return Err(WalError::Poisoned(reason));
         }
@@ -745,26 +804,12 @@ impl Log {
             .map_err(|e| WalError::io(&segment.path, "allocating the staging buffer", e))?;
         // Usually a no-op: `prepare_next_append` populated it off this thread.
         buffer.populate(span - PAGE);
-        // Tensors go in with non-temporal stores (see `stream.rs`).
-        let written = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
-            state,
-            super::stream::StreamWriter::new(buffer.bytes_mut(payload_len)),
-        )
-        .map(|w| w.pos() as u64);
-        let written = match written {
-            Ok(n) if n == payload_len => n,
-            other => {
+        if fill {
+            if let Err(e) = serialize_into(&mut buffer, state, payload_len, &segment.path) {
                 staging::give_back(&self.staging, buffer);
-                return Err(WalError::Serialize {
-                    path: segment.path.clone(),
-                    reason: match other {
-                        Ok(n) => format!("archive is {n} bytes, {payload_len} were reserved"),
-                        Err(e) => e.to_string(),
-                    },
-                });
+                return Err(e);
             }
-        };
-        buffer.zero_padding(written);
+        }
         let header = RecordHeader {
             log_id: self.log_id,
             segment_no: segment.segment_no,
@@ -794,6 +839,7 @@ impl Log {
             slot: Arc::clone(&self.staging),
             serialize_time: started.elapsed(),
             expect_checksum: None,
+            unfilled: !fill,
         })
     }
 
@@ -1270,6 +1316,7 @@ impl Log {
             staging: Some(buffer),
             slot: Arc::clone(&self.staging),
             serialize_time: Duration::ZERO,
+            unfilled: false,
             expect_checksum: Some(header.payload_checksum),
         };
         let durable = pending.persist();
@@ -1286,14 +1333,47 @@ impl PendingAppend {
         &self.header
     }
 
+    /// Serializes `state` into the staging buffer of an append begun with
+    /// [`Log::begin_append_unfilled`]: the copy the training pause left out,
+    /// made on the thread that persists. `state` must be the state that was
+    /// passed to `begin_append_unfilled`, unchanged since (its archive must
+    /// have the length counted then; another length is an error, and the
+    /// append then writes nothing when persisted). Filling an append that is
+    /// already full is an error.
+    pub fn fill(&mut self, state: &TrainState) -> Result<()> {
+        let path = &self.segment.path;
+        if !self.unfilled {
+            return Err(WalError::Serialize {
+                path: path.clone(),
+                reason: "the append already holds its payload".into(),
+            });
+        }
+        let buffer = self
+            .staging
+            .as_mut()
+            .expect("a pending append holds its buffer");
+        serialize_into(buffer, state, self.header.payload_len, path)?;
+        self.unfilled = false;
+        Ok(())
+    }
+
     /// Makes the record durable: write the payload from the staging buffer
     /// (checksumming each chunk as it goes and starting its write-back),
     /// `fdatasync` (first barrier), write the header page, `fdatasync`
     /// (second barrier), then replace the commit file for tailers.
     /// A write or sync failure closes the log for good (see
-    /// [`WalError::SyncFailed`]).
+    /// [`WalError::SyncFailed`]); an append begun unfilled and never
+    /// [`PendingAppend::fill`]ed writes nothing and leaves the log open.
     pub fn persist(mut self) -> Result<Durable> {
         let started = Instant::now();
+        if self.unfilled {
+            // Nothing was written: the log stays open, the sequence is
+            // spent (FORMAT.md: sequences may have gaps).
+            return Err(WalError::Serialize {
+                path: self.segment.path.clone(),
+                reason: "the append was begun without its payload and never filled".into(),
+            });
+        }
         let buffer = self
             .staging
             .take()
