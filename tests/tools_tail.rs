@@ -435,6 +435,33 @@ fn follow_prints_a_record_that_its_walk_overtook() {
     );
 }
 
+/// The same race at the very first record the follower sees: the walk of
+/// its first scan passes record 1's header page before the writer writes
+/// it and finds record 2 further on. With no record before it to count
+/// from, the follower printed 2 and never 1 (`python_cli` met this with a
+/// log that appeared after the follower started).
+#[test]
+fn follow_prints_a_first_record_that_its_walk_overtook() {
+    let mut run = common::overtake::run_tool_past(&["tail", "-f", "--json"], 1);
+    let mut seqs = Vec::new();
+    while !seqs.contains(&2) {
+        let line = run
+            .lines
+            .recv_timeout(LINE_TIMEOUT)
+            .unwrap_or_else(|_| panic!("no record 2 in time; printed {seqs:?}"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        seqs.push(v["sequence"].as_u64().unwrap());
+    }
+    while let Ok(line) = run.lines.recv_timeout(Duration::from_secs(3)) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        seqs.push(v["sequence"].as_u64().unwrap());
+    }
+    // SAFETY: kill only reads its arguments; the pid is our child's.
+    unsafe { libc::kill(run.child.id() as i32, libc::SIGINT) };
+    assert_eq!(wait_exit(&mut run.child, LINE_TIMEOUT).code(), Some(0));
+    assert_eq!(seqs, vec![1, 2], "every record, in order, once");
+}
+
 /// A record that is really missing (its header page zeroed: damage, not a
 /// write in flight) does not stop the follower: it prints the records
 /// after it once a second scan finds the same gap.
@@ -487,4 +514,43 @@ fn tail_shows_a_record_that_its_walk_overtook() {
         })
         .collect();
     assert_eq!(seqs, [21, 22, 23]);
+}
+
+/// On a job directory `tail` prints one line per rank; `-n` (records of one
+/// log) has nothing to apply to there, and was silently ignored. It is a
+/// usage error that names a rank's log to tail instead.
+#[test]
+fn tail_n_of_a_job_directory_names_one_rank_to_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("job");
+    write_log(&job.join("rank-00000"), 1..=4, small_segments());
+    write_log(&job.join("rank-00001"), 1..=4, small_segments());
+    let out = Command::new(BIN)
+        .args(["tail", "-n", "2"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {stderr}");
+    assert!(
+        stderr.contains("is a job directory")
+            && stderr.contains("-n")
+            && stderr.contains("rank-00000"),
+        "names the flag and a rank's log: {stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Without -n: the per-rank summary, as before.
+    let out = Command::new(BIN).arg("tail").arg(&job).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rank") && text.contains("00001"), "{text}");
 }

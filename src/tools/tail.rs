@@ -37,9 +37,10 @@ pub struct TailArgs {
     /// The log directory, or the URL of a remote copy
     /// (`s3://bucket/prefix`, `file:///path`).
     pub dir: PathBuf,
-    /// How many of the newest records to print first.
-    #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 10)]
-    pub lines: usize,
+    /// How many of the newest records to print first [default: 10]. Not on
+    /// a job directory, which prints one line per rank.
+    #[arg(short = 'n', long = "lines", value_name = "N")]
+    pub lines: Option<usize>,
     /// Keep running and print records as they become durable (like `tail -F`:
     /// follows rotation, retention, writer restarts, and a directory that does
     /// not exist yet). Ends quietly on Ctrl-C or when the output pipe closes.
@@ -380,8 +381,14 @@ fn run_remote(args: &TailArgs) -> anyhow::Result<i32> {
                 (None, Some(l)) => l.highest_sequence(),
                 (None, None) => 0,
             };
-            let mut rows =
-                remote_rows(&remote, src.log_id, 0, upto, args.lines, !args.headers_only)?;
+            let mut rows = remote_rows(
+                &remote,
+                src.log_id,
+                0,
+                upto,
+                args.newest(),
+                !args.headers_only,
+            )?;
             mark_best(&mut rows);
             for row in &rows {
                 match writeln!(out, "{}", row.line(args.json)) {
@@ -409,7 +416,7 @@ fn run_remote(args: &TailArgs) -> anyhow::Result<i32> {
             };
             if last.is_none() || p.sequence > after || last.is_some_and(|(l, _)| l != id) {
                 let limit = if last.is_none() {
-                    args.lines
+                    args.newest()
                 } else {
                     usize::MAX
                 };
@@ -441,6 +448,16 @@ fn run_remote(args: &TailArgs) -> anyhow::Result<i32> {
     }
 }
 
+/// Records printed first when `-n` is not given.
+const DEFAULT_LINES: usize = 10;
+
+impl TailArgs {
+    /// `-n`, or its default.
+    fn newest(&self) -> usize {
+        self.lines.unwrap_or(DEFAULT_LINES)
+    }
+}
+
 /// Runs `epochwal tail`.
 pub fn run(args: &TailArgs) -> anyhow::Result<i32> {
     if super::is_url(&args.dir) {
@@ -450,6 +467,14 @@ pub fn run(args: &TailArgs) -> anyhow::Result<i32> {
         if args.follow {
             return Err(UsageError(format!(
                 "{}: is a job directory (one log per rank); follow one rank's log, e.g. `epochwal tail -f {}`",
+                args.dir.display(),
+                args.dir.join(crate::job::rank_dir_name(0)).display()
+            ))
+            .into());
+        }
+        if args.lines.is_some() {
+            return Err(UsageError(format!(
+                "{}: is a job directory (one log per rank), for which tail prints one line per rank; -n counts the records of one log, e.g. `epochwal tail -n N {}`",
                 args.dir.display(),
                 args.dir.join(crate::job::rank_dir_name(0)).display()
             ))
@@ -468,7 +493,7 @@ pub fn run(args: &TailArgs) -> anyhow::Result<i32> {
     }
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    let start = rows.len().saturating_sub(args.lines);
+    let start = rows.len().saturating_sub(args.newest());
     for row in &mut rows[start..] {
         if !args.headers_only {
             row.check(&reader);
@@ -503,7 +528,8 @@ struct Follower {
     /// writer is still writing and then find the writer's next record
     /// further on. A record missing before one that the previous scan had
     /// already seen whole was there, finished, when this scan began:
-    /// damaged or deleted, not in flight. Only such gaps are printed past.
+    /// damaged or deleted, not in flight. Only such gaps, and only such
+    /// bad header pages of the newest segment, are printed past.
     prev_scan_max: u64,
     /// The last scan stopped printing at a gap that may be a record in
     /// flight: rescan at once instead of waiting for the next event.
@@ -632,11 +658,27 @@ impl Follower {
             fresh.drain(..start);
             expected = None;
         }
+        // The first bad header page of the newest segment's walk: next to a
+        // running writer, possibly a record being written that the walk
+        // passed before it found the writer's next record further on. A
+        // record after it that the previous scan had not seen waits for the
+        // next scan too; this also covers the first record a follower sees,
+        // where there is no sequence to count a gap from.
+        let unsettled = scan.segments.last().and_then(|seg| {
+            seg.problems
+                .iter()
+                .filter(|p| p.offset >= crate::wal::format::PAGE)
+                .map(|p| p.offset)
+                .min()
+                .map(|at| (file_name(&seg.path), at))
+        });
         self.rescan_soon = false;
         for row in fresh {
-            if expected
-                .is_some_and(|want| row.sequence != want && row.sequence > self.prev_scan_max)
-            {
+            let gap = expected.is_some_and(|want| row.sequence != want);
+            let behind_bad_header = unsettled
+                .as_ref()
+                .is_some_and(|(segment, at)| row.segment == *segment && row.offset > *at);
+            if (gap || behind_bad_header) && row.sequence > self.prev_scan_max {
                 self.rescan_soon = true;
                 break;
             }
@@ -701,7 +743,7 @@ fn follow(args: &TailArgs) -> anyhow::Result<i32> {
     let mut f = Follower {
         dir: args.dir.clone(),
         json: args.json,
-        lines: args.lines,
+        lines: args.newest(),
         check: !args.headers_only,
         started: false,
         last_seq: 0,

@@ -2,7 +2,7 @@
 //! walk passes the header page of a record whose payload is written but
 //! whose header is not yet, and finds the next record further on once the
 //! writer has finished both. [`run_tool`] stages such a log (records 22 and
-//! 23 missing, [`InFlight::stage`]) and runs `epochwal` on it with its walk
+//! 23 missing, [`InFlight::stage`]; [`run_tool_past`] another pair) and runs `epochwal` on it with its walk
 //! held (the fault shim's `pread` HOLD) at the later record's header while
 //! the two records are written, then let go.
 
@@ -19,21 +19,21 @@ use super::follow::LINE_TIMEOUT;
 /// The sequence of the record in flight; the next one is overtaken past it.
 pub const IN_FLIGHT: u64 = 22;
 
-/// A staged log (records 1..=23 in one segment, 22's header page and all of
-/// 23 zeroed) and the bytes that finish it.
+/// A staged log (records 1..=N+1 in one segment, the header page of N, the
+/// record in flight, and all of N+1 zeroed) and the bytes that finish it.
 pub struct InFlight {
     segment: PathBuf,
-    r22: RecordHeader,
-    r23: RecordHeader,
-    header22: Vec<u8>,
-    whole23: Vec<u8>,
+    in_flight: RecordHeader,
+    next: RecordHeader,
+    headein_flight: Vec<u8>,
+    whole_next: Vec<u8>,
     release: PathBuf,
 }
 
 impl InFlight {
-    /// Writes records 1..=23 into `log_dir` and takes 22's header page and
-    /// 23 away again.
-    pub fn stage(log_dir: &Path) -> InFlight {
+    /// Writes records 1..=`in_flight` + 1 into `log_dir` and takes the
+    /// header page of `in_flight` and all of the record after it away again.
+    pub fn stage(log_dir: &Path, in_flight: u64) -> InFlight {
         let (mut log, _) = Log::open(
             log_dir,
             LogOptions {
@@ -43,7 +43,7 @@ impl InFlight {
             },
         )
         .unwrap();
-        for e in 1..=IN_FLIGHT + 1 {
+        for e in 1..=in_flight + 1 {
             log.append(&super::sample_state(20_000, e)).unwrap();
         }
         drop(log);
@@ -51,10 +51,10 @@ impl InFlight {
         let seg = scan
             .segments
             .iter()
-            .find(|s| s.records.iter().any(|r| r.sequence == IN_FLIGHT + 1))
+            .find(|s| s.records.iter().any(|r| r.sequence == in_flight + 1))
             .unwrap();
         let at = |seq: u64| *seg.records.iter().find(|r| r.sequence == seq).unwrap();
-        let (r22, r23) = (at(IN_FLIGHT), at(IN_FLIGHT + 1));
+        let (in_flight, next) = (at(in_flight), at(in_flight + 1));
         let file = std::fs::File::open(&seg.path).unwrap();
         let saved = |from: u64, len: u64| {
             let mut b = vec![0u8; len as usize];
@@ -63,28 +63,30 @@ impl InFlight {
         };
         let staged = InFlight {
             segment: seg.path.clone(),
-            header22: saved(r22.offset, 4096),
-            whole23: saved(r23.offset, r23.end_offset() - r23.offset),
-            r22,
-            r23,
+            headein_flight: saved(in_flight.offset, 4096),
+            whole_next: saved(next.offset, next.end_offset() - next.offset),
+            in_flight,
+            next,
             release: log_dir.with_extension("release"),
         };
-        staged.write(&[0u8; 4096], &vec![0u8; staged.whole23.len()]);
+        staged.write(&[0u8; 4096], &vec![0u8; staged.whole_next.len()]);
         staged
     }
 
-    fn write(&self, header22: &[u8], whole23: &[u8]) {
+    fn write(&self, headein_flight: &[u8], whole_next: &[u8]) {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(&self.segment)
             .unwrap();
-        file.write_all_at(header22, self.r22.offset).unwrap();
-        file.write_all_at(whole23, self.r23.offset).unwrap();
+        file.write_all_at(headein_flight, self.in_flight.offset)
+            .unwrap();
+        file.write_all_at(whole_next, self.next.offset).unwrap();
     }
 
-    /// Spawns `cmd` (stdout and stderr piped) with its walk held at record
-    /// 23's header page; once it is held, finishes 22, writes 23 and lets
-    /// the walk go on. Returns the child and its stdout lines.
+    /// Spawns `cmd` (stdout and stderr piped) with its walk held at the
+    /// next record's header page; once it is held, finishes the record in
+    /// flight, writes the next and lets the walk go on. Returns the child
+    /// and its stdout and stderr lines.
     fn run_overtaken(
         &self,
         mut cmd: Command,
@@ -92,8 +94,8 @@ impl InFlight {
         let name = self.segment.file_name().unwrap().to_str().unwrap();
         let spec = format!(
             "pread,{name},HOLD,range={}-{}",
-            self.r23.offset,
-            self.r23.offset + 1
+            self.next.offset,
+            self.next.offset + 1
         );
         let mut child = cmd
             .envs(super::faults::env(&spec))
@@ -120,13 +122,14 @@ impl InFlight {
         loop {
             let line = err_rx
                 .recv_timeout(LINE_TIMEOUT)
-                .expect("the walk reached record 23's header page");
+                .expect("the walk reached the next record's header page");
             if line.starts_with("epochwal-fault: HOLD") {
                 break;
             }
         }
-        // The writer finishes 22 and writes 23 while the walk is past 22.
-        self.write(&self.header22, &self.whole23);
+        // The writer finishes the record in flight and writes the next
+        // while the walk is past the first.
+        self.write(&self.headein_flight, &self.whole_next);
         std::fs::write(&self.release, b"").unwrap();
         (child, out_rx, err_rx)
     }
@@ -172,11 +175,17 @@ impl Overtaken {
 }
 
 /// `epochwal ARGS LOG` on a log staged by [`InFlight::stage`] in a new
-/// temporary directory, its walk overtaken (see [`InFlight::run_overtaken`]).
+/// temporary directory, its walk overtaken (see [`InFlight::run_overtaken`])
+/// past record [`IN_FLIGHT`].
 pub fn run_tool(args: &[&str]) -> Overtaken {
+    run_tool_past(args, IN_FLIGHT)
+}
+
+/// [`run_tool`], the walk overtaken past record `in_flight`.
+pub fn run_tool_past(args: &[&str], in_flight: u64) -> Overtaken {
     let dir = tempfile::tempdir().unwrap();
     let log_dir = dir.path().join("log");
-    let staged = InFlight::stage(&log_dir);
+    let staged = InFlight::stage(&log_dir, in_flight);
     let mut cmd = Command::new(super::daemon::binary());
     cmd.args(args).arg(&log_dir);
     let (child, lines, errors) = staged.run_overtaken(cmd);
