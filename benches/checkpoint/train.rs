@@ -97,6 +97,19 @@ fn copy_in_pause() -> bool {
     std::env::var("EPOCHWAL_BENCH_COPY_IN_PAUSE").is_ok_and(|v| v == "1")
 }
 
+/// `name:median` of each column of `rows`, comma-separated (ms).
+fn named_medians<const N: usize>(names: [&str; N], rows: &[[f64; N]]) -> String {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let column: Vec<f64> = rows.iter().map(|r| r[i]).collect();
+            format!("{name}:{}", fmt_ms(median(&column)))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Thread counts to measure: `EPOCHWAL_BENCH_TRAIN_THREADS` (comma list),
 /// default 1 and 2.
 fn thread_counts() -> Vec<usize> {
@@ -173,6 +186,7 @@ fn train_with_checkpoints(
     log_dir: &Path,
     obs: Option<Arc<super::observe::Observed>>,
 ) -> OnRun {
+    let in_pause = copy_in_pause();
     let begun = Instant::now();
     let mut phase = Instant::now();
     let mut phases = [Duration::ZERO; 5];
@@ -230,7 +244,7 @@ fn train_with_checkpoints(
                 let c0 = thread_cpu();
                 // As the daemon does: the copy is made here, from the
                 // trainer's snapshot, while the training thread goes on.
-                if !copy_in_pause() {
+                if !in_pause {
                     pending.fill(&snapshot).expect("fill");
                 }
                 drop(snapshot);
@@ -320,7 +334,7 @@ fn train_with_checkpoints(
             let snapshot = trainer.snapshot();
             let mut guard = log.lock().unwrap();
             run.pause_lock_wait.push(ms(t.elapsed()));
-            let pending = if copy_in_pause() {
+            let pending = if in_pause {
                 guard.begin_append(&snapshot).expect("begin_append")
             } else {
                 guard
@@ -598,15 +612,7 @@ pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
                 .kv("deferred_checkpoints", s.deferred)
                 .kv(
                     "persister_cpu_ms",
-                    ["persist", "finish", "prepare"]
-                        .iter()
-                        .enumerate()
-                        .map(|(i, name)| {
-                            let v: Vec<f64> = s.persister_cpu.iter().map(|c| c[i]).collect();
-                            format!("{name}:{}", fmt_ms(median(&v)))
-                        })
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    named_medians(["persist", "finish", "prepare"], &s.persister_cpu),
                 )
                 .kv(
                     "cpu_ratio",
@@ -713,15 +719,10 @@ pub(super) fn bench_train(opts: &Options, report: &mut Report, work: &Path) {
             .ms_of("to_first_step_ms", &s.to_first_step)
             .kv(
                 "phases_ms",
-                ["build", "open", "restore", "reserve", "first_step"]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| {
-                        let v: Vec<f64> = s.phases.iter().map(|p| p[i]).collect();
-                        format!("{n}:{}", fmt_ms(median(&v)))
-                    })
-                    .collect::<Vec<_>>()
-                    .join(","),
+                named_medians(
+                    ["build", "open", "restore", "reserve", "first_step"],
+                    &s.phases,
+                ),
             )
             .ms_of("cold_read_checksum_ms", &s.read_checksum)
             .kv("load", &loads),

@@ -665,11 +665,7 @@ impl Follower {
         // next scan too; this also covers the first record a follower sees,
         // where there is no sequence to count a gap from.
         let unsettled = scan.segments.last().and_then(|seg| {
-            seg.problems
-                .iter()
-                .filter(|p| p.offset >= crate::wal::format::PAGE)
-                .map(|p| p.offset)
-                .min()
+            seg.first_bad_record_header()
                 .map(|at| (file_name(&seg.path), at))
         });
         self.rescan_soon = false;

@@ -156,7 +156,7 @@ impl LogScan {
     pub fn newest_segment_unsettled(&self) -> bool {
         self.segments
             .last()
-            .is_some_and(|seg| seg.problems.iter().any(|p| p.offset >= PAGE))
+            .is_some_and(|seg| seg.first_bad_record_header().is_some())
     }
 }
 
@@ -578,6 +578,18 @@ pub fn scan_segment(path: &Path, segment_no: u64) -> SegmentScan {
 }
 
 impl SegmentScan {
+    /// Offset of the first damaged or zeroed record header the walk met
+    /// (past the segment header): in the newest segment, next to a running
+    /// writer, possibly a record being written (see
+    /// [`LogScan::newest_segment_unsettled`]).
+    pub fn first_bad_record_header(&self) -> Option<u64> {
+        self.problems
+            .iter()
+            .map(|p| p.offset)
+            .filter(|&at| at >= PAGE)
+            .min()
+    }
+
     fn fail(&mut self, f: ReadFailure) {
         self.problems.push(Skip {
             file: self.path.clone(),
@@ -920,7 +932,7 @@ fn recover_once(dir: &Path, writer: bool, keep: Option<u128>) -> Result<(Recover
         }
         out.segments_scanned += 1;
         if out.segments_scanned == 1 {
-            out.newest_unsettled = scan.problems.iter().any(|p| p.offset >= PAGE);
+            out.newest_unsettled = scan.first_bad_record_header().is_some();
         }
         out.skipped.extend(scan.problems.iter().cloned());
         if writer {
